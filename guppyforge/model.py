@@ -53,7 +53,10 @@ class KVCache:
         self.values: list[torch.Tensor | None] = [None] * n_layer
 
     def __len__(self) -> int:
-        k = self.keys[0]
+        return self.length(0)
+
+    def length(self, layer: int) -> int:
+        k = self.keys[layer]
         return 0 if k is None else k.shape[2]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -80,7 +83,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         past = 0
         if cache is not None:
-            past = len(cache)
+            past = cache.length(layer)  # read before this layer adds the new tokens
             k, v = cache.update(layer, k, v)
         if attn_mask is None and past > 0 and T > 1:
             # New tokens after a cached prefix: each sees the whole prefix and the new tokens
