@@ -1,0 +1,95 @@
+"""Benchmark `guppyforge generate` on every built-in persona (run by hand, not a test).
+
+    python bench/bench_generate.py            # 60K conversations per persona
+    python bench/bench_generate.py -n 10000   # quicker
+
+For each persona it prints: the whole command's wall time (a fresh `guppyforge generate`
+process, imports included), the generation time on one core and conversations per second, the
+share of draws that were unique, distinct-1/distinct-2 of the replies, and the speed-up of
+`--workers 2` over `--workers 1`, measured in the same run (same machine, same load).
+Targets (DESIGN.md): 60K in <= 5 s of generation on one core (aim 2 s), >= 95 % unique;
+the whole command <= 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from guppyforge.generate import generate_dataset
+from guppyforge.paths import PERSONAS_DIR
+
+COLUMNS = [
+    ("persona", "{:<10}"),
+    ("cmd s", "{:>6.2f}"),
+    ("gen s", "{:>6.2f}"),
+    ("conv/s", "{:>8,.0f}"),
+    ("unique %", "{:>8.2f}"),
+    ("distinct-1", "{:>10.4f}"),
+    ("distinct-2", "{:>10.4f}"),
+    ("gen s w2", "{:>8.2f}"),
+    ("speed-up w2", "{:>11.2f}"),
+]
+
+
+def command_seconds(persona: Path, out: Path, n: int, seed: int) -> float:
+    """Wall time of the real command in a fresh process: what a user waits for."""
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "guppyforge.cli", "generate", str(persona), "-n", str(n)]
+        + ["--seed", str(seed), "--out", str(out), "--force", "--quiet"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - started
+
+
+def bench(persona: Path, n: int, seed: int, tmp: Path) -> list:
+    """One table row for one persona."""
+    cmd = command_seconds(persona, tmp / "cmd", n, seed)
+    one = generate_dataset(persona, tmp / "w1", n=n, seed=seed, progress=False, force=True)
+    two = generate_dataset(
+        persona, tmp / "w2", n=n, seed=seed, workers=2, progress=False, force=True
+    )
+    assert one.fingerprint == two.fingerprint, "workers=2 changed the data"
+    div = one.stats["diversity"]
+    return [
+        persona.stem,
+        cmd,
+        one.generation_seconds,
+        one.rows / one.generation_seconds,
+        one.unique_pct,
+        div["distinct_1"],
+        div["distinct_2"],
+        two.generation_seconds,
+        one.generation_seconds / two.generation_seconds,
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=60_000, help="conversations per persona")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("personas", nargs="*", type=Path, help="default: every built-in persona")
+    args = parser.parse_args()
+    personas = args.personas or sorted(PERSONAS_DIR.glob("*.yaml"))
+
+    print(f"generate benchmark: n={args.n:,}, seed={args.seed}")
+    print("  ".join(f"{name:>{len(name)}}" for name, _ in COLUMNS))
+    with tempfile.TemporaryDirectory() as tmp:
+        for persona in personas:
+            row = bench(persona, args.n, args.seed, Path(tmp))
+            cells = [fmt.format(value) for (_, fmt), value in zip(COLUMNS, row, strict=True)]
+            print(
+                "  ".join(
+                    cell.rjust(len(name)) for (name, _), cell in zip(COLUMNS, cells, strict=True)
+                )
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""From a dataset folder to training batches: tokenize, pack into full rows, mask, collate.
+
+Our conversations are short (about 26 tokens) and the context is 128. Padding each batch to its
+longest sample would spend a third of the compute on padding, so several conversations are
+*packed* into one row instead. Two things keep packed conversations from leaking into each other:
+a block-diagonal causal mask (a token attends only to earlier tokens of its own conversation) and
+positions that restart at 0 for each conversation (so each one looks exactly as if it were alone).
+
+`train` and `eval` share these functions: `load_splits`, `tokenize`, `epoch_rows`, `batches`,
+`collate`, `loss_fn` and `evaluate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from guppyforge.errors import GuppyError
+from guppyforge.precision import Precision
+from guppyforge.tokenizer import encode_conversations
+
+IGNORE = -100  # targets with this value add nothing to the loss (cross_entropy's ignore_index)
+LOSS_ON = ("replies", "all")
+
+
+def load_splits(data_dir: str | Path):
+    """The `train` and `test` splits of a folder `datasets.load_dataset` reads (parquet)."""
+    import datasets
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise GuppyError(f"{data_dir}: no such folder. Write one with `guppyforge generate`.")
+    datasets.disable_progress_bars()  # training draws its own progress bar
+    try:
+        splits = datasets.load_dataset(str(data_dir))
+    except Exception as e:  # datasets raises many types for a folder it cannot read
+        raise GuppyError(
+            f"{data_dir}: not a dataset folder ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            "Write one with `guppyforge generate`."
+        ) from None
+    for name in ("train", "test"):
+        if name not in splits:
+            raise GuppyError(f"{data_dir}: no '{name}' split. Expected data/{name}-*.parquet.")
+        if "messages" not in splits[name].column_names:
+            raise GuppyError(
+                f"{data_dir}: split '{name}' has no 'messages' column "
+                "(a list of {role, content}). Write the data with `guppyforge generate`."
+            )
+    return splits
+
+
+def chat_texts(split) -> Iterator[str]:
+    """The ChatML text of each conversation, for training the tokenizer."""
+    from guppyforge.tokenizer import format_chat
+
+    for batch in split.iter(batch_size=1000):
+        yield from (format_chat(messages) for messages in batch["messages"])
+
+
+@dataclass
+class Samples:
+    """Tokenized conversations, stored end to end in flat arrays (cheap to slice and pack)."""
+
+    tokens: np.ndarray  # every kept conversation's token ids, one after another
+    reply: np.ndarray  # 1 where the token belongs to a character reply (see encode_conversations)
+    starts: np.ndarray  # conversation i is tokens[starts[i] : starts[i] + lengths[i]]
+    lengths: np.ndarray
+    too_long: int  # conversations longer than the context: dropped, and reported
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def tokenize(split, tok: Tokenizer, context: int, fingerprint: str = "") -> Samples:
+    """Encode every conversation with `datasets.map` (batched), then flatten to arrays.
+
+    Conversations longer than `context` are dropped and counted, never cut: a cut reply would
+    teach the model to stop mid-sentence.
+    """
+
+    def encode(batch):
+        ids, mask = encode_conversations(tok, batch["messages"])
+        return {"ids": ids, "reply": mask}
+
+    encoded = split.map(
+        encode,
+        batched=True,
+        batch_size=1000,
+        remove_columns=split.column_names,
+        keep_in_memory=True,  # no cache files next to the user's data
+        new_fingerprint=f"guppyforge-tokenize-{fingerprint}-{split._fingerprint}",
+    )
+    ids = encoded.data.column("ids").combine_chunks()
+    reply = encoded.data.column("reply").combine_chunks()
+    offsets = ids.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets)
+    keep = lengths <= context
+    return Samples(
+        tokens=ids.values.to_numpy().astype(np.int64),
+        reply=reply.values.to_numpy().astype(np.int8),
+        starts=offsets[:-1][keep],
+        lengths=lengths[keep],
+        too_long=int((~keep).sum()),
+    )
+
+
+def pack(lengths: np.ndarray, order: np.ndarray, context: int, open_rows: int = 16) -> list:
+    """Group conversations (in `order`) into rows of at most `context` tokens.
+
+    Best fit over a few open rows: each conversation goes into the open row it fills most
+    tightly, and when none has room the fullest row is closed. Keeping several rows open lets a
+    short conversation fill the gap a long one left (padding well under 5 %), while the rows
+    still follow the shuffled order (no sorting by length, which would bias the batches).
+    """
+    rows: list[list[int]] = []
+    free: list[int] = []
+    done: list[list[int]] = []
+    for i in order.tolist():
+        n = int(lengths[i])
+        fits = [r for r, room in enumerate(free) if n <= room]
+        if fits:
+            best = min(fits, key=free.__getitem__)
+            rows[best].append(i)
+            free[best] -= n
+            continue
+        if len(rows) == open_rows:
+            fullest = free.index(min(free))
+            done.append(rows.pop(fullest))
+            free.pop(fullest)
+        rows.append([i])
+        free.append(context - n)
+    return done + rows
+
+
+def epoch_rows(samples: Samples, context: int, seed: int, epoch: int) -> list:
+    """The packed rows of one epoch: a fresh shuffle per epoch, the same for the same seed."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(samples))
+    return pack(samples.lengths, order, context)
+
+
+def padding_share(samples: Samples, rows: list, context: int) -> float:
+    """The share of row positions that hold padding rather than conversation tokens."""
+    used = sum(int(samples.lengths[r].sum()) for r in rows)
+    return 1 - used / max(1, len(rows) * context)
+
+
+@dataclass
+class Batch:
+    idx: torch.Tensor  # (B, T) input token ids
+    targets: torch.Tensor  # (B, T) the next token where the loss counts it, else IGNORE
+    positions: torch.Tensor  # (B, T) restart at 0 for each conversation in a row
+    attn_mask: torch.Tensor  # (B, 1, T, T) bool, True where a token may attend
+    tokens: int  # real conversation tokens (not padding): what tokens/s counts
+
+    def to(self, device: torch.device) -> Batch:
+        move = dict(device=device, non_blocking=True)
+        return Batch(
+            self.idx.to(**move),
+            self.targets.to(**move),
+            self.positions.to(**move),
+            self.attn_mask.to(**move),
+            self.tokens,
+        )
+
+
+def collate(samples: Samples, rows: list, context: int, loss_on: str = "replies") -> Batch:
+    """Lay out packed rows as tensors. Every row is `context` long, so every batch is too."""
+    B, T = len(rows), context
+    idx = np.zeros((B, T), np.int64)  # 0 is <|pad|>
+    targets = np.full((B, T), IGNORE, np.int64)
+    positions = np.zeros((B, T), np.int64)
+    segment = np.full((B, T), -1, np.int64)  # which conversation each position holds
+    for b, row in enumerate(rows):
+        at = 0
+        for n_in_row, i in enumerate(row):
+            s, n = samples.starts[i], samples.lengths[i]
+            ids = samples.tokens[s : s + n]
+            idx[b, at : at + n] = ids
+            positions[b, at : at + n] = np.arange(n)
+            segment[b, at : at + n] = n_in_row
+            # Position t predicts token t+1, so the mask is read one token ahead: the loss
+            # counts a prediction when the token being predicted is part of a reply.
+            counted = samples.reply[s + 1 : s + n] == 1 if loss_on == "replies" else True
+            targets[b, at : at + n - 1] = np.where(counted, ids[1:], IGNORE)
+            at += n
+    seg = torch.from_numpy(segment)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    # Block-diagonal and causal: same conversation, and not in the future. Padding is its own
+    # block, so no row of the mask is empty (an all-False row would make softmax return NaN).
+    attn_mask = (seg[:, :, None] == seg[:, None, :]) & causal
+    tokens = int((segment >= 0).sum())
+    return Batch(
+        torch.from_numpy(idx),
+        torch.from_numpy(targets),
+        torch.from_numpy(positions),
+        attn_mask.unsqueeze(1),
+        tokens,
+    )
+
+
+def batches(
+    samples: Samples,
+    context: int,
+    rows_per_batch: int,
+    seed: int,
+    loss_on: str = "replies",
+    start: tuple[int, int] = (0, 0),
+) -> Iterator[tuple[Batch, tuple[int, int]]]:
+    """Batches forever, epoch after epoch, each with the position (epoch, row) that follows it.
+
+    The position is all a checkpoint needs to continue exactly: an epoch's rows depend only on
+    the seed and the epoch number, so they are rebuilt on resume rather than stored.
+    """
+    epoch, index = start
+    rows = epoch_rows(samples, context, seed, epoch)
+    while True:
+        picked: list[list[int]] = []
+        while len(picked) < rows_per_batch:
+            if index == len(rows):
+                epoch, index = epoch + 1, 0
+                rows = epoch_rows(samples, context, seed, epoch)
+            take = rows[index : index + rows_per_batch - len(picked)]
+            picked += take
+            index += len(take)
+        yield collate(samples, picked, context, loss_on), (epoch, index)
+
+
+def loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Mean cross-entropy over the counted targets of a batch (already on the model's device)."""
+    logits = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask)
+    return F.cross_entropy(
+        logits.float().view(-1, logits.size(-1)), batch.targets.view(-1), ignore_index=IGNORE
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    samples: Samples,
+    context: int,
+    device: torch.device,
+    loss_on: str = "replies",
+    rows_per_batch: int = 32,
+    max_rows: int | None = None,
+    precision: Precision | None = None,
+) -> tuple[float, float]:
+    """Loss and perplexity on `samples` (in a fixed order), weighted by counted tokens."""
+    rows = pack(samples.lengths, np.arange(len(samples)), context)[:max_rows]
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(rows), rows_per_batch):
+        batch = collate(samples, rows[i : i + rows_per_batch], context, loss_on).to(device)
+        n = int((batch.targets != IGNORE).sum())
+        with precision.autocast() if precision else contextlib.nullcontext():
+            total += float(loss_fn(model, batch)) * n
+        count += n
+    model.train(was_training)
+    loss = total / max(1, count)
+    # Perplexity: e^loss, "as unsure as choosing among this many tokens at each step".
+    return loss, math.exp(min(loss, 50.0))

@@ -1,0 +1,260 @@
+"""The grammar: named symbols with weighted alternatives, expanded with a per-conversation shuffle bag.
+
+Each alternative is parsed once into parts (text, or a reference to another symbol with filters).
+Before any sampling the grammar is analysed: which symbols can finish at all (a productive-symbol
+fixpoint), how many nested levels and how many expansions each needs at least. Expansion is then
+bounded by `limits.MAX_GRAMMAR_DEPTH` and `limits.MAX_GRAMMAR_WORK` without ever failing at random.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+from bisect import bisect
+from dataclasses import dataclass, field
+from typing import Callable
+
+from guppyforge import limits
+from guppyforge.errors import GuppyError
+
+INF = float("inf")
+
+
+@dataclass
+class Rule:
+    """One compiled symbol: its alternatives as parts, their cumulative weights, and analysis."""
+
+    name: str
+    alts: list  # each: a str (plain text) or a tuple of parts (see templating.Compiled)
+    weights: list[float]
+    where: str  # "file:line:col: grammar.name" for error messages
+    cum: list[float] = field(default_factory=list)
+    heights: list[float] = field(default_factory=list)  # nested levels each alternative needs
+    deepest: float = 0.0
+    offset: float = 0.0  # Kronecker sequence for first draws: set per seed by Grammar.reseed
+    step: float = 0.5
+
+    def refs(self, i: int) -> list[str]:
+        """Symbols referenced by alternative i, once per occurrence."""
+        alt = self.alts[i]
+        return [] if isinstance(alt, str) else [p[1] for p in alt if not isinstance(p, str)]
+
+
+class Grammar:
+    """Compiled symbols plus their analysis: `height`, `work` (inf = can never finish)."""
+
+    def __init__(self, rules: dict[str, Rule]):
+        self.rules = rules
+        self.height = _least_cost(rules, lambda vals: 1 + max(vals, default=0))
+        self.work = _least_cost(rules, lambda vals: 1 + sum(vals))
+        for rule in rules.values():
+            rule.cum = list(itertools.accumulate(rule.weights))
+            rule.heights = [1 + max((self.height.get(r, INF) for r in rule.refs(i)), default=0)
+                            for i in range(len(rule.alts))]  # fmt: skip
+            rule.deepest = max(rule.heights, default=INF)
+        self.reseed(0)
+
+    def reseed(self, seed: int) -> None:
+        """Give each symbol its quasi-random sequence: offset from the seed, step sqrt(prime)."""
+        rng = random.Random(f"{seed}:grammar")
+        for rule, prime in zip(self.rules.values(), _primes(len(self.rules), first=5)):
+            rule.offset, rule.step = rng.random(), math.sqrt(prime) % 1.0
+
+    def problems(self) -> list[tuple[str, str, str]]:
+        """(where, problem, fix) for symbols that can never finish or need more than the limits."""
+        out = []
+        for name, rule in self.rules.items():
+            height, work = self.height.get(name, INF), self.work.get(name, INF)
+            if height == INF:
+                out.append((rule.where, "can never finish: every alternative leads back to a "
+                            "symbol that never ends", "Add an alternative of plain text"))  # fmt: skip
+            elif height > limits.MAX_GRAMMAR_DEPTH:
+                out.append((rule.where, f"needs {height:g} nested symbols, more than the limit of "
+                            f"{limits.MAX_GRAMMAR_DEPTH}", "Make the grammar flatter"))  # fmt: skip
+            elif work > limits.MAX_GRAMMAR_WORK:
+                out.append((rule.where, f"needs {work:g} expansions, more than the limit of "
+                            f"{limits.MAX_GRAMMAR_WORK:,}", "Make the grammar smaller"))  # fmt: skip
+        return out
+
+    def values(self, name: str, cap: int, depth: int = 1, memo: dict | None = None):
+        """Distinct strings `name` can expand to: (list, complete). Stops at `cap` strings."""
+        memo = {} if memo is None else memo
+        rule = self.rules[name]
+        room = limits.MAX_GRAMMAR_DEPTH - depth + 1
+        key = (name, min(room, rule.deepest))  # deeper room changes nothing once all alts fit
+        if key in memo:
+            return memo[key]
+        memo[key] = ([], False)  # a recursive reference in progress contributes nothing
+        seen: dict[str, None] = {}
+        complete = True
+        for i, alt in enumerate(rule.alts):
+            if rule.heights[i] > room:
+                continue  # the expander never takes this alternative this deep
+            if isinstance(alt, str):
+                seen[alt] = None
+                continue
+            done = expand_all(alt, {}, lambda n: self.values(n, cap, depth + 1, memo), seen, cap)
+            complete = complete and done
+            if len(seen) >= cap:
+                complete = False
+                break
+        memo[key] = (list(seen), complete)
+        return memo[key]
+
+
+def expand_all(parts: tuple, bound: dict, values: Callable, seen: dict, cap: int) -> bool:
+    """Add every string `parts` can make to `seen` (dict as ordered set); False if capped.
+
+    Bound references read `bound[name]`; fresh ones range over `values(name)`.
+    """
+    slots, complete = [], True
+    for p in parts:
+        if isinstance(p, str):
+            slots.append((p,))
+        elif not p[0] and p[1] in bound:
+            slots.append((_apply(bound[p[1]], p[2]),))
+        else:
+            vals, done = values(p[1])
+            complete = complete and done
+            slots.append(tuple(_apply(v, p[2]) for v in vals))
+    for budget, combo in enumerate(itertools.product(*slots)):
+        if len(seen) >= cap or budget >= 4 * cap:
+            return False
+        seen["".join(combo)] = None
+    return complete
+
+
+def _primes(count: int, first: int = 2) -> list[int]:
+    """The first `count` primes >= `first` (2 and 3 step the topic/template sequences)."""
+    out: list[int] = []
+    n = first
+    while len(out) < count:
+        if all(n % p for p in range(2, math.isqrt(n) + 1)):
+            out.append(n)
+        n += 1
+    return out
+
+
+def _apply(value: str, filters: tuple) -> str:
+    for f in filters:
+        value = f(value)
+    return value
+
+
+def _least_cost(rules: dict[str, Rule], combine: Callable[[list[float]], float]) -> dict:
+    """Least cost to finish each symbol (Knuth's generalisation of Dijkstra); absent = never.
+
+    An alternative's cost is known once all its references are final; `combine` is monotone and
+    at least each input (1 + max, 1 + sum), which is what makes the greedy order correct.
+    """
+    users: dict[str, list[tuple[str, int]]] = {}
+    waiting: dict[tuple[str, int], int] = {}
+    heap: list[tuple[float, str]] = []
+    for name, rule in rules.items():
+        for i in range(len(rule.alts)):
+            refs = set(rule.refs(i))
+            waiting[name, i] = len(refs)
+            for r in refs:
+                users.setdefault(r, []).append((name, i))
+            if not refs:
+                heap.append((combine([]), name))
+    heapq.heapify(heap)
+    final: dict[str, float] = {}
+    while heap:
+        cost, name = heapq.heappop(heap)
+        if name in final:
+            continue
+        final[name] = cost
+        for user, i in users.get(name, ()):
+            waiting[user, i] -= 1
+            if waiting[user, i] == 0 and user not in final:
+                cost = combine([final[r] for r in rules[user].refs(i)])
+                heapq.heappush(heap, (cost, user))
+    return final
+
+
+class Draw:
+    """Grammar state for one conversation: its shuffle bags, its random numbers, the work done.
+
+    The first draw of each symbol in a conversation is quasi-random: point `index` of a Kronecker
+    sequence (offset + index * step, mod 1, a different irrational step per symbol). Consecutive
+    conversations then spread over every combination of values instead of colliding as independent
+    draws do. Later draws (the bag's refills, `pick`) use an RNG seeded from `key`, made on demand
+    because seeding a Mersenne Twister costs more than a whole cheap conversation.
+    """
+
+    __slots__ = ("rules", "key", "index", "bags", "work", "_rng")
+
+    def __init__(self, grammar: Grammar, key: str, index: int):
+        self.rules = grammar.rules
+        self.key, self.index = key, index
+        self.bags: dict[str, set[int]] = {}  # symbol -> alternatives used since the bag refilled
+        self.work = 0
+        self._rng: random.Random | None = None
+
+    def rng(self) -> random.Random:
+        """This conversation's RNG: random.Random(key), a pure function of seed and index."""
+        if self._rng is None:
+            self._rng = random.Random(self.key)
+        return self._rng
+
+    def expand(self, name: str, depth: int = 1) -> str:
+        """A fresh value of `name`, honouring the bag, the depth limit and the work limit."""
+        rule = self.rules[name]
+        self.work += 1
+        if self.work > limits.MAX_GRAMMAR_WORK:
+            raise GuppyError(f"{rule.where}: more than {limits.MAX_GRAMMAR_WORK:,} expansions in "
+                             "one conversation. Make the grammar less recursive")  # fmt: skip
+        alt = rule.alts[self._choose(rule, depth) if len(rule.alts) > 1 else 0]
+        if alt.__class__ is str:
+            return alt
+        out = []
+        for p in alt:
+            if p.__class__ is str:
+                out.append(p)
+            else:
+                value = self.expand(p[1], depth + 1)
+                for f in p[2]:
+                    value = f(value)
+                out.append(value)
+        text = "".join(out)
+        if len(text) > limits.MAX_MESSAGE_CHARS:
+            raise GuppyError(f"{rule.where}: expands to more than {limits.MAX_MESSAGE_CHARS:,} "
+                             "characters. Shorten the alternatives")  # fmt: skip
+        return text
+
+    def _choose(self, rule: Rule, depth: int) -> int:
+        n = len(rule.alts)
+        free = depth + rule.deepest - 1 <= limits.MAX_GRAMMAR_DEPTH  # no depth restriction
+        bag = self.bags.get(rule.name)
+        if bag is None:
+            if free:
+                u = (rule.offset + self.index * rule.step) % 1.0
+                i = min(bisect(rule.cum, u * rule.cum[-1]), n - 1)
+                self.bags[rule.name] = {i}
+                return i
+            bag = self.bags[rule.name] = set()
+        elif len(bag) >= n:
+            bag.clear()
+        random = self.rng().random
+        if free:
+            # Rejection first: cheap while few alternatives are used, which is nearly always.
+            for _ in range(4):
+                i = min(bisect(rule.cum, random() * rule.cum[-1]), n - 1)
+                if i not in bag:
+                    bag.add(i)
+                    return i
+            ok = range(n)
+        else:  # near the depth limit: only alternatives that can still finish in time
+            room = limits.MAX_GRAMMAR_DEPTH - depth + 1
+            ok = [i for i in range(n) if rule.heights[i] <= room]
+        fresh = [i for i in ok if i not in bag] or ok
+        r = random() * sum(rule.weights[i] for i in fresh)
+        for i in fresh:
+            r -= rule.weights[i]
+            if r < 0:
+                break
+        bag.add(i)
+        return i

@@ -1,0 +1,23 @@
+"""Hard limits on what a persona file may ask of us.
+
+Persona files come from strangers, so every cost a file can drive (parsing, expansion, rendering)
+is capped here, in one place the docs can quote. A file past a limit is refused with one line.
+"""
+
+from __future__ import annotations
+
+SPEC_VERSION = 1  # the persona format version this code reads and writes
+
+MAX_FILE_BYTES = 1 << 20  # 1 MiB: far above any hand-written persona
+MAX_YAML_DEPTH = 20  # nested mappings/lists
+MAX_YAML_ALIASES = 100  # `*ref` uses
+MAX_YAML_NODES = 100_000  # nodes after aliases are expanded: stops "billion laughs"
+
+MAX_SYMBOLS = 2_000
+MAX_ALTERNATIVES = 5_000  # per symbol
+MAX_GRAMMAR_DEPTH = 12  # nested symbol references in one expansion
+MAX_GRAMMAR_WORK = 2_000  # symbol expansions per conversation
+MAX_MESSAGE_CHARS = 2_000  # one rendered message (and one expanded symbol value)
+
+MAX_NEVER_SAY_REDRAWS = 20  # attempts to draw a reply free of never_say phrases
+DEFAULT_TARGET = 60_000  # conversations `validate` checks a persona can fill without repeats

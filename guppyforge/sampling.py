@@ -1,0 +1,262 @@
+"""Turn a persona into conversations: `Sampler(persona, seed).conversation(index)`.
+
+A conversation depends only on (persona, seed, index, turns, topic): its RNG is seeded from the
+string f"{seed}:{index}", so any worker can make sample 41,337 without making the 41,336 before it.
+Each grammar symbol a template names is bound once per conversation, so the reply can reuse what
+the question picked; `pick('x')` and references inside the grammar draw fresh values.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from guppyforge import limits
+from guppyforge.errors import GuppyError
+from guppyforge.grammar import Draw, Grammar, Rule
+from guppyforge.persona import Persona, Template
+from guppyforge.templating import Compiled, TemplateProblem, compile_text
+
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
+_SPACES = re.compile(r"  +")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One generated (or hand-written) conversation and where in the YAML it came from."""
+
+    messages: list[dict]  # [{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]
+    topic: str
+    template_id: str  # e.g. "food/ask2@L57/say5@L63", "examples/3@L140"
+    turns: int
+
+
+@dataclass
+class CompiledTopic:
+    name: str
+    weight: float
+    ask: list[tuple[Template, Compiled]]
+    say: list[tuple[Template, Compiled]]
+    follow_ups: list[tuple[list, list]]  # per follow-up: (ask, say) like the two above
+
+
+@dataclass
+class CompiledPersona:
+    grammar: Grammar
+    topics: list[CompiledTopic]
+    used_symbols: set[str]
+
+
+def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> CompiledPersona:
+    """Parse every grammar alternative and template once; report each problem to `on_error`."""
+    used: set[str] = set()
+    rules = {}
+    for name, sym in persona.grammar.items():
+        alts = []
+        for alt in sym.alternatives:
+            c = _compile(alt, persona, on_error, grammar=True)
+            used.update(c.picks)
+            alts.append(c.parts[0] if len(c.parts) == 1 and isinstance(c.parts[0], str) else c.parts)
+        rules[name] = Rule(name, alts, [a.weight for a in sym.alternatives], sym.where)
+    grammar = Grammar(rules)
+    for where, problem, fix in grammar.problems():
+        on_error(f"{where}: {problem}. {fix}")
+
+    def templates(items) -> list[tuple[Template, Compiled]]:
+        out = [(t, _compile(t, persona, on_error)) for t in items]
+        for t, c in out:
+            used.update(c.symbols, c.picks)
+            work = sum(grammar.work.get(s, 0) for s in (*c.symbols, *c.picks))
+            if work > limits.MAX_GRAMMAR_WORK:
+                on_error(f"{t.where}: needs {work:g} symbol expansions, more than the limit of "
+                         f"{limits.MAX_GRAMMAR_WORK:,}. Use fewer or smaller symbols")  # fmt: skip
+        return out
+
+    topics = [
+        CompiledTopic(t.name, t.weight, templates(t.ask), templates(t.say),
+                      [(templates(f.ask), templates(f.say)) for f in t.follow_ups])
+        for t in persona.topics.values()
+    ]  # fmt: skip
+    return CompiledPersona(grammar, topics, used)
+
+
+def _compile(t: Template, persona: Persona, on_error, grammar: bool = False) -> Compiled:
+    try:
+        return compile_text(t.text, persona.grammar, grammar=grammar)
+    except TemplateProblem as p:
+        line = t.line + p.line - 1
+        on_error(f"{t.file}:{line}:{t.column}: {t.key}: {p.problem}. {p.fix}")
+        return Compiled(t.text, (), None, frozenset(), (), 0)
+
+
+def _raise(message: str) -> None:
+    raise GuppyError(message)
+
+
+class Sampler:
+    """Makes conversations from a persona; everything is compiled once, here."""
+
+    def __init__(self, persona: Persona, seed: int = 0):
+        self.persona, self.seed = persona, seed
+        self.compiled = compile_persona(persona, _raise)
+        self.grammar = self.compiled.grammar
+        self.grammar.reseed(seed)
+        self.topics = {t.name: t for t in self.compiled.topics}
+        self._topic_list = self.compiled.topics
+        rng = random.Random(f"{seed}:schedule")
+        self._quota, self._slots = _schedule([t.weight for t in self._topic_list], rng)
+        self._shift = rng.randrange(len(self._slots))
+        self._cell_offsets = {t.name: (rng.randrange(len(t.ask)), rng.randrange(len(t.say)))
+                              for t in self._topic_list}  # fmt: skip
+        style = persona.style
+        self._case = {"lower": str.lower, "upper": str.upper}.get(style.case)
+        self._max_sentences = style.max_sentences
+        self._never = style.never_say
+
+    def conversation(self, index: int, turns: int = 1, topic: str | None = None) -> Conversation:
+        """The conversation number `index`: the same arguments always give the same text."""
+        if topic is None:  # slot in the weighted schedule -> topic, and its rank in that topic
+            cycle, slot = divmod(index + self._shift, len(self._slots))
+            i, k = self._slots[slot]
+            t, rank = self._topic_list[i], cycle * self._quota[i] + k
+        elif topic in self.topics:
+            t, rank = self.topics[topic], index
+        else:
+            raise GuppyError(f"{self.persona.path}: topics: no topic '{topic}'. Use one of: "
+                             f"{', '.join(self.topics)}")  # fmt: skip
+        # Rank -> (ask, say) cell, visiting every pair in turn; the rank within the cell then
+        # drives the grammar's quasi-random first draws, so a cell's conversations differ.
+        n_ask, n_say = len(t.ask), len(t.say)
+        rank, cell = divmod(rank, n_ask * n_say)
+        off_ask, off_say = self._cell_offsets[t.name]
+        first = ((cell + off_ask) % n_ask, (cell // n_ask + off_say) % n_say)
+        draw = Draw(self.grammar, f"{self.seed}:{index}", rank)
+        bound: dict[str, str] = {}
+        messages: list[dict] = []
+        ids = [t.name]
+        stages = [(t.ask, t.say)]
+        for k in range(1, turns if t.follow_ups else 1):
+            stages.append(t.follow_ups[(k - 1) % len(t.follow_ups)])
+        for k, (asks, says) in enumerate(stages):
+            if k == 0:
+                a, s = first
+            else:
+                a, s = draw.rng().randrange(len(asks)), draw.rng().randrange(len(says))
+            prompt = self._render(*asks[a], bound, draw)
+            s, reply = self._reply(says, s, bound, draw)
+            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+            tag = f"ask{a}@L{asks[a][0].line}/say{s}@L{says[s][0].line}"
+            ids.append(tag if k == 0 else f"f{(k - 1) % len(t.follow_ups)}:{tag}")
+        return Conversation(messages, t.name, "/".join(ids), len(stages))
+
+    def examples(self) -> list[Conversation]:
+        """The persona's hand-written example conversations, as they are written."""
+        out = []
+        for i, ex in enumerate(self.persona.examples):
+            messages = []
+            for user, assistant in ex.turns:
+                messages += [{"role": "user", "content": user},
+                             {"role": "assistant", "content": assistant}]  # fmt: skip
+            out.append(Conversation(messages, ex.topic or "examples", f"examples/{i}@L{ex.line}",
+                                    len(ex.turns)))  # fmt: skip
+        return out
+
+    def style(self, text: str) -> str:
+        """Apply the persona's style rules (case, sentence cap) to one reply."""
+        if self._case is not None:
+            text = self._case(text)
+        limit = self._max_sentences
+        if limit and (
+            text.count(".") + text.count("!") + text.count("?") > limit or not text.isascii()
+        ):
+            for n, m in enumerate(_SENTENCE_END.finditer(text), 1):
+                if n == limit:
+                    text = text[: m.end()]
+                    break
+        return text
+
+    def banned(self, reply: str) -> bool:
+        """True when a styled reply contains a style.never_say phrase (in any case)."""
+        low = reply if self._case is str.lower else reply.lower()
+        return any(p in low for p in self._never)
+
+    def _reply(self, says, s: int, bound: dict, draw: Draw):
+        for _ in range(limits.MAX_NEVER_SAY_REDRAWS):
+            reply = self.style(self._render(*says[s], bound, draw))
+            if not self._never or not self.banned(reply):
+                return s, reply
+            s = draw.rng().randrange(len(says))  # draw again: another template, fresh grammar picks
+        raise GuppyError(f"{says[s][0].where}: {limits.MAX_NEVER_SAY_REDRAWS} replies in a row "
+                         "contained a style.never_say phrase. Reword the templates or grammar")  # fmt: skip
+
+    def _render(self, t: Template, c: Compiled, bound: dict, draw: Draw) -> str:
+        for name in c.symbols:
+            if name not in bound:
+                bound[name] = draw.expand(name)
+        if c.parts is not None:
+            out = []
+            for p in c.parts:
+                if p.__class__ is str:
+                    out.append(p)
+                    continue
+                value = draw.expand(p[1]) if p[0] else bound[p[1]]
+                for f in p[2]:
+                    value = f(value)
+                out.append(value)
+            text = "".join(out)
+        else:
+            try:
+                text = c.jinja.render({**bound, "pick": draw.expand})
+            except GuppyError:
+                raise
+            except Exception as exc:  # StrictUndefined, sandbox refusals: the template's fault
+                raise GuppyError(f"{t.where}: {exc}. Fix the template") from None
+        text = tidy(text)
+        if len(text) > limits.MAX_MESSAGE_CHARS:
+            raise GuppyError(f"{t.where}: renders {len(text):,} characters, more than the "
+                             f"{limits.MAX_MESSAGE_CHARS:,} limit. Shorten it")  # fmt: skip
+        return text
+
+
+def _schedule(weights: list[float], rng: random.Random, size: int = 10_000):
+    """A period of `size` slots shared out by weight: (quota per topic, [(topic, k)] per slot).
+
+    Slot j of conversation index i is (i + shift) mod size; the k-th slot of topic t in cycle c
+    is that topic's conversation number c * quota[t] + k: an exact rank, with no counting.
+    """
+    total = sum(weights)
+    exact = [max(w / total * size, 1.0) for w in weights]
+    quota = [int(q) for q in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: quota[i] - exact[i])
+    for i in by_remainder[: max(0, size - sum(quota))]:
+        quota[i] += 1  # largest remainders first, so quotas sum to about `size`
+    ties = [rng.random() for _ in weights]
+    # Spread each topic's slots evenly over the period rather than in blocks.
+    slots = sorted(((k + ties[i]) / q, i, k) for i, q in enumerate(quota) for k in range(q))
+    return quota, [(i, k) for _, i, k in slots]
+
+
+def tidy(text: str) -> str:
+    """Collapse the double spaces an empty alternative or a skipped {% if %} leaves; strip."""
+    if "  " in text:
+        text = _SPACES.sub(" ", text)
+    return text.strip()
+
+
+def smoke_test(persona: Persona, per_template: int = 4) -> list[str]:
+    """Make a few conversations per topic to surface errors that only show when sampling."""
+    try:
+        sampler = Sampler(persona)
+    except GuppyError as exc:
+        return [exc.format_message()]
+    errors = []
+    for t in persona.topics.values():
+        n = min(200, per_template * (len(t.ask) + len(t.say) + 2 * len(t.follow_ups)))
+        try:
+            for i in range(n):
+                sampler.conversation(i, turns=1 + len(t.follow_ups), topic=t.name)
+        except GuppyError as exc:
+            errors.append(exc.format_message())
+    return errors

@@ -1,0 +1,334 @@
+"""The training loop: a dataset folder in, a run folder out (see runs.py for its layout).
+
+    tokenizer -> packed batches -> AdamW steps on a warm-up + cosine schedule -> eval, samples
+    -> checkpoints/last.pt along the way -> model.safetensors, loss.png, README.md, config.json
+
+`--max-steps` fixes the whole learning-rate schedule up front, so a run can stop (Ctrl-C,
+`--max-minutes`, `--stop-after`) and `--resume` later to exactly the same result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from guppyforge.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from guppyforge.data import LOSS_ON, batches, chat_texts, epoch_rows, evaluate, load_splits
+from guppyforge.data import loss_fn, padding_share, tokenize
+from guppyforge.errors import GuppyError
+from guppyforge.model import GPT
+from guppyforge.precision import Precision, pick_precision
+from guppyforge.presets import get_preset
+from guppyforge.run_files import dataset_info, finish_run, load_persona_info, sample_prompts
+from guppyforge.runs import pick_device
+from guppyforge.tokenizer import END, encode_prompt, load_tokenizer, save_tokenizer
+from guppyforge.tokenizer import train_tokenizer
+
+EVAL_ROWS = 128  # rows evaluated at each interval (about 16K tokens); the final eval uses all
+
+
+@dataclass
+class TrainOptions:
+    """Every training option. None means "work it out" (recorded once resolved)."""
+
+    preset: str = "guppy-9m"
+    max_steps: int | None = None  # fixes the schedule; default: `epochs` passes over the data
+    epochs: float = 3.0
+    max_minutes: float | None = None  # a time budget: stop with a checkpoint when it runs out
+    stop_after: int | None = None  # stop (with a checkpoint) after this step: for tests, demos
+    batch_size: int = 32  # rows of `context` tokens per step: 4,096 tokens with guppy-9m
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int | None = None  # default: 5 % of max_steps, at most 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int | None = None  # default: ten evals per run
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    resume: bool = False
+    loss_on: str = "replies"
+    progress: bool = True
+
+
+# What decides the numbers a run computes: on --resume these come from the checkpoint.
+SCHEDULE = ("preset", "max_steps", "epochs", "batch_size", "lr", "min_lr", "warmup_steps")
+SCHEDULE += ("weight_decay", "grad_clip", "eval_every", "log_every", "seed", "loss_on")
+
+
+def lr_at(step: int, o: TrainOptions) -> float:
+    """Linear warm-up, then a cosine decay from `lr` to `min_lr` at `max_steps`."""
+    # Warm-up: Adam's moment estimates are noise for the first steps; full-size updates on
+    # them can knock a fresh model into a bad region it never leaves.
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: GPT, o: TrainOptions, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices only."""
+    # Decay pulls weights toward zero, a brake on memorising. On matrices (and embeddings) that
+    # helps; on biases and LayerNorm gains it only fights the scale the model needs.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # Fused: one kernel updates every tensor, instead of a dozen small ops per tensor.
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95), fused=fused)
+
+
+def train_step(model, batch, optimizer, scaler, precision: Precision, lr: float, clip: float):
+    """One optimizer step on one batch; returns the loss (a tensor, so CUDA need not wait)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with precision.autocast():
+        loss = loss_fn(model, batch)
+    scaler.scale(loss).backward()  # the scaler is a no-op unless precision is fp16
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def resolve_options(o: TrainOptions, saved: dict | None) -> TrainOptions:
+    """Check the options; on resume take the schedule from the checkpoint."""
+    if saved is not None:
+        for key in SCHEDULE:
+            mine = getattr(o, key)
+            default = next(f.default for f in fields(TrainOptions) if f.name == key)
+            if mine != default and mine != saved[key] and mine is not None:
+                raise GuppyError(
+                    f"--{key.replace('_', '-')} {mine}: the run being resumed used "
+                    f"{saved[key]}. Drop the option to continue it, or start a new --out."
+                )
+            setattr(o, key, saved[key])
+    if o.loss_on not in LOSS_ON:
+        raise GuppyError(f"--loss-on: unknown '{o.loss_on}'. Use replies or all.")
+    for key in ("max_steps", "batch_size", "eval_every", "log_every", "stop_after"):
+        if getattr(o, key) is not None and getattr(o, key) < 1:
+            raise GuppyError(f"--{key.replace('_', '-')}: must be at least 1.")
+    return o
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(state: dict):
+    """Ctrl-C asks for a clean stop after the current step; a second Ctrl-C aborts at once."""
+
+    def handler(signum, frame):
+        state["stop"] = "interrupted"
+        signal.signal(signal.SIGINT, previous)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def fit_steps_to_budget(model, stream, o: TrainOptions, device, precision, seconds_left) -> int:
+    """How many steps fit the time left, timed on a few real steps at learning rate 0.
+
+    At lr 0 AdamW changes nothing (decay is scaled by lr too), so timing costs no training.
+    """
+    probe = make_optimizer(model, o, device)
+    scaler, times = precision.scaler(), []
+    for _ in range(4):
+        batch = next(stream)[0].to(device)
+        t = time.perf_counter()
+        float(train_step(model, batch, probe, scaler, precision, 0.0, o.grad_clip))
+        times.append(time.perf_counter() - t)
+    step_s = min(times[1:])  # the first step pays one-off costs
+    # Leave room for ten evals (forward only, about a third of a step per batch) and slack.
+    evals_s = 10 * math.ceil(EVAL_ROWS / o.batch_size) * step_s / 3
+    return max(1, int((0.9 * seconds_left - evals_s) / step_s))
+
+
+def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", **options) -> Path:
+    """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`."""
+    started = time.monotonic()
+    try:
+        o = TrainOptions(preset=preset, **options)
+    except TypeError as e:
+        raise GuppyError(f"train(): {e}") from None
+    get_preset(o.preset)  # an unknown name fails before anything else happens
+    data_dir, run = Path(data_dir).resolve(), Path(out_dir)
+    ckpt_path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(ckpt_path) if o.resume else None
+    if ckpt is None and (ckpt_path.exists() or (run / "config.json").exists()):
+        raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
+    o = resolve_options(o, ckpt["train"] if ckpt else None)
+    cfg = get_preset(o.preset)
+    device = pick_device(o.device)
+    precision = pick_precision(device, o.precision)
+    say = tqdm.write
+    torch.manual_seed(o.seed)
+    random.seed(o.seed)
+
+    # Data: the tokenizer is trained on the train split once and kept for resume and chat.
+    splits = load_splits(data_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    if ckpt:
+        tok = load_tokenizer(run)
+    else:
+        tok = train_tokenizer(chat_texts(splits["train"]), cfg.vocab_size)
+        save_tokenizer(tok, run, cfg.context)
+    info = dataset_info(data_dir, splits)
+    train_s = tokenize(splits["train"], tok, cfg.context, info["fingerprint"] or "")
+    test_s = tokenize(splits["test"], tok, cfg.context, info["fingerprint"] or "")
+    info["too_long"] = train_s.too_long + test_s.too_long
+    share = train_s.too_long / max(1, len(train_s) + train_s.too_long)
+    if share > 0.01:
+        raise GuppyError(
+            f"{data_dir}: {train_s.too_long} train conversations ({share:.0%}) are longer than "
+            f"the {cfg.context}-token context. Use --preset guppy-9m-long, or fewer --turns."
+        )
+    if info["too_long"]:
+        say(f"dropped {info['too_long']} conversations longer than {cfg.context} tokens")
+    rows0 = epoch_rows(train_s, cfg.context, o.seed, 0)
+    steps_per_epoch = math.ceil(len(rows0) / o.batch_size)
+    persona = load_persona_info(data_dir)
+
+    model = GPT(cfg).to(device)
+    optimizer = make_optimizer(model, o, device)
+    scaler = precision.scaler()
+    position, step, loss_sum, loss_n = (0, 0), 0, 0.0, 0
+    deadline = started + 60 * o.max_minutes if o.max_minutes else None
+    if o.max_steps is None:
+        o.max_steps = max(1, round(o.epochs * steps_per_epoch))
+        if deadline and not ckpt:
+            probe = batches(train_s, cfg.context, o.batch_size, o.seed, o.loss_on)
+            left = deadline - time.monotonic()
+            fit = fit_steps_to_budget(model, probe, o, device, precision, left)
+            o.max_steps = min(o.max_steps, fit)
+    o.warmup_steps = o.warmup_steps or max(1, min(100, o.max_steps // 20))
+    o.eval_every = o.eval_every or max(1, o.max_steps // 10)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        step, position = ckpt["step"], tuple(ckpt["position"])
+        loss_sum, loss_n = ckpt["loss_sum"], ckpt["loss_n"]
+
+    metrics_path = run / "metrics.jsonl"
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if ckpt else []
+    records = [r for r in records if r["step"] <= step]  # drop lines logged after the checkpoint
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pad = padding_share(train_s, rows0, cfg.context)
+    say(f"{cfg.n_layer} layers, d_model {cfg.d_model}: {model.num_params() / 1e6:.2f}M parameters")
+    say(f"{len(train_s)} train / {len(test_s)} test conversations, loss on {o.loss_on}")
+    say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows x {cfg.context} tokens")
+    say(f"packed: {pad:.1%} of the tokens are padding")
+    say(f"device: {device}; {precision.describe()}")
+    say(f"{'resuming at' if ckpt else 'training for'} step {step} of {o.max_steps}")
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_path,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+            step=step,
+            position=list(position),
+            loss_sum=float(loss_sum),  # the losses since the last log line, so it averages
+            loss_n=loss_n,  # the same steps whether or not the run stopped in between
+            train=asdict(o),
+        )
+
+    prompts = sample_prompts(persona, splits["test"])
+    stop_ids = (tok.token_to_id(END),)
+
+    eval_seconds = [0.0]  # kept out of tokens/s: it measures training, not evaluation
+
+    def eval_and_show(max_rows: int | None) -> dict:
+        t = time.monotonic()
+        loss, ppl = evaluate(
+            model, test_s, cfg.context, device, o.loss_on, o.batch_size, max_rows, precision
+        )
+        say(f"step {step}: eval loss {loss:.3f}, perplexity {ppl:.2f}")
+        rng = torch.Generator(device=device).manual_seed(o.seed)  # leaves training's RNG alone
+        for ask in prompts:
+            ids = encode_prompt(tok, [{"role": "user", "content": ask}])
+            reply = list(model.generate(ids, 48, 0.7, stop_ids=stop_ids, generator=rng))
+            say(f"  you: {ask}\n  {persona.name if persona else 'bot'}: {tok.decode(reply)}")
+        model.train()
+        eval_seconds[0] += time.monotonic() - t
+        return {"eval_loss": loss, "perplexity": ppl}
+
+    stepper = torch.compile(model) if o.compile else model
+    stream = batches(train_s, cfg.context, o.batch_size, o.seed, o.loss_on, start=position)
+    bar = tqdm(total=o.max_steps, initial=step, unit="step", disable=not o.progress)
+    state: dict = {"stop": None}
+    t0, tokens, last_log = time.monotonic(), 0, (time.monotonic(), 0)
+    model.train()
+    with stop_on_ctrl_c(state), metrics_path.open("a") as metrics:
+        while step < o.max_steps:
+            if o.stop_after is not None and step >= o.stop_after:
+                state["stop"] = f"--stop-after {o.stop_after}"
+            elif deadline and time.monotonic() > deadline:
+                state["stop"] = f"--max-minutes {o.max_minutes:g} ran out"
+            if state["stop"]:
+                break
+            batch, next_position = next(stream)
+            loss = train_step(
+                stepper, batch.to(device), optimizer, scaler, precision, lr_at(step, o), o.grad_clip
+            )
+            step, position = step + 1, next_position
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1  # a tensor: no wait for the GPU
+            tokens += batch.tokens
+            bar.update()
+            if step % o.log_every == 0 or step % o.eval_every == 0 or step == o.max_steps:
+                now = time.monotonic()
+                speed = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)
+                record = {"step": step, "train_loss": float(loss_sum) / loss_n}
+                record.update(lr=lr_at(step - 1, o), tokens_per_s=round(speed))
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{speed:,.0f}")
+                if step % o.eval_every == 0 and step < o.max_steps:
+                    record.update(eval_and_show(EVAL_ROWS))
+                    checkpoint()  # so a crash loses at most one eval interval
+                records.append(record)
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                loss_sum, loss_n, last_log = 0.0, 0, (time.monotonic(), tokens)
+    bar.close()
+    checkpoint()
+    if state["stop"]:
+        say(f"stopped at step {step} of {o.max_steps} ({state['stop']}); checkpoint saved.")
+        say(f"continue with: guppyforge train {data_dir} --out {run} --resume")
+        return run
+
+    speed = tokens / max(time.monotonic() - t0 - eval_seconds[0], 1e-9)
+    final = eval_and_show(None)  # the whole test split
+    if records:
+        records[-1].update(final)
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    minutes = (time.monotonic() - started) / 60
+    results = {"final_eval_loss": final["eval_loss"], "perplexity": final["perplexity"]}
+    results.update(steps=step, minutes=round(minutes, 2), tokens_per_s=round(speed))
+    train_info = asdict(o) | {"precision": precision.name, "device": str(device)}
+    del train_info["progress"], train_info["resume"]
+    train_info |= {"steps_per_epoch": steps_per_epoch, "padding": round(pad, 4)}
+    finish_run(run, model, train_info, info, persona, tok.get_vocab_size(), records, results)
+    say(f"done: eval loss {final['eval_loss']:.3f} in {minutes:.1f} min. Chat: guppyforge chat {run}")
+    return run
+

@@ -1,0 +1,152 @@
+"""Shared fixtures. Each is a clearly named function; add yours below, don't rewrite others'."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+# --- micro_run: a tiny trained run folder, built without the trainer (chat, eval, serve, export) -
+
+MICRO_PERSONA = """\
+guppyforge: 1
+name: finn
+display_name: Finn
+summary: A tiny fish for tests.
+license: mit
+style:
+  case: lower
+  max_sentences: 3
+  never_say: [as an ai]
+grammar:
+  food: [worms, flakes, bugs]
+topics:
+  food:
+    ask: ["are you hungry", "do you like {{ food }}"]
+    say: ["{{ food }}? yes. always yes."]
+probes:
+  - ask: are you hungry
+    expect_any: [food, worms, flakes, bugs]
+  - ask: what is the meaning of life
+    expect_any: [food]
+    forbid: [meaning]
+"""
+
+_FOODS = ["worms", "flakes", "bugs", "shrimp"]
+_PLACES = ["the castle", "the plant", "the glass", "the rock"]
+
+
+def micro_conversations(split: str) -> list[list[dict]]:
+    """Fish conversations; the test split asks with phrasings the train split never uses."""
+    asks = (
+        ["are you hungry", "do you like {f}", "what do you eat", "hello", "where do you sleep"]
+        if split == "train"
+        else ["hungry?", "is {f} good", "hi there"]
+    )
+    out = []
+    for i, ask in enumerate(asks):
+        for j, food in enumerate(_FOODS):
+            place = _PLACES[(i + j) % len(_PLACES)]
+            say = {
+                "hello": f"hi. is it food time. i was near {place}.",
+                "where do you sleep": f"behind {place}. it is quiet.",
+                "hi there": f"hi. i was near {place}.",
+            }.get(ask, f"{food}? yes. always yes. i eat it near {place}.")
+            conv = [{"role": "user", "content": ask.format(f=food)}]
+            conv.append({"role": "assistant", "content": say})
+            if split == "train" and j % 2:
+                conv += [
+                    {"role": "user", "content": "and then?"},
+                    {"role": "assistant", "content": f"a nap near {place}."},
+                ]
+            out.append(conv)
+    return out
+
+
+def build_micro_run(root: Path, steps: int = 120) -> Path:
+    """A run folder in `runs.py`'s layout, trained for a few seconds so replies say something.
+
+    Writes ROOT/data (a dataset folder: data/{train,test}-*.parquet + persona.yaml) and ROOT/run
+    (config.json, model.safetensors, tokenizer files, persona.yaml). Seeded: same bytes each time.
+    """
+    from dataclasses import replace
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    import torch.nn.functional as F
+
+    from guppyforge.model import GPT
+    from guppyforge.presets import PRESETS
+    from guppyforge.runs import save_weights
+    from guppyforge.tokenizer import (
+        encode_conversations,
+        format_chat,
+        save_tokenizer,
+        train_tokenizer,
+    )
+
+    data_dir, run_dir = root / "data", root / "run"
+    (data_dir / "data").mkdir(parents=True)
+    run_dir.mkdir()
+    splits = {s: micro_conversations(s) for s in ("train", "test")}
+    for name, convs in splits.items():
+        table = pa.table(
+            {
+                "messages": convs,
+                "topic": ["food"] * len(convs),
+                "template_id": ["food/ask0/say0"] * len(convs),
+                "turns": [len(c) // 2 for c in convs],
+            }
+        )
+        pq.write_table(table, data_dir / "data" / f"{name}-00000-of-00001.parquet")
+    for folder in (data_dir, run_dir):
+        (folder / "persona.yaml").write_text(MICRO_PERSONA)
+
+    tok = train_tokenizer((format_chat(c) for c in splits["train"]), vocab_size=512)
+    cfg = replace(PRESETS["micro"], vocab_size=tok.get_vocab_size())
+    ids, mask = encode_conversations(tok, splits["train"])
+    T = max(map(len, ids))
+    x = torch.zeros(len(ids), T, dtype=torch.long)
+    y = torch.full((len(ids), T), -100, dtype=torch.long)
+    for r, (seq, m) in enumerate(zip(ids, mask, strict=True)):
+        x[r, : len(seq)] = torch.tensor(seq)
+        # Loss on the replies only, as `train` does: position t predicts token t+1.
+        y[r, : len(seq) - 1] = torch.tensor(
+            [t if k else -100 for t, k in zip(seq[1:], m[1:], strict=True)]
+        )
+    threads = torch.get_num_threads()
+    # One thread: on a shared 2-core box, two threads per process fight other processes and
+    # run this small model several times slower.
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():  # never disturb the global RNG other tests rely on
+            torch.manual_seed(0)
+            model = GPT(cfg)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+            for _ in range(steps):
+                loss = F.cross_entropy(model(x).view(-1, cfg.vocab_size), y.view(-1))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    save_weights(model, run_dir / "model.safetensors")
+    save_tokenizer(tok, run_dir, cfg.context)
+    config = {
+        "model": cfg.to_dict(),
+        "train": {"steps": steps, "loss_on": "replies", "final_loss": loss.item()},
+        "dataset": {"path": str(data_dir.resolve()), "fingerprint": "micro-0001"},
+        "persona": {"name": "finn", "sha256": hashlib.sha256(MICRO_PERSONA.encode()).hexdigest()},
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """Path of a tiny trained run folder (micro preset, ~2 s to build). Treat it as read-only."""
+    return build_micro_run(tmp_path_factory.mktemp("micro"))

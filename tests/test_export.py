@@ -1,0 +1,203 @@
+"""`guppyforge export`: a run becomes a folder that transformers or onnxruntime loads.
+
+What a user would notice: the exported model computes the same logits, and says the same thing
+to "are you hungry" as `guppyforge chat` does at temperature 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from guppyforge import chat
+from guppyforge.cli import cli
+from guppyforge.errors import GuppyError
+from guppyforge.export import export_run
+from guppyforge.model import GPT
+from guppyforge.presets import PRESETS
+from guppyforge.runs import load_run, save_weights
+from guppyforge.tokenizer import END, format_chat, save_tokenizer, train_tokenizer
+
+# transformers must only ever read the local folder.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PROMPT = [{"role": "user", "content": "are you hungry"}]
+
+
+def random_run(path: Path, activation: str) -> Path:
+    """An untrained run folder (random weights) with the given activation: enough for logits."""
+    path.mkdir(parents=True)
+    texts = [format_chat([{"role": "user", "content": f"hello {i}"}]) for i in range(20)]
+    tok = train_tokenizer(texts, 300)
+    cfg = replace(PRESETS["micro"], vocab_size=tok.get_vocab_size(), activation=activation)
+    torch.manual_seed(0)
+    save_weights(GPT(cfg), path / "model.safetensors")
+    save_tokenizer(tok, path, cfg.context)
+    (path / "config.json").write_text(json.dumps({"model": cfg.to_dict()}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(micro_run) -> Path:
+    return Path(micro_run)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "hf"
+    result = CliRunner().invoke(cli, ["export", str(run_dir), "--to", "hf", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(run_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "onnx"
+    export_run(run_dir, "onnx", out, int8=True)
+    return out
+
+
+def greedy_reply(run, prompt_text: str) -> str:
+    return chat.reply(run, [{"role": "user", "content": prompt_text}], temperature=0)
+
+
+# --- transformers ------------------------------------------------------------------------------
+
+
+def test_hf_folder_has_the_files_transformers_reads(hf_dir):
+    names = {p.name for p in hf_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "generation_config.json", "README.md"} <= names
+    assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= names
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["activation_function"] == "gelu_new"
+    assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0.0
+    assert "chat_template" in json.loads((hf_dir / "tokenizer_config.json").read_text())
+
+
+def test_hf_logits_match_ours(run_dir, hf_dir):
+    from transformers import AutoModelForCausalLM
+
+    theirs, info = AutoModelForCausalLM.from_pretrained(hf_dir, output_loading_info=True)
+    # Every tensor found its place: nothing left randomly initialised, nothing ignored.
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ours = load_run(run_dir).model
+    x = torch.randint(
+        0, ours.cfg.vocab_size, (3, ours.cfg.context), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        diff = (theirs.eval()(x).logits - ours(x)).abs().max().item()
+    assert diff < 1e-4, diff
+
+
+def test_hf_greedy_generate_says_what_chat_says(run_dir, hf_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    inputs = tok.apply_chat_template(
+        PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    out = model.generate(**inputs, do_sample=False, max_new_tokens=64)
+    theirs = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    ours = greedy_reply(load_run(run_dir), "are you hungry")
+    assert ours.strip(), "the fixture model should say something"
+    assert theirs == ours
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "silu"])
+def test_hf_maps_every_activation(activation, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run_dir = random_run(tmp_path / "run", activation)
+    export_run(run_dir, "hf", tmp_path / "hf")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ours = load_run(run_dir).model
+    x = torch.randint(0, ours.cfg.vocab_size, (2, 40))
+    with torch.no_grad():
+        assert (theirs(x).logits - ours(x)).abs().max().item() < 1e-4
+
+
+# --- ONNX --------------------------------------------------------------------------------------
+
+
+def onnx_logits(path: Path, ids: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input_ids": ids})[0]
+
+
+def onnx_greedy(path: Path, tokenizer, prompt_ids: list[int], context: int, max_new: int = 64):
+    """Greedy decoding with the ONNX graph: no KV cache, so each step feeds the whole sequence."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ids, end = list(prompt_ids), tokenizer.token_to_id(END)
+    for _ in range(max_new):
+        if len(ids) >= context:
+            break
+        logits = session.run(["logits"], {"input_ids": np.array([ids], dtype=np.int64)})[0]
+        token = int(logits[0, -1].argmax())
+        if token == end:
+            break
+        ids.append(token)
+    return tokenizer.decode(ids[len(prompt_ids) :])
+
+
+def test_onnx_describes_its_inputs_and_outputs(onnx_dir, run_dir):
+    io = json.loads((onnx_dir / "onnx_io.json").read_text())
+    assert io["inputs"][0]["name"] == "input_ids" and io["outputs"][0]["name"] == "logits"
+    assert io["models"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    assert io["max_sequence"] == load_run(run_dir).model.cfg.context
+    assert (onnx_dir / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (2, 128)])
+def test_onnx_fp32_logits_match_torch_for_any_batch_and_length(onnx_dir, run_dir, shape):
+    model = load_run(run_dir).model
+    x = torch.randint(0, model.cfg.vocab_size, shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(x).numpy()
+    diff = np.abs(onnx_logits(onnx_dir / "model.onnx", x.numpy()) - ours).max()
+    assert diff < 1e-4, diff
+
+
+def test_onnx_int8_keeps_the_greedy_replies(onnx_dir, run_dir):
+    run = load_run(run_dir)
+    prompts = ["are you hungry", "hello", "do you like worms", "where do you live"]
+    agree = 0
+    for text in prompts:
+        ids = chat.build_prompt(
+            run.tokenizer, [{"role": "user", "content": text}], run.model.cfg.context, 64
+        )[0]
+        int8 = onnx_greedy(onnx_dir / "model.int8.onnx", run.tokenizer, ids, run.model.cfg.context)
+        agree += int8 == greedy_reply(run, text)
+    assert agree == len(prompts)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def test_export_refuses_to_overwrite_without_force(run_dir, hf_dir):
+    again = CliRunner().invoke(cli, ["export", str(run_dir), "--to", "hf", "--out", str(hf_dir)])
+    assert again.exit_code == 1 and "--force" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_export_refuses_to_write_into_the_run_itself(run_dir):
+    with pytest.raises(GuppyError, match="run folder itself"):
+        export_run(run_dir, "hf", run_dir, force=True)
+
+
+def test_int8_is_only_for_onnx(run_dir, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["export", str(run_dir), "--to", "hf", "--out", str(tmp_path / "x"), "--int8"]
+    )
+    assert result.exit_code == 1 and "error: --int8" in result.output

@@ -1,0 +1,204 @@
+"""`guppyforge serve`: the official `openai` client talks to the character over loopback.
+
+The server runs in a thread on a free port (port 0) for the whole module. Well-formed requests go
+through the `openai` client, as a user's code would; malformed ones are sent raw with http.client,
+since the client would refuse to send them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import openai
+import pytest
+
+from guppyforge import chat
+from guppyforge.runs import load_run
+from guppyforge.serve import StopFilter, make_server
+
+HUNGRY = [{"role": "user", "content": "are you hungry"}]
+
+
+@pytest.fixture(scope="module")
+def run(micro_run):
+    return load_run(Path(micro_run))
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    srv = make_server(run, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url, api_key="x", max_retries=0, timeout=30)
+
+
+def raw(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """Send a request as is; return (status, decoded JSON body)."""
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = json.loads(response.read())
+    conn.close()
+    return response.status, data
+
+
+# --- what a user sees --------------------------------------------------------------------------
+
+
+def test_lists_the_one_model(client, server):
+    models = client.models.list().data
+    assert [m.id for m in models] == [server.model_id]
+    assert client.models.retrieve(server.model_id).id == server.model_id
+
+
+def test_reply_equals_chat_reply_at_temperature_0(client, run, server):
+    expected = chat.reply(run, HUNGRY, temperature=0)
+    response = client.chat.completions.create(model="any", messages=HUNGRY, temperature=0)
+    choice = response.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == expected
+    assert choice.finish_reason == "stop" and response.object == "chat.completion"
+    assert response.model == server.model_id and response.id.startswith("chatcmpl-")
+    usage = response.usage
+    assert usage.prompt_tokens == len(
+        chat.build_prompt(run.tokenizer, HUNGRY, run.model.cfg.context, 64)[0]
+    )
+    assert usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_streamed_chunks_join_to_the_same_text(client, run):
+    expected = chat.reply(run, HUNGRY, temperature=0)
+    stream = client.chat.completions.create(
+        model="any",
+        messages=HUNGRY,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens > 0  # include_usage: a last chunk with the usage
+
+
+def test_max_tokens_cuts_the_reply_with_finish_reason_length(client, run):
+    response = client.chat.completions.create(
+        model="any", messages=HUNGRY, temperature=0, max_completion_tokens=2
+    )
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 2
+    full = chat.reply(run, HUNGRY, temperature=0)
+    assert full.startswith(response.choices[0].message.content)
+
+
+def test_stop_string_ends_the_reply_before_it(client, run):
+    full = chat.reply(run, HUNGRY, temperature=0)
+    stop = full.split()[1]  # the reply's second word
+    response = client.chat.completions.create(
+        model="any", messages=HUNGRY, temperature=0, stop=[stop]
+    )
+    assert response.choices[0].message.content == full[: full.index(stop)]
+    assert response.choices[0].finish_reason == "stop"
+
+
+def test_same_seed_same_sampled_reply(client):
+    def ask():
+        return (
+            client.chat.completions.create(
+                model="any", messages=HUNGRY, temperature=1.0, top_p=0.9, seed=7
+            )
+            .choices[0]
+            .message.content
+        )
+
+    assert ask() == ask()
+
+
+def test_two_concurrent_requests_both_get_their_own_reply(client, run):
+    other = [{"role": "user", "content": "hello"}]
+    expected = {
+        "a": chat.reply(run, HUNGRY, temperature=0),
+        "b": chat.reply(run, other, temperature=0),
+    }
+
+    def ask(key):
+        messages = HUNGRY if key == "a" else other
+        stream = client.chat.completions.create(
+            model="any", messages=messages, temperature=0, stream=key == "b"
+        )
+        if key == "a":
+            return stream.choices[0].message.content
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(4) as pool:
+        keys = ["a", "b", "a", "b"]
+        replies = list(pool.map(ask, keys))
+    assert replies == [expected[k] for k in keys]
+
+
+# --- malformed requests get OpenAI-shaped 4xx errors --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b"{}", "messages"),
+        (b'{"messages": []}', "messages"),
+        (b'{"messages": "hi"}', "messages"),
+        (b'{"messages": [{"role": "wizard", "content": "hi"}]}', "messages[0].role"),
+        (b'{"messages": [{"role": "user", "content": 5}]}', "messages[0]"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "n": 2}', "n"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "temperature"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens"),
+        (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
+    ],
+)
+def test_malformed_requests_get_400(server, body, param):
+    status, data = raw(
+        server, "POST", "/v1/chat/completions", body, {"Content-Type": "application/json"}
+    )
+    assert status == 400
+    assert set(data["error"]) == {"message", "type", "param", "code"}
+    assert data["error"]["type"] == "invalid_request_error" and data["error"]["param"] == param
+
+
+def test_body_too_large_gets_413(server):
+    body = b'{"messages": [{"role": "user", "content": "' + b"a" * (2 << 20) + b'"}]}'
+    status, data = raw(server, "POST", "/v1/chat/completions", body)
+    assert status == 413 and "error" in data
+
+
+def test_unknown_path_gets_404_and_wrong_method_405(server):
+    status, data = raw(server, "GET", "/v1/completions")
+    assert status == 404 and data["error"]["code"] == "not_found"
+    status, data = raw(server, "GET", "/v1/chat/completions")
+    assert status == 405 and data["error"]["message"]
+
+
+def test_openai_client_raises_its_usual_errors(client):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="any", messages=HUNGRY, n=2)
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+def test_stop_filter_holds_back_a_stop_string_split_across_pieces():
+    f = StopFilter(["</s>"])
+    sent = [f.feed(p) for p in ["hi <", "/", "s> more"]]
+    assert sent == ["hi ", "", ""] and f.stopped
