@@ -14,6 +14,7 @@ the whole command <= 10 s.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,16 +24,16 @@ from pathlib import Path
 from guppyforge.generate import generate_dataset
 from guppyforge.paths import PERSONAS_DIR
 
-COLUMNS = [
-    ("persona", "{:<10}"),
-    ("cmd s", "{:>6.2f}"),
-    ("gen s", "{:>6.2f}"),
-    ("conv/s", "{:>8,.0f}"),
-    ("unique %", "{:>8.2f}"),
-    ("distinct-1", "{:>10.4f}"),
-    ("distinct-2", "{:>10.4f}"),
-    ("gen s w2", "{:>8.2f}"),
-    ("speed-up w2", "{:>11.2f}"),
+COLUMNS = [  # (header, format); each column is as wide as the wider of the two
+    ("persona", "{:<12}"),
+    ("cmd s", "{:6.2f}"),
+    ("gen s", "{:6.2f}"),
+    ("conv/s", "{:8,.0f}"),
+    ("unique %", "{:8.2f}"),
+    ("distinct-1", "{:10.4f}"),
+    ("distinct-2", "{:10.4f}"),
+    ("gen s w2", "{:8.2f}"),
+    ("speed-up w2", "{:11.2f}"),
 ]
 
 
@@ -78,17 +79,23 @@ def main() -> None:
     args = parser.parse_args()
     personas = args.personas or sorted(PERSONAS_DIR.glob("*.yaml"))
 
-    print(f"generate benchmark: n={args.n:,}, seed={args.seed}")
-    print("  ".join(f"{name:>{len(name)}}" for name, _ in COLUMNS))
+    # Timings on a shared machine mean little without the load they were taken under.
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"generate benchmark: n={args.n:,}, seed={args.seed}, {os.cpu_count()} cores, load {load}"
+    )
+    widths = [max(len(name), len(fmt.format(0))) for name, fmt in COLUMNS]
+    print(_line([name for name, _ in COLUMNS], widths))
     with tempfile.TemporaryDirectory() as tmp:
         for persona in personas:
             row = bench(persona, args.n, args.seed, Path(tmp))
-            cells = [fmt.format(value) for (_, fmt), value in zip(COLUMNS, row, strict=True)]
-            print(
-                "  ".join(
-                    cell.rjust(len(name)) for (name, _), cell in zip(COLUMNS, cells, strict=True)
-                )
-            )
+            print(_line([fmt.format(v) for (_, fmt), v in zip(COLUMNS, row, strict=True)], widths))
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    """One table line: the persona name left-aligned, the figures right-aligned."""
+    first, *rest = zip(cells, widths, strict=True)
+    return "  ".join([first[0].ljust(first[1])] + [c.rjust(w) for c, w in rest])
 
 
 if __name__ == "__main__":

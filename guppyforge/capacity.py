@@ -88,7 +88,7 @@ class _Counter:
             if i >= ASSIGNMENT_CAP:
                 self.exact = False
                 return
-            yield dict(zip(names, combo))
+            yield dict(zip(names, combo, strict=True))
 
     def outputs(self, c: Compiled, fixed: dict, reply: bool = True) -> dict[str, None]:
         """Distinct final texts of one template with some symbols fixed (as an ordered set)."""

@@ -11,10 +11,10 @@ persona (mapping and file text) under `data.extensions.guppyforge`, and imports 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -74,21 +74,15 @@ def slugify(text: str) -> str:
 
 
 def escape_jinja(text: str) -> str:
-    """Make text render as itself in a persona template, so a card can never inject code: a `{`
-    that would open `{{`, `{%` or `{#` becomes `{{ '{' }}`, a plain brace ("{{x}}" stays "{{x}}")."""
+    """Make text render as itself in a persona template, so a card can never inject code: each
+    `{` that would open `{{`, `{%` or `{#` becomes `{{ '{' }}`, which renders a plain brace."""
     return _JINJA_OPEN.sub("{{ '{' }}", text)
 
 
-def _macros(text: str, char: str) -> str:
-    """Card macros as plain text: {{char}}/<BOT> -> the character's name, {{user}} -> 'you'."""
-    return _MACRO.sub(lambda m: "you" if (m[1] or m[2]).lower() == "user" else char, text)
-
-
 def parse_examples(text: str, names: set[str]) -> tuple[list[dict], list[str]]:
-    """Split `mes_example` into persona examples, and the blocks that are not one (returned as
-    text so the caller can keep them). A block starts at `<START>`; its lines are `{{user}}: ...`
-    or `{{char}}: ...` (or a name in `names`); a line without a speaker continues the message
-    above. A block is an example when it goes user, character, user, character..."""
+    """Split `mes_example` into persona examples, and the blocks that are not user, character,
+    user, character... exchanges (as text, for the caller to keep). A block starts at `<START>`;
+    a line without a speaker (`{{user}}:`, `{{char}}:`, a name) continues the message above."""
     examples, leftovers = [], []
     for block in filter(None, (b.strip() for b in _START.split(text))):
         messages: list[list[str]] = []  # [role, text]
@@ -126,80 +120,80 @@ def card_to_persona(card: dict[str, Any]) -> dict[str, Any]:
             used.add(key)
         return [v.strip() for v in value if v.strip()] if key in used else []
 
-    display = " ".join(text("name").split()) or "Character"
-    nickname = data.get("nickname")  # V3: what {{char}} stands for, when given (and kept)
-    char = nickname.strip() if isinstance(nickname, str) and nickname.strip() else display
-    description, personality = (_macros(text(k), char) for k in ("description", "personality"))
-    greetings = [_macros(g, char) for g in (text("first_mes"), *strings("alternate_greetings"))]
-    names = {"{{char}}", "<bot>", "<char>", "char", display.lower(), char.lower()}
-    examples, leftovers = parse_examples(text("mes_example"), names)
-    for example in examples:
-        example["turns"] = [{k: _macros(v, char) for k, v in t.items()} for t in example["turns"]]
-    tags, author, version = strings("tags"), text("creator"), text("character_version")
+    def macros(value: str, char: str) -> str:  # {{char}}/<BOT> -> the name, {{user}} -> "you"
+        return _MACRO.sub(lambda m: "you" if (m[1] or m[2]).lower() == "user" else char, value)
 
-    # Kept: every field not used above (empty V2 defaults aside: export writes those anyway),
-    # and what a used field held that a persona cannot: greetings too long to be one message,
-    # example blocks that are not a user/character exchange.
-    kept = {k: v for k, v in data.items() if k not in used and V2_FIELDS.get(k, ...) != v}
+    display = " ".join(text("name").split())[:200] or "Character"  # a name, not a text
+    # V3's nickname, when given (it is also kept), is what {{char}} stands for
+    char = n.strip()[:200] if isinstance(n := data.get("nickname"), str) and n.strip() else display
+    description, personality = (macros(text(k), char) for k in ("description", "personality"))
+    greetings = [macros(g, char) for g in (text("first_mes"), *strings("alternate_greetings"))]
     too_long = [g for g in greetings if len(g) > limits.MAX_MESSAGE_CHARS]
     greetings = [g for g in greetings if g and len(g) <= limits.MAX_MESSAGE_CHARS]
-    kept |= {"alternate_greetings": too_long} if too_long else {}
-    kept |= {"mes_example": "\n".join(f"<START>\n{b}" for b in leftovers)} if leftovers else {}
-    saved = {k: card[k] for k in ("spec", "spec_version") if k in card} | {"data": kept}
-    # Top-level fields besides the envelope: V1 copies of `data` that many V2 tools still write
-    # (dropped when they only repeat it) and front-end settings (kept).
-    root = {k: v for k, v in card.items() if k not in ENVELOPE and data.get(k) != v}
-    saved |= {"root": root} if root else {}
-
-    notes = "\n\n".join(filter(None, [description, personality and f"Personality: {personality}"]))
-    asks = [a.format(name=escape_jinja(char)) for a in GREETING_ASKS]
-    says = [escape_jinja(g) for g in greetings or [f"Hello! I am {char}."]]
-    words = re.findall(r"[^\W\d_]{4,}", (greetings or [char])[0].lower())  # for a probe
-    # summary: the description's first sentence (first line, ~200 characters at most)
+    names = {"{{char}}", "<bot>", "<char>", "char", display.lower(), char.lower()}  # speakers
+    examples, leftovers = parse_examples(text("mes_example"), names)
+    for example in examples:
+        example["turns"] = [{k: macros(v, char) for k, v in t.items()} for t in example["turns"]]
     line = next((ln.strip() for ln in description.splitlines() if ln.strip()), "")
-    summary = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]
+    summary = re.split(r"(?<=[.!?])\s", line, maxsplit=1)[0]  # the first sentence, <= ~200 chars
     summary = summary if len(summary) <= 200 else summary[:197].rsplit(" ", 1)[0] + "..."
-    optional = {"author": author, "version": version, "tags": tags, "notes": notes}
-    return {
+    words = [*dict.fromkeys(re.findall(r"[^\W\d_]{4,}", (greetings or [char])[0].lower()))]
+    notes = [description, f"Personality: {personality}" if personality else ""]
+    persona = {
         "guppyforge": limits.SPEC_VERSION,
         "name": slugify(display),
         "display_name": display,
         "summary": summary or f"{display}, imported from a Character Card.",
-        **{k: v for k, v in optional.items() if v},
+        "author": text("creator"),
+        "version": text("character_version"),
+        "tags": strings("tags"),
+        "notes": "\n\n".join(filter(None, notes)),
         "style": {"case": "keep"},  # cards are written in sentence case: keep it
-        "topics": {"greeting": {"ask": asks, "say": says}},
-        **({"examples": examples} if examples else {}),
-        "probes": [{"ask": "hello", "expect_any": list(dict.fromkeys(words))[:3] or [char]}],
-        "extensions": {"character_card": saved},
-    }
+        "topics": {"greeting": {
+            "ask": [a.format(name=escape_jinja(char)) for a in GREETING_ASKS],
+            "say": [escape_jinja(g) for g in greetings or [f"Hello! I am {char}."]],
+        }},
+        "examples": examples,
+        "probes": [{"ask": a, "expect_any": words[:3] or [char]} for a in ("hello", "hey")],
+    }  # fmt: skip
+    persona = {k: v for k, v in persona.items() if v}  # leave out what the card did not have
+    # Kept: fields not used above (bar empty V2 defaults, which export writes anyway), and what
+    # a persona cannot hold: greetings too long for a message, blocks that are not exchanges.
+    kept = {k: v for k, v in data.items() if k not in used and V2_FIELDS.get(k, ...) != v}
+    kept |= {"alternate_greetings": too_long} if too_long else {}
+    kept |= {"mes_example": "\n".join(f"<START>\n{b}" for b in leftovers)} if leftovers else {}
+    saved = {k: card[k] for k in ("spec", "spec_version") if k in card} | {"data": kept}
+    # Top-level fields: front-end settings, and V1 copies of `data` (dropped if only copies).
+    root = {k: v for k, v in card.items() if k not in ENVELOPE and data.get(k) != v}
+    persona["extensions"] = {"character_card": saved | ({"root": root} if root else {})}
+    return persona
 
 
 def persona_to_card(persona: Any) -> dict[str, Any]:
     """A V2 card from a loaded persona: the fields it has, the fields an earlier import kept,
     and the whole persona (mapping and file text) under `data.extensions.guppyforge`."""
-    saved = persona.extensions.get("character_card")
-    saved = saved if isinstance(saved, dict) else {}
+    saved = s if isinstance(s := persona.extensions.get("character_card"), dict) else {}
     kept = dict(saved["data"]) if isinstance(saved.get("data"), dict) else {}
     root = saved["root"] if isinstance(saved.get("root"), dict) else {}
-    body, personality = (_PERSONALITY.split(persona.notes, maxsplit=1) + [""])[:2]
-    body = body.strip()  # notes hold the full description (an import puts the card's there)...
-    if not body.startswith(persona.summary.removesuffix("...")):
-        body = f"{persona.summary}\n\n{body}".strip()  # ...so add the summary unless it is there
+    # notes hold the full description (an import puts the card's there), then the personality
+    body, personality = (t.strip() for t in [*_PERSONALITY.split(persona.notes, 1), ""][:2])
+    if not body.startswith(persona.summary.removesuffix("...")):  # add the summary if not there
+        body = f"{persona.summary}\n\n{body}".strip()
     greetings = _greetings(persona)
     blocks = ["\n".join(["<START>", *(f"{{{{user}}}}: {u}\n{{{{char}}}}: {a}" for u, a in e.turns)])
               for e in persona.examples if e.turns]  # fmt: skip
-    mine = {"name": persona.display_name, "description": body, "personality": personality.strip(),
+    mine = {"name": persona.display_name, "description": body, "personality": personality,
             "first_mes": greetings[0] if greetings else "", "mes_example": "\n".join(blocks),
             "alternate_greetings": greetings[1:], "tags": list(persona.tags),
             "creator": persona.author, "character_version": persona.version}  # fmt: skip
-    # What the persona says wins; kept fields fill what it leaves empty. Greetings and example
-    # blocks that an import could not use come after the persona's own.
     data = {**V2_FIELDS, **kept}
-    for key, value in mine.items():
-        if value and key in ("mes_example", "alternate_greetings") and data[key]:
-            data[key] = value + ("\n" if key == "mes_example" else []) + data[key]
-        elif value or key not in kept:
+    for key, value in mine.items():  # what the persona says wins; kept fields fill the gaps
+        if value or key not in kept:
             data[key] = value
+    # greetings and example blocks that an import could not use come after the persona's own
+    for key, glue in (("alternate_greetings", []), ("mes_example", "\n")):
+        if mine[key] and type(kept.get(key)) is type(mine[key]):
+            data[key] = mine[key] + glue + kept[key]
     extensions = data["extensions"] if isinstance(data["extensions"], dict) else {}
     source = persona.path.read_bytes().decode("utf-8-sig")  # keeps comments and `yes` as text
     ours = {"format": 1, "persona": persona.raw, "yaml": source}  # format: of this mapping
@@ -209,34 +203,31 @@ def persona_to_card(persona: Any) -> dict[str, Any]:
 
 
 def _greetings(persona: Any) -> list[str]:
-    """The `greeting` topic's replies: its hand-written examples, then each `say` of plain text
-    (all that an import writes), styled as the Sampler would. A `say` that needs the grammar is
-    left out, unless nothing else is there: then the (seeded) Sampler draws one."""
+    """The `greeting` topic's hand-written examples, then each `say` of plain text (all that an
+    import writes) styled as the Sampler would; else one reply drawn by the (seeded) Sampler."""
     from jinja2 import TemplateError
 
     from guppyforge.sampling import Sampler
     from guppyforge.templating import environment
 
-    topic = persona.topics.get("greeting")
-    if topic is None:
-        return []
+    says = persona.topics["greeting"].say if "greeting" in persona.topics else ()
     sampler = Sampler(persona, 0)
     out = [e.turns[0][1] for e in persona.examples if e.topic == "greeting" and e.turns]
-    for say in topic.say:
-        try:
+    for say in says:
+        with contextlib.suppress(TemplateError):  # a `say` that uses grammar symbols is skipped
             out.append(sampler.style(environment().from_string(say.text).render().strip()))
-        except TemplateError:  # it uses grammar symbols
-            pass
-    if not out:
+    if says and not out:
         out.append(sampler.conversation(0, topic="greeting").messages[-1]["content"])
     return [text for text in dict.fromkeys(out) if text]
 
 
 class _Dumper(yaml.SafeDumper):
-    """safe_dump that writes multi-line text as a readable `|` block (PyYAML itself falls back
-    to quotes where a block cannot hold the text exactly, e.g. trailing spaces)."""
+    """safe_dump with multi-line text as `|` blocks, and repeated values written out again."""
 
-    def text(self, value: str) -> yaml.ScalarNode:
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # copies read better than `&id001` anchors and `*id001` references
+
+    def text(self, value: str) -> yaml.ScalarNode:  # PyYAML quotes what a block cannot hold
         return self.represent_scalar("tag:yaml.org,2002:str", value, "|" if "\n" in value else None)
 
 
@@ -251,34 +242,30 @@ def dump_yaml(data: Any) -> str:
 def write_atomic(path: Path, text: str) -> None:
     """Write a file whole or not at all: a temp file in the same folder, then os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: same file system
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; this one is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        tmp.write_text(text, encoding="utf-8", newline="")  # newline="": the text as it is
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)  # only left after a failure
 
 
 _HEADER = """\
-# {display}: a persona skeleton made by `guppyforge import-card {source}`. It validates, but it
-# only knows how to greet. Next: read `notes` (the card's description: the character's voice),
-# add a `grammar`, more `topics` and `probes` (docs/persona-format.md), then run
-# `guppyforge validate {out}`. `extensions.character_card` keeps the card fields guppyforge
-# does not use (scenario, lorebook...): `guppyforge export-card` puts them back on the card.
+# {display}: a persona skeleton made by `guppyforge import-card {source}`. It validates but it
+# only greets. Next: read `notes` (the card's description: the voice), add a `grammar`, more
+# `topics` and `probes` (docs/persona-format.md), run `guppyforge validate {out}`. Card fields
+# guppyforge does not use stay in `extensions.character_card`: export-card puts them back.
 """
 
 
 def import_card(card_path: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
     """Write the persona of a card file (see the module docstring); return the path written."""
-    card_path = Path(card_path)
-    card = read_card(card_path)
+    card = read_card(card_path := Path(card_path))
     ours = card["data"].get("extensions")
     ours = ours.get("guppyforge") if isinstance(ours, dict) else None
-    ours = ours if isinstance(ours, dict) and isinstance(ours.get("persona"), dict) else {}
-    persona = ours.get("persona") or card_to_persona(card)
+    persona = ours.get("persona") if isinstance(ours, dict) else None
+    if not (isinstance(persona, dict) and persona):  # not a card that guppyforge exported
+        ours, persona = {}, card_to_persona(card)
     name = slugify(str(persona.get("name") or ""))  # an embedded name may not be a safe path
     out = Path(out) if out else Path("personas") / f"{name}.yaml"
     if out.exists() and not force:
@@ -291,8 +278,8 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     else:  # a tool that kept only the mapping still gets the same mapping back
         text = f"# Restored by `guppyforge import-card {card_path.name}`.\n{dump_yaml(persona)}"
     if len(text.encode()) > limits.MAX_FILE_BYTES:
-        raise GuppyError(f"{card_path}: its persona would pass the 1 MiB limit (embedded images, "
-                         "a large lorebook?). Remove them from the card and import it again")  # fmt: skip
+        too_big = "its persona would pass the 1 MiB limit (embedded images, a big lorebook?)"
+        raise GuppyError(f"{card_path}: {too_big}. Remove them from the card, import it again")
     write_atomic(out, text)
     return out
 

@@ -97,8 +97,8 @@ def prepare_for_decoding(model: torch.nn.Module) -> None:
 
     Decoding one token multiplies a single vector by every weight matrix, so its speed is how
     fast the weights stream from memory. Stored input-major, the CPU matmul kernel reads them
-    in long contiguous runs (1.3x faster per token on the 2-core dev box). The values, shapes
-    and saved files are unchanged; only the memory order differs.
+    in long contiguous runs (1.3x faster per token on the 2-core dev box). Values, shapes and
+    saved files are unchanged; logits move only by float rounding (another summation order).
     """
     if getattr(model, "_decode_ready", False) or model.wte.weight.device.type != "cpu":
         return
@@ -201,11 +201,23 @@ def format_candidates(
     return "\n".join(lines)
 
 
+PROBS_LEGEND = (
+    "For each token: the 5 likeliest candidates, their probability at temperature 1 and at "
+    "T={t:g} (sampling then keeps the top-k/top-p of that second column)."
+)
+
+
 def repl(run: Run, options: dict, show_probs: bool = False) -> None:
     """Chat in the terminal until /quit, Ctrl-D or Ctrl-C."""
     name = (run.config.get("persona") or {}).get("name") or run.path.name
     context = run.model.cfg.context
     click.echo(f"Chatting with {name} ({run.path}). Commands: /reset starts over, /quit leaves.")
+    if show_probs:
+        click.echo(PROBS_LEGEND.format(t=options["temperature"]))
+    try:
+        import readline  # noqa: F401  (arrow keys and history for input(), where available)
+    except ImportError:
+        pass
     history: list[dict] = []
     try:
         while True:
@@ -267,4 +279,6 @@ def chat(run_dir, prompt: str | None, device: str, show_probs: bool, **options) 
     if prompt is None:
         repl(run, options, show_probs)
     else:
+        if show_probs:
+            click.echo(PROBS_LEGEND.format(t=options["temperature"]))
         _answer(run, [{"role": "user", "content": prompt}], options, "", show_probs)

@@ -118,15 +118,21 @@ def personas() -> None:
 
 @cli.command()
 @click.argument("persona")
-@click.option("-n", "n", type=int, default=60_000, show_default=True, help="Rows to write.")
+@click.option(
+    "-n", "n", type=int, default=60_000, show_default=True, help="Rows to write.", metavar="N"
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same data.")
 @click.option(
     "--test-size", type=float, default=0.05, show_default=True, help="Share held out, by prompt."
 )
-@click.option("--turns", default="1", show_default=True, help="User turns: N, or a range A-B.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Processes (same data).")
+@click.option(
+    "--turns", default="1", show_default=True, help="User turns: N or A-B.", metavar="N|A-B"
+)
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Processes (same data).", metavar="N"
+)
 @click.option("--strict", is_flag=True, help="Fail, not warn, when the persona runs out.")
-@click.option("--out", "out_dir", required=True, help="Dataset folder to write.")
+@click.option("--out", "out_dir", required=True, help="Dataset folder to write.", metavar="DIR")
 @click.option("--force", is_flag=True, help="Replace an existing dataset folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force, quiet) -> None:
@@ -204,16 +210,16 @@ def presets() -> None:
 DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
 
 
-@cli.command("chat")
+@cli.command("chat", context_settings={"show_default": True})
 @click.argument("run_dir")
 @click.option("--prompt", help="Print one reply to this message and exit (for scripts).")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.7, help="0: greedy.  [default: 0.7]")
-@click.option("--top-k", type=click.IntRange(min=0), default=50, help="0: no cut.  [default: 50]")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="[default: 1.0]")
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, help="[default: 64]")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.7, help="0: greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=50, help="0: no cut.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Nucleus.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, help="Reply length cap.")
 @click.option("--seed", type=int, help="Same seed, same replies.  [default: random]")
-@click.option("--show-probs", is_flag=True, help="Top candidates per token, before/after temperature.")
-@click.option("--device", type=DEVICES, default="auto", help="[default: auto]")
+@click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
+@click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def chat_cmd(run_dir, prompt, device, show_probs, **options) -> None:
     """Talk to the character in RUN_DIR (/reset starts over, /quit leaves)."""
     from guppyforge.chat import chat
@@ -221,16 +227,16 @@ def chat_cmd(run_dir, prompt, device, show_probs, **options) -> None:
     chat(run_dir, prompt, device, show_probs, **options)
 
 
-@cli.command("eval")
+@cli.command("eval", context_settings={"show_default": True})
 @click.argument("run_dir")
 @click.option("--persona", help="Persona with the probes.  [default: RUN_DIR/persona.yaml]")
 @click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
-@click.option("--samples", type=click.IntRange(min=1), default=5, help="Replies per probe.  [default: 5]")
+@click.option("--samples", type=click.IntRange(min=1), default=5, help="Replies per probe.")
 @click.option("--json", "json_path", help="Also write the figures to this JSON file.")
-@click.option("--min-pass", type=click.FloatRange(0, 1), help="Exit 1 if the pass rate (0-1) is lower.")
-@click.option("--seed", type=int, default=0, help="Same seed, same replies.  [default: 0]")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.7, help="[default: 0.7]")
-@click.option("--device", type=DEVICES, default="auto", help="[default: auto]")
+@click.option("--min-pass", type=click.FloatRange(0, 1), help="Exit 1 below this pass rate (0-1).")
+@click.option("--seed", type=int, default=0, help="Same seed, same replies.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.7, help="Sampling.")
+@click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
     """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2."""
     from guppyforge.evaluate import run_eval
@@ -280,16 +286,17 @@ def import_card_cmd(card, out, force) -> None:
     from guppyforge.cards import import_card
 
     path = import_card(card, out, force=force)
-    click.echo(f"wrote {path}. Next: add grammar and topics, then `guppyforge validate {path}`")
+    click.echo(f"wrote {path}. Check it: guppyforge validate {path}")
 
 
 @cli.command("export-card")
 @click.argument("persona")
 @click.option("--out", required=True, help="Card file to write (JSON, Character Card V2).")
 def export_card_cmd(persona, out) -> None:
-    """Write PERSONA as a Character Card V2 that chat front-ends (SillyTavern...) import.
+    """Write PERSONA (a file, or a built-in's name) as a Character Card V2 JSON file.
 
-    The whole persona rides along under `data.extensions.guppyforge`: `import-card` restores it.
+    Chat front-ends (SillyTavern...) import the card; the whole persona rides along in it, so
+    `guppyforge import-card` gives the very same file back.
     """
     from guppyforge.cards import export_card
 
@@ -297,6 +304,26 @@ def export_card_cmd(persona, out) -> None:
 
 
 # serve
+
+
+@cli.command("serve")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free).")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+)
+def serve_cmd(run_dir, host, port, device) -> None:
+    """Serve RUN_DIR over an OpenAI-compatible API (/v1/chat/completions, /v1/models).
+
+    \b
+    guppyforge serve runs/cat
+    # then, from any OpenAI client:
+    # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    """
+    from guppyforge.serve import serve
+
+    serve(run_dir, host, port, device)
 
 
 def main() -> None:

@@ -150,12 +150,12 @@ def _chunks(start: int = 0) -> Iterator[tuple[int, int]]:
 
 # --- worker processes ------------------------------------------------------------------------
 
-_worker_state: tuple | None = None  # (sampler, seed), built once per worker process
+_worker_state: tuple | None = None  # (sampler, seed) that _worker_draw uses in a worker process
 
 
 def _init_worker(persona_path: str, seed: int) -> None:
-    # Each worker loads the persona itself: a loaded Persona holds compiled templates, which are
-    # not worth (or not able to be) pickled, and loading takes milliseconds.
+    # Only where fork is missing (Windows, macOS): such a worker starts as a fresh interpreter
+    # and loads the persona itself, since compiled templates do not pickle.
     from guppyforge.persona import load_persona
     from guppyforge.sampling import Sampler
 
@@ -168,11 +168,26 @@ def _worker_draw(start: int, stop: int, turns: tuple[int, int]) -> list[Row]:
     return draw_range(sampler, seed, start, stop, turns)
 
 
-def _pool_context():
-    # fork starts a worker in milliseconds with everything already imported; spawn re-imports
-    # the package in every worker (~0.5 s on 2 cores), which would eat the speed-up on 60K rows.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else None)
+def _start_pool(sampler, persona_path: Path, seed: int, workers: int) -> ProcessPoolExecutor:
+    """Worker processes that each hold a Sampler for (persona, seed), ready to draw chunks."""
+    global _worker_state
+    if "fork" in multiprocessing.get_all_start_methods():
+        # A forked worker starts in milliseconds as a copy of this process, with the Sampler
+        # already built: loading and compiling the persona again would cost each worker longer
+        # than its share of 60K conversations takes to draw.
+        _worker_state = (sampler, seed)
+        context = multiprocessing.get_context("fork")
+        return ProcessPoolExecutor(workers, mp_context=context)
+    return ProcessPoolExecutor(
+        workers, initializer=_init_worker, initargs=(str(persona_path), seed)
+    )
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers; chunks drawn past the stopping point are simply dropped."""
+    global _worker_state
+    pool.shutdown(wait=True, cancel_futures=True)
+    _worker_state = None
 
 
 # --- the entry point -------------------------------------------------------------------------
@@ -201,12 +216,7 @@ def draw_unique(
     if workers > 1:
         # Start the workers before the progress bar: tqdm runs a monitor thread, and forking a
         # process that has threads is what fork's warnings are about.
-        pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=_pool_context(),
-            initializer=_init_worker,
-            initargs=(str(persona_path), seed),
-        )
+        pool = _start_pool(sampler, persona_path, seed, workers)
         for _ in range(2 * workers):  # two tasks per worker keeps every core busy
             pending.append(pool.submit(_worker_draw, *next(chunks), turns))
 
@@ -222,5 +232,5 @@ def draw_unique(
     finally:
         bar.close()
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            _stop_pool(pool)
     return collector.result()

@@ -53,8 +53,8 @@ def atomic_folder(out_dir: Path, force: bool) -> Iterator[Path]:
     With `force`, an existing `out_dir` is moved aside only after the new folder is complete,
     then deleted, so at no moment does `out_dir` hold a half-written dataset.
     """
-    out_dir = Path(out_dir)
     check_destination(out_dir, force)
+    out_dir = Path(out_dir).absolute()  # so that `--out .` still has a name to build on
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an earlier run that had our pid

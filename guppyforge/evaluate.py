@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -128,13 +129,11 @@ def evaluate_run(
     for i, probe in enumerate(p.probes):
         got = []
         for s in range(samples):
-            # Each sample's seed comes from (seed, probe, sample): adding a probe to the persona
-            # leaves the other probes' replies unchanged.
             text = reply(
                 run,
                 [{"role": "user", "content": probe.ask}],
                 temperature=temperature,
-                seed=seed * 1_000_000 + i * 1_000 + s,
+                seed=_sample_seed(seed, i, s),
             ).strip()
             got.append((text, check_reply(text, probe, p.style)))
         passed = [t for t, why in got if not why]
@@ -171,6 +170,13 @@ def evaluate_run(
     }
 
 
+def _sample_seed(seed: int, probe: int, sample: int) -> int:
+    """Each reply's own seed, from (seed, probe, sample) alone: adding a probe to the persona or
+    asking for more samples leaves the replies already sampled unchanged."""
+    digest = hashlib.sha256(f"{seed}:{probe}:{sample}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any torch seed accepts it
+
+
 def _existing(run_dir: str | Path) -> Path:
     if not Path(run_dir).is_dir():
         raise GuppyError(f"{run_dir}: no such run folder. Train one with `guppyforge train`.")
@@ -197,6 +203,8 @@ def format_report(result: dict) -> str:
             f"  {_cut(r['ask'], 34):34}  {r['passed']:>2}/{r['samples']:<2}  "
             f"{_cut(r['example'], 60)!r}{why}"
         )
+    if not rows:
+        lines.append("  (the persona has no probes: add some under `probes:` to score replies)")
     passed = sum(r["passed"] for r in rows)
     total = sum(r["samples"] for r in rows)
     lines += [

@@ -133,11 +133,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tok = AutoTokenizer.from_pretrained("PATH")
 model = AutoModelForCausalLM.from_pretrained("PATH")
-ids = tok.apply_chat_template(
-    [{{"role": "user", "content": "hello"}}], add_generation_prompt=True, return_tensors="pt"
+messages = [{{"role": "user", "content": "hello"}}]
+inputs = tok.apply_chat_template(
+    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
 )
-out = model.generate(ids, max_new_tokens=64)
-print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+out = model.generate(**inputs)  # generation_config.json: guppyforge chat's sampling
+print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 """
 

@@ -103,14 +103,18 @@ def export_model_onnx(model: GPT, path: Path) -> None:
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation: weights stored as int8, activations quantised on the fly.
 
-    No calibration data is needed, and the matmuls that hold nearly all the weights (including
-    the output head) get ~4x smaller. Accuracy drops a little; the tests measure how much.
+    No calibration data is needed. Only the blocks' matmuls are quantised (they hold most of
+    the weights). The token table stays fp32: it is both the input embedding and the output
+    head, so rounding it to int8 hurts twice. Measured on the test model: quantising it too
+    makes the file 28 % smaller but drops top-1 agreement with fp32 from 99.6 % to 93.6 %.
     """
     _require("onnxruntime")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet("root"):  # onnxruntime logs its advice through the root logger
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"]
+        )
 
 
 def io_description(run: Run, int8: bool) -> dict:

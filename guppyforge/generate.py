@@ -13,9 +13,9 @@ and the all-or-nothing folder).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -54,7 +54,7 @@ class GenerateResult:
         """One line for the end of the command's output."""
         return (
             f"wrote {self.out_dir}: {self.rows:,} rows (train {self.train:,}, test {self.test:,}), "
-            f"{self.unique_pct:.1f}% unique of {self.drawn:,} drawn, "
+            f"{self.unique_pct:.2f}% unique of {self.drawn:,} drawn, "
             f"{self.seconds:.1f} s ({self.generation_seconds:.1f} s generating)"
         )
 
@@ -80,6 +80,7 @@ def generate_dataset(
     `strict` when the persona cannot fill `n` rows (otherwise a CapacityWarning is issued).
     """
     started = time.perf_counter()
+    given = persona_path  # the card quotes it as typed: `guppy`, not a machine's full path
     persona_path, out_dir = _resolve_persona(persona_path), Path(out_dir)
     if n < 1:
         raise GuppyError(f"-n {n}: the number of conversations must be at least 1.")
@@ -93,6 +94,11 @@ def generate_dataset(
     from guppyforge.persona import load_persona
 
     persona = load_persona(persona_path)
+    # The copy in the folder must be the file that made the data, even if someone saves an edit
+    # while we run: read it now and check it against the hash taken while loading.
+    persona_bytes = persona_path.read_bytes()
+    if hashlib.sha256(persona_bytes).hexdigest() != persona.sha256:
+        raise GuppyError(f"{persona_path}: the file changed while it was read. Run again.")
 
     generation_started = time.perf_counter()
     draw = draw_unique(persona_path, persona, seed, n, turn_range, workers, progress)
@@ -114,7 +120,7 @@ def generate_dataset(
 
     stats = _stats(persona, draw, splits, n=n, seed=seed, turns=turns, test_size=test_size)
     if command is None:
-        command = _command(persona_path, out_dir, n, seed, test_size, turns, workers, strict)
+        command = _command(given, out_dir, n, seed, test_size, turns, workers, strict)
 
     with atomic_folder(out_dir, force) as tmp:
         files = {}
@@ -122,7 +128,7 @@ def generate_dataset(
             path = tmp / "data" / f"{name}-00000-of-00001.parquet"
             files[name] = {"num_bytes": write_parquet(rows, path)}
             files[name]["file_bytes"] = path.stat().st_size
-        shutil.copyfile(persona_path, tmp / "persona.yaml")  # the exact bytes, comments and all
+        (tmp / "persona.yaml").write_bytes(persona_bytes)  # the exact bytes, comments and all
         text = json.dumps(stats, indent=2, ensure_ascii=False) + "\n"
         (tmp / "stats.json").write_text(text, encoding="utf-8")
         # The card last: a folder with a README is the one that looks finished.

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import random
 from bisect import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from guppyforge import limits
 from guppyforge.errors import GuppyError
 
 INF = float("inf")
+_BELOW_1 = 1.0 - 2**-53
 
 
 @dataclass
@@ -33,8 +33,6 @@ class Rule:
     cum: list[float] = field(default_factory=list)
     heights: list[float] = field(default_factory=list)  # nested levels each alternative needs
     deepest: float = 0.0
-    offset: float = 0.0  # Kronecker sequence for first draws: set per seed by Grammar.reseed
-    step: float = 0.5
 
     def refs(self, i: int) -> list[str]:
         """Symbols referenced by alternative i, once per occurrence."""
@@ -54,28 +52,35 @@ class Grammar:
             rule.heights = [1 + max((self.height.get(r, INF) for r in rule.refs(i)), default=0)
                             for i in range(len(rule.alts))]  # fmt: skip
             rule.deepest = max(rule.heights, default=INF)
-        self.reseed(0)
-
-    def reseed(self, seed: int) -> None:
-        """Give each symbol its quasi-random sequence: offset from the seed, step sqrt(prime)."""
-        rng = random.Random(f"{seed}:grammar")
-        for rule, prime in zip(self.rules.values(), _primes(len(self.rules), first=5)):
-            rule.offset, rule.step = rng.random(), math.sqrt(prime) % 1.0
 
     def problems(self) -> list[tuple[str, str, str]]:
-        """(where, problem, fix) for symbols that can never finish or need more than the limits."""
-        out = []
-        for name, rule in self.rules.items():
-            height, work = self.height.get(name, INF), self.work.get(name, INF)
-            if height == INF:
-                out.append((rule.where, "can never finish: every alternative leads back to a "
-                            "symbol that never ends", "Add an alternative of plain text"))  # fmt: skip
-            elif height > limits.MAX_GRAMMAR_DEPTH:
-                out.append((rule.where, f"needs {height:g} nested symbols, more than the limit of "
-                            f"{limits.MAX_GRAMMAR_DEPTH}", "Make the grammar flatter"))  # fmt: skip
-            elif work > limits.MAX_GRAMMAR_WORK:
-                out.append((rule.where, f"needs {work:g} expansions, more than the limit of "
-                            f"{limits.MAX_GRAMMAR_WORK:,}", "Make the grammar smaller"))  # fmt: skip
+        """(where, problem, fix) for symbols that never finish or pass a limit.
+
+        One line per kind: in a cycle every symbol is stuck, and above a too-deep symbol every
+        caller is too deep, so the worst one is named and the others listed after it.
+        """
+        kinds = {
+            "never": (lambda n: self.height.get(n, INF) == INF, lambda n: 0,
+                      "can never finish: every alternative leads back into a loop{also}",
+                      "Add an alternative of plain text"),
+            "deep": (lambda n: self.height[n] > limits.MAX_GRAMMAR_DEPTH, self.height.get,
+                     "needs {cost:g} nested symbols, more than the limit of "
+                     f"{limits.MAX_GRAMMAR_DEPTH}{{also}}", "Make the grammar flatter"),
+            "work": (lambda n: self.work[n] > limits.MAX_GRAMMAR_WORK, self.work.get,
+                     "needs {cost:,g} expansions, more than the limit of "
+                     f"{limits.MAX_GRAMMAR_WORK:,}{{also}}", "Make the grammar smaller"),
+        }  # fmt: skip
+        out, flagged = [], set()
+        for test, cost, problem, fix in kinds.values():
+            bad = [n for n in self.rules if n not in flagged and test(n)]
+            if not bad:
+                continue
+            flagged.update(bad)
+            worst = max(bad, key=cost)
+            others = [n for n in bad if n != worst]
+            also = f" (so do {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+            text = problem.format(cost=cost(worst), also=also if others else "")
+            out.append((self.rules[worst].where, text, fix))
         return out
 
     def values(self, name: str, cap: int, depth: int = 1, memo: dict | None = None):
@@ -90,16 +95,16 @@ class Grammar:
         seen: dict[str, None] = {}
         complete = True
         for i, alt in enumerate(rule.alts):
+            if len(seen) >= cap:
+                complete = False
+                break
             if rule.heights[i] > room:
                 continue  # the expander never takes this alternative this deep
             if isinstance(alt, str):
                 seen[alt] = None
-                continue
-            done = expand_all(alt, {}, lambda n: self.values(n, cap, depth + 1, memo), seen, cap)
-            complete = complete and done
-            if len(seen) >= cap:
-                complete = False
-                break
+            else:
+                values = lambda n: self.values(n, cap, depth + 1, memo)  # noqa: E731
+                complete = expand_all(alt, {}, values, seen, cap) and complete
         memo[key] = (list(seen), complete)
         return memo[key]
 
@@ -124,17 +129,6 @@ def expand_all(parts: tuple, bound: dict, values: Callable, seen: dict, cap: int
             return False
         seen["".join(combo)] = None
     return complete
-
-
-def _primes(count: int, first: int = 2) -> list[int]:
-    """The first `count` primes >= `first` (2 and 3 step the topic/template sequences)."""
-    out: list[int] = []
-    n = first
-    while len(out) < count:
-        if all(n % p for p in range(2, math.isqrt(n) + 1)):
-            out.append(n)
-        n += 1
-    return out
 
 
 def _apply(value: str, filters: tuple) -> str:
@@ -178,18 +172,19 @@ def _least_cost(rules: dict[str, Rule], combine: Callable[[list[float]], float])
 class Draw:
     """Grammar state for one conversation: its shuffle bags, its random numbers, the work done.
 
-    The first draw of each symbol in a conversation is quasi-random: point `index` of a Kronecker
-    sequence (offset + index * step, mod 1, a different irrational step per symbol). Consecutive
-    conversations then spread over every combination of values instead of colliding as independent
-    draws do. Later draws (the bag's refills, `pick`) use an RNG seeded from `key`, made on demand
-    because seeding a Mersenne Twister costs more than a whole cheap conversation.
+    First draws (the first value of each symbol in a conversation) are decoded from one number
+    `u` in [0, 1), like arithmetic coding: the alternative whose weight interval holds u, then u
+    rescaled inside that interval for the next symbol. Feeding evenly spread u's (a low-discrepancy
+    sequence) thus walks the combinations of values in proportion to their weights, where
+    independent random draws would repeat some and miss others. Later draws (a refilled bag,
+    `pick`) use an RNG seeded from `key`, made on demand: seeding costs more than a conversation.
     """
 
-    __slots__ = ("rules", "key", "index", "bags", "work", "_rng")
+    __slots__ = ("rules", "key", "u", "scale", "bags", "work", "_rng")
 
-    def __init__(self, grammar: Grammar, key: str, index: int):
+    def __init__(self, grammar: Grammar, key: str, u: float | None = None):
         self.rules = grammar.rules
-        self.key, self.index = key, index
+        self.key, self.u, self.scale = key, u, 1.0
         self.bags: dict[str, set[int]] = {}  # symbol -> alternatives used since the bag refilled
         self.work = 0
         self._rng: random.Random | None = None
@@ -230,9 +225,14 @@ class Draw:
         free = depth + rule.deepest - 1 <= limits.MAX_GRAMMAR_DEPTH  # no depth restriction
         bag = self.bags.get(rule.name)
         if bag is None:
-            if free:
-                u = (rule.offset + self.index * rule.step) % 1.0
-                i = min(bisect(rule.cum, u * rule.cum[-1]), n - 1)
+            if free and self.u is not None:
+                x = self.u * rule.cum[-1]
+                i = min(bisect(rule.cum, x), n - 1)
+                weight = rule.weights[i]
+                self.u = min(max((x - (rule.cum[i - 1] if i else 0.0)) / weight, 0.0), _BELOW_1)
+                self.scale *= weight / rule.cum[-1]
+                if self.scale < 1e-12:  # u's bits are spent: the rest is rounding noise
+                    self.u = None
                 self.bags[rule.name] = {i}
                 return i
             bag = self.bags[rule.name] = set()

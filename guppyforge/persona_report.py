@@ -3,8 +3,8 @@ built-in personas. Kept apart from cli.py so the commands stay one call each."""
 
 from __future__ import annotations
 
+from guppyforge import paths
 from guppyforge.errors import GuppyError
-from guppyforge.paths import PERSONAS_DIR
 
 
 def capacity_table(table: dict) -> str:
@@ -19,12 +19,20 @@ def capacity_table(table: dict) -> str:
                      num(c.conversations, c.exact)))  # fmt: skip
     exact = all(c.exact for c in table.values())
     rows.append(("total", "", "", num(sum(c.conversations for c in table.values()), exact)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(_width(r[i]) for r in rows) for i in range(4)]
     lines = [
-        "  " + r[0].ljust(widths[0]) + "".join("  " + r[i].rjust(widths[i]) for i in (1, 2, 3))
+        "  " + r[0] + " " * (widths[0] - _width(r[0]))
+        + "".join("  " + r[i].rjust(widths[i]) for i in (1, 2, 3))
         for r in rows
-    ]
+    ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _width(text: str) -> int:
+    """Terminal columns: CJK characters take two, so Japanese topic names still line up."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def format_conversation(conversation, display_name: str) -> str:
@@ -41,11 +49,11 @@ def list_builtin() -> str:
     from guppyforge.persona import load_persona
 
     lines = []
-    for path in sorted(PERSONAS_DIR.glob("*.yaml")):
+    for path in sorted(paths.PERSONAS_DIR.glob("*.yaml")):
         try:
             p = load_persona(path)
         except GuppyError as exc:
             lines.append(f"{path.stem:<12} (invalid: {exc.format_message()})")
             continue
         lines.append(f"{p.name:<12} {p.display_name}: {p.summary} ({len(p.topics)} topics)")
-    return "\n".join(lines) or f"no personas in {PERSONAS_DIR}"
+    return "\n".join(lines) or f"no personas in {paths.PERSONAS_DIR}"

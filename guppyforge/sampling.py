@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from guppyforge import limits
 from guppyforge.errors import GuppyError
@@ -19,6 +19,9 @@ from guppyforge.grammar import Draw, Grammar, Rule
 from guppyforge.persona import Persona, Template
 from guppyforge.templating import Compiled, TemplateProblem, compile_text
 
+# Ranks 0, 1, 2... -> u = frac(u0 + rank / golden ratio): the most evenly spread sequence in [0, 1)
+# (any N points leave gaps of at most three sizes), from which Draw decodes the grammar's values.
+_GOLDEN = (5**0.5 - 1) / 2
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
 _SPACES = re.compile(r"  +")
 
@@ -58,7 +61,9 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
         for alt in sym.alternatives:
             c = _compile(alt, persona, on_error, grammar=True)
             used.update(c.picks)
-            alts.append(c.parts[0] if len(c.parts) == 1 and isinstance(c.parts[0], str) else c.parts)
+            alts.append(
+                c.parts[0] if len(c.parts) == 1 and isinstance(c.parts[0], str) else c.parts
+            )
         rules[name] = Rule(name, alts, [a.weight for a in sym.alternatives], sym.where)
     grammar = Grammar(rules)
     for where, problem, fix in grammar.problems():
@@ -69,7 +74,9 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
         for t, c in out:
             used.update(c.symbols, c.picks)
             work = sum(grammar.work.get(s, 0) for s in (*c.symbols, *c.picks))
-            if work > limits.MAX_GRAMMAR_WORK:
+            if work > limits.MAX_GRAMMAR_WORK and all(
+                grammar.work.get(s, 0) <= limits.MAX_GRAMMAR_WORK for s in (*c.symbols, *c.picks)
+            ):  # a symbol past the limit on its own is reported once, as a grammar problem
                 on_error(f"{t.where}: needs {work:g} symbol expansions, more than the limit of "
                          f"{limits.MAX_GRAMMAR_WORK:,}. Use fewer or smaller symbols")  # fmt: skip
         return out
@@ -102,18 +109,19 @@ class Sampler:
         self.persona, self.seed = persona, seed
         self.compiled = compile_persona(persona, _raise)
         self.grammar = self.compiled.grammar
-        self.grammar.reseed(seed)
         self.topics = {t.name: t for t in self.compiled.topics}
         self._topic_list = self.compiled.topics
         rng = random.Random(f"{seed}:schedule")
         self._quota, self._slots = _schedule([t.weight for t in self._topic_list], rng)
-        self._shift = rng.randrange(len(self._slots))
+        self._shift, self._u0 = rng.randrange(len(self._slots)), rng.random()
         self._cell_offsets = {t.name: (rng.randrange(len(t.ask)), rng.randrange(len(t.say)))
                               for t in self._topic_list}  # fmt: skip
         style = persona.style
         self._case = {"lower": str.lower, "upper": str.upper}.get(style.case)
         self._max_sentences = style.max_sentences
-        self._never = style.never_say
+        # One regex for all phrases: a single scan per reply instead of one per phrase.
+        never = "|".join(re.escape(p) for p in style.never_say)
+        self._never = re.compile(never).search if never else None
 
     def conversation(self, index: int, turns: int = 1, topic: str | None = None) -> Conversation:
         """The conversation number `index`: the same arguments always give the same text."""
@@ -132,7 +140,7 @@ class Sampler:
         rank, cell = divmod(rank, n_ask * n_say)
         off_ask, off_say = self._cell_offsets[t.name]
         first = ((cell + off_ask) % n_ask, (cell // n_ask + off_say) % n_say)
-        draw = Draw(self.grammar, f"{self.seed}:{index}", rank)
+        draw = Draw(self.grammar, f"{self.seed}:{index}", (self._u0 + rank * _GOLDEN) % 1.0)
         bound: dict[str, str] = {}
         messages: list[dict] = []
         ids = [t.name]
@@ -146,7 +154,10 @@ class Sampler:
                 a, s = draw.rng().randrange(len(asks)), draw.rng().randrange(len(says))
             prompt = self._render(*asks[a], bound, draw)
             s, reply = self._reply(says, s, bound, draw)
-            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+            messages += [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": reply},
+            ]
             tag = f"ask{a}@L{asks[a][0].line}/say{s}@L{says[s][0].line}"
             ids.append(tag if k == 0 else f"f{(k - 1) % len(t.follow_ups)}:{tag}")
         return Conversation(messages, t.name, "/".join(ids), len(stages))
@@ -180,12 +191,12 @@ class Sampler:
     def banned(self, reply: str) -> bool:
         """True when a styled reply contains a style.never_say phrase (in any case)."""
         low = reply if self._case is str.lower else reply.lower()
-        return any(p in low for p in self._never)
+        return self._never is not None and self._never(low) is not None
 
     def _reply(self, says, s: int, bound: dict, draw: Draw):
         for _ in range(limits.MAX_NEVER_SAY_REDRAWS):
             reply = self.style(self._render(*says[s], bound, draw))
-            if not self._never or not self.banned(reply):
+            if self._never is None or not self.banned(reply):
                 return s, reply
             s = draw.rng().randrange(len(says))  # draw again: another template, fresh grammar picks
         raise GuppyError(f"{says[s][0].where}: {limits.MAX_NEVER_SAY_REDRAWS} replies in a row "

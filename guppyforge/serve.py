@@ -42,7 +42,7 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict:
-        kind = "not_found_error" if self.status == 404 else "invalid_request_error"
+        kind = "invalid_request_error"  # OpenAI's type for every 4xx, 404 included
         return {
             "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
         }
@@ -50,7 +50,12 @@ class RequestError(Exception):
 
 @dataclass
 class ChatRequest:
-    """The fields of a chat completion request that this server honours."""
+    """The fields of a chat completion request that this server honours.
+
+    `model` is accepted whatever it names (the server has one model, which every response
+    names); fields it does not know (`user`, `frequency_penalty`...) are ignored, as OpenAI's
+    own clients send some by default.
+    """
 
     messages: list[dict]
     stream: bool = False
@@ -69,12 +74,14 @@ def _number(body: dict, name: str, lo: float, hi: float) -> float | None:
     return float(value)
 
 
-def _integer(body: dict, name: str, lo: int) -> int | None:
+def _integer(body: dict, name: str, lo: int, hi: int | None = None) -> int | None:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise RequestError(400, f"'{name}' must be an integer >= {lo}.", name)
+    if hi is not None and value > hi:
+        raise RequestError(400, f"'{name}' must be an integer <= {hi}.", name)
     return value
 
 
@@ -126,13 +133,14 @@ def parse_chat_request(body: object) -> ChatRequest:
         or not all(isinstance(s, str) and s for s in stop)
     ):
         raise RequestError(400, "'stop' must be a string or a list of up to 4 strings.", "stop")
+    # max_completion_tokens is the newer name of max_tokens; either caps the reply.
+    max_tokens = _integer(body, "max_tokens", 1)
+    max_completion_tokens = _integer(body, "max_completion_tokens", 1)
     options = {
         "temperature": _number(body, "temperature", 0.0, 2.0),
         "top_p": _number(body, "top_p", 0.0, 1.0),
-        # max_completion_tokens is the newer name; either caps the reply.
-        "max_new_tokens": _integer(body, "max_completion_tokens", 1)
-        or _integer(body, "max_tokens", 1),
-        "seed": _integer(body, "seed", -(2**63)),
+        "max_new_tokens": max_completion_tokens or max_tokens,
+        "seed": _integer(body, "seed", -(2**63), 2**64 - 1),  # what torch's generator takes
     }
     return ChatRequest(
         messages=messages,
@@ -279,7 +287,8 @@ class GuppyServer(ThreadingHTTPServer):
     def __init__(self, run: Run, address: tuple[str, int]):
         super().__init__(address, Handler)
         self.run = run
-        self.model_id = run.path.name
+        # The persona's name, as chat shows it; the folder's name for runs without one.
+        self.model_id = (run.config.get("persona") or {}).get("name") or run.path.name
         self.created = int(time.time())
         # Each request keeps its own generation state (KV cache, RNG) inside its generator; the
         # lock only serialises the steps that touch the shared model, one token at a time.
@@ -307,14 +316,8 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- routing ---------------------------------------------------------------------------
 
-    def do_GET(self) -> None:
-        self._route("GET")
-
-    def do_POST(self) -> None:
-        self._route("POST")
-
-    def _route(self, method: str) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
+    def _route(self) -> None:
+        method, path = self.command, self.path.split("?", 1)[0].rstrip("/")
         routes = {
             "/v1/models": {"GET": self._list_models},
             f"/v1/models/{self.server.model_id}": {"GET": self._get_model},
@@ -322,7 +325,12 @@ class Handler(BaseHTTPRequestHandler):
         }
         try:
             if path not in routes:
-                raise RequestError(404, f"Unknown path {method} {path}.", code="not_found")
+                if path.startswith("/v1/models/"):
+                    model = path.removeprefix("/v1/models/")
+                    ours = self.server.model_id
+                    message = f"The model '{model}' does not exist; this server has '{ours}'."
+                    raise RequestError(404, message, "model", "model_not_found")
+                raise RequestError(404, f"Invalid URL ({method} {path}).", code="not_found")
             if method not in routes[path]:
                 raise RequestError(
                     405, f"{path} does not accept {method}.", code="method_not_allowed"
@@ -335,6 +343,9 @@ class Handler(BaseHTTPRequestHandler):
             if not self.streaming:  # mid-stream the status line is gone; the client sees EOF
                 error = {"message": f"Internal error: {e}", "type": "server_error"}
                 self._send_json(500, {"error": error | {"param": None, "code": None}})
+
+    # Every method goes through _route, so a wrong one gets a JSON 405, not stdlib's HTML 501.
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _route
 
     # --- endpoints -------------------------------------------------------------------------
 
@@ -404,3 +415,24 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+
+def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+    """`guppyforge serve`: load the run and answer requests until Ctrl+C."""
+    from guppyforge.errors import GuppyError
+    from guppyforge.runs import load_run, pick_device
+
+    run = load_run(run_dir, device=str(pick_device(device)))
+    try:
+        server = make_server(run, host, port)
+    except OSError as e:  # port taken, address not on this machine, no permission...
+        raise GuppyError(
+            f"--host {host} --port {port}: cannot listen there ({e.strerror})."
+        ) from None
+    print(f"serving {server.model_id} at {server.url} (Ctrl+C to stop)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -11,7 +11,8 @@ from guppyforge.errors import GuppyError
 from guppyforge.paths import TEMPLATES_DIR, builtin_persona
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_NAME_LINE = re.compile(r"^name:[^\n#]*", re.MULTILINE)  # the top-level `name:` key
+# The top-level `name:` key and its value (plain or quoted), leaving any comment after it.
+_NAME_LINE = re.compile(r"^name:[ \t]*(?:\"[^\"\n]*\"|'[^'\n]*'|[^\s#]+)", re.MULTILINE)
 
 
 def starter_text(name: str) -> str:
@@ -50,7 +51,9 @@ def copied_text(name: str, source: str) -> str:
 def write_persona(name: str, source: str | None = None, directory: str | Path = ".") -> Path:
     """Write DIRECTORY/NAME.yaml from the starter (or a copy of `source`); never overwrite."""
     if not _SLUG.fullmatch(name):
-        raise GuppyError(f"{name}: not a valid persona name. Use lowercase letters, digits, - and _")
+        raise GuppyError(
+            f"{name}: not a valid persona name. Use lowercase letters, digits, - and _"
+        )
     out = Path(directory) / f"{name}.yaml"
     if out.exists():
         raise GuppyError(f"{out}: already exists. Choose another name or --dir, or delete it first")

@@ -24,7 +24,18 @@ _IRREGULAR = {
     "man": "men", "woman": "women", "child": "children", "person": "people", "mouse": "mice",
     "louse": "lice", "goose": "geese", "foot": "feet", "tooth": "teeth", "ox": "oxen", "die": "dice",
 }  # fmt: skip
-_SAME = {"fish", "sheep", "deer", "moose", "salmon", "trout", "shrimp", "squid", "series", "species"}
+_SAME = {
+    "fish",
+    "sheep",
+    "deer",
+    "moose",
+    "salmon",
+    "trout",
+    "shrimp",
+    "squid",
+    "series",
+    "species",
+}
 _VES = {"leaf", "loaf", "wolf", "calf", "half", "knife", "life", "wife", "shelf", "thief", "elf"}
 _OES = {"potato", "tomato", "hero", "echo", "veto", "mosquito"}
 
@@ -149,6 +160,11 @@ _REFUSED_NAMES = {
 
 def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> Compiled:
     """Parse and check one template (or grammar alternative); raise TemplateProblem if refused."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise TemplateProblem(
+            f"text is {len(text):,} characters, more than the {MAX_MESSAGE_CHARS:,} limit",
+            "Keep one message short",
+        )
     if "{" not in text:  # plain text: the common case, no parsing needed
         return Compiled(text, (text,) if text else (), None, frozenset(), (), len(text))
     env = environment()
@@ -170,11 +186,6 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
     if grammar and parts is not None:  # every grammar reference is a fresh draw
         parts = tuple(p if isinstance(p, str) else (True, p[1], p[2]) for p in parts)
     literal = sum(len(n.data) for n in tree.find_all(nodes.TemplateData))
-    if literal > MAX_MESSAGE_CHARS:
-        raise TemplateProblem(
-            f"text is {literal:,} characters, more than the {MAX_MESSAGE_CHARS:,} limit",
-            "Keep one message short",
-        )
     bound = frozenset() if grammar else frozenset(checker.free)
     picks = tuple(checker.picks) + (tuple(checker.free) if grammar else ())
     jinja = env.from_string(tree) if parts is None else None
@@ -265,7 +276,9 @@ class _Checker:
     def _pick(self, node: nodes.Call) -> None:
         ok = isinstance(node.node, nodes.Name) and node.node.name == "pick"
         if not ok or len(node.args) != 1 or not isinstance(node.args[0], nodes.Const):
-            self.refuse(node, "the only call allowed is pick('symbol')", "Write {{ pick('food') }}")
+            self.refuse(
+                node, "calls are not allowed, except pick('symbol')", "Write {{ pick('food') }}"
+            )
         name = node.args[0].value
         if name not in self.symbols:
             hint = did_you_mean(str(name), self.symbols) or "Define it under grammar"

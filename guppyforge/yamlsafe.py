@@ -95,6 +95,9 @@ def read_yaml(path: str | Path) -> Doc:
         mark = exc.problem_mark or exc.context_mark
         problem = (exc.problem or exc.context or "invalid YAML").rstrip(".")
         line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        if "nesting depth" in problem:  # libyaml's own cap (1000) can fire before ours
+            raise fail(path, f"nesting deeper than {limits.MAX_YAML_DEPTH} levels",
+                       "Flatten the file", line, col) from None  # fmt: skip
         raise fail(
             path, f"YAML syntax: {problem}", "Fix the YAML at this spot", line, col
         ) from None

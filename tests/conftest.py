@@ -18,7 +18,7 @@ summary: A tiny fish for tests.
 license: mit
 style:
   case: lower
-  max_sentences: 3
+  max_sentences: 4  # "worms? yes. always yes. i eat it." is four
   never_say: [as an ai]
 grammar:
   food: [worms, flakes, bugs]
@@ -150,3 +150,60 @@ def build_micro_run(root: Path, steps: int = 120) -> Path:
 def micro_run(tmp_path_factory) -> Path:
     """Path of a tiny trained run folder (micro preset, ~2 s to build). Treat it as read-only."""
     return build_micro_run(tmp_path_factory.mktemp("micro"))
+
+
+# --- persona engine: tiny persona files (test_persona*.py, test_sampling.py, test_cli_persona.py) -
+
+PERSONA_MOCHI = """\
+guppyforge: 1
+name: mochi
+display_name: Mochi
+summary: A house cat for tests.
+style: {case: lower, max_sentences: 2, never_say: [as an ai]}
+grammar:
+  food: [tuna, kibble, {text: the forbidden butter, weight: 0.5}]
+  spot: [the sofa, "the top of the {{ furniture }}"]
+  furniture: [fridge, wardrobe]
+topics:
+  food:
+    weight: 2
+    ask:
+      - are you hungry
+      - "do you want some {{ food }}"
+    say:
+      - "{{ food }}? finally. i was wasting away on {{ spot }}."
+      - "i only eat {{ food }}."
+    follow_ups:
+      - ask: ["and after the {{ food }}?"]
+        say: ["a nap on {{ spot }}. the {{ food }} made me sleepy."]
+  hello:
+    ask: [hi, hello]
+    say: ["Hello. I Am Busy."]
+examples:
+  - topic: food
+    turns:
+      - {user: what do you like, assistant: tuna. mostly tuna.}
+probes:
+  - {ask: are you hungry, expect_any: [tuna]}
+"""
+
+
+@pytest.fixture
+def write_persona_file(tmp_path):
+    """Write persona text (str or bytes) to a file under tmp_path and return its path."""
+
+    def write(text: str | bytes, name: str = "p.yaml") -> Path:
+        path = tmp_path / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def mochi_file(write_persona_file) -> Path:
+    """A small valid persona: two topics, nested grammar, a follow-up, an example."""
+    return write_persona_file(PERSONA_MOCHI, "mochi.yaml")

@@ -248,7 +248,7 @@ def test_parse_examples_keeps_blocks_that_are_not_exchanges() -> None:
         (b'{"hello": "world"}', "not a Character Card"),
         (b'{"spec": "chara_card_v2", "data": "oops"}', "not a Character Card"),
         (b"\x89PNG\r\n\x1a\n....", "a PNG card?"),
-        (b"{\"name\": \"\xc3\x28\"}", "not UTF-8 JSON"),
+        (b'{"name": "\xc3\x28"}', "not UTF-8 JSON"),
     ],
 )
 def test_bad_card_is_one_line_error(tmp_path: Path, content: bytes, message: str) -> None:
@@ -305,15 +305,15 @@ def test_commands(tmp_path: Path) -> None:
 
 
 def test_commands_do_not_import_torch_or_datasets(tmp_path: Path) -> None:
-    code = (
-        "import sys\n"
-        "from click.testing import CliRunner\n"
-        "from guppyforge.cli import cli\n"
-        f"args = ['import-card', {str(CARDS / 'v3_card.json')!r}, '--out', {str(tmp_path)!r} + '/q.yaml']\n"
-        "assert CliRunner().invoke(cli, args).exit_code == 0\n"
-        f"args = ['export-card', {str(tmp_path)!r} + '/q.yaml', '--out', {str(tmp_path)!r} + '/q.json']\n"
-        "assert CliRunner().invoke(cli, args).exit_code == 0\n"
-        "heavy = {'torch', 'datasets'} & set(sys.modules)\n"
-        "assert not heavy, heavy\n"
-    )
+    card_path, persona, card_out = CARDS / "v3_card.json", tmp_path / "q.yaml", tmp_path / "q.json"
+    code = f"""if True:
+        import sys
+        from click.testing import CliRunner
+        from guppyforge.cli import cli
+        for args in (["import-card", {str(card_path)!r}, "--out", {str(persona)!r}],
+                     ["export-card", {str(persona)!r}, "--out", {str(card_out)!r}]):
+            assert CliRunner().invoke(cli, args).exit_code == 0, args
+        heavy = {{"torch", "datasets"}} & set(sys.modules)
+        assert not heavy, heavy
+    """
     subprocess.run([sys.executable, "-c", code], check=True)

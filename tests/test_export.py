@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import micro_conversations
 
 from guppyforge import chat
 from guppyforge.cli import cli
@@ -23,7 +24,13 @@ from guppyforge.export import export_run
 from guppyforge.model import GPT
 from guppyforge.presets import PRESETS
 from guppyforge.runs import load_run, save_weights
-from guppyforge.tokenizer import END, format_chat, save_tokenizer, train_tokenizer
+from guppyforge.tokenizer import (
+    END,
+    encode_conversations,
+    format_chat,
+    save_tokenizer,
+    train_tokenizer,
+)
 
 # transformers must only ever read the local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,8 +44,9 @@ def random_run(path: Path, activation: str) -> Path:
     texts = [format_chat([{"role": "user", "content": f"hello {i}"}]) for i in range(20)]
     tok = train_tokenizer(texts, 300)
     cfg = replace(PRESETS["micro"], vocab_size=tok.get_vocab_size(), activation=activation)
-    torch.manual_seed(0)
-    save_weights(GPT(cfg), path / "model.safetensors")
+    with torch.random.fork_rng():  # leave the global RNG as other tests expect it
+        torch.manual_seed(0)
+        save_weights(GPT(cfg), path / "model.safetensors")
     save_tokenizer(tok, path, cfg.context)
     (path / "config.json").write_text(json.dumps({"model": cfg.to_dict()}))
     return path
@@ -71,7 +79,7 @@ def greedy_reply(run, prompt_text: str) -> str:
 # --- transformers ------------------------------------------------------------------------------
 
 
-def test_hf_folder_has_the_files_transformers_reads(hf_dir):
+def test_hf_folder_has_the_files_transformers_reads(hf_dir, run_dir):
     names = {p.name for p in hf_dir.iterdir()}
     assert {"config.json", "model.safetensors", "generation_config.json", "README.md"} <= names
     assert {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= names
@@ -79,6 +87,8 @@ def test_hf_folder_has_the_files_transformers_reads(hf_dir):
     assert config["model_type"] == "gpt2" and config["activation_function"] == "gelu_new"
     assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0.0
     assert "chat_template" in json.loads((hf_dir / "tokenizer_config.json").read_text())
+    generation = json.loads((hf_dir / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == load_run(run_dir).tokenizer.token_to_id(END)
 
 
 def test_hf_logits_match_ours(run_dir, hf_dir):
@@ -104,11 +114,16 @@ def test_hf_greedy_generate_says_what_chat_says(run_dir, hf_dir):
     inputs = tok.apply_chat_template(
         PROMPT, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )
-    out = model.generate(**inputs, do_sample=False, max_new_tokens=64)
+    # Only greedy is asked for: where to stop (<|im_end|>, the context) is generation_config's.
+    out = model.generate(**inputs, do_sample=False)
     theirs = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     ours = greedy_reply(load_run(run_dir), "are you hungry")
     assert ours.strip(), "the fixture model should say something"
     assert theirs == ours
+    printed = CliRunner().invoke(
+        cli, ["chat", str(run_dir), "--prompt", "are you hungry", "--temperature", "0"]
+    )
+    assert printed.exit_code == 0 and printed.output == theirs + "\n"
 
 
 @pytest.mark.parametrize("activation", ["gelu", "relu", "silu"])
@@ -119,7 +134,7 @@ def test_hf_maps_every_activation(activation, tmp_path):
     export_run(run_dir, "hf", tmp_path / "hf")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ours = load_run(run_dir).model
-    x = torch.randint(0, ours.cfg.vocab_size, (2, 40))
+    x = torch.randint(0, ours.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert (theirs(x).logits - ours(x)).abs().max().item() < 1e-4
 
@@ -169,17 +184,54 @@ def test_onnx_fp32_logits_match_torch_for_any_batch_and_length(onnx_dir, run_dir
     assert diff < 1e-4, diff
 
 
-def test_onnx_int8_keeps_the_greedy_replies(onnx_dir, run_dir):
+# Probe-like prompts: the fixture's own phrasings, unseen ones, and one it has no answer for.
+PROBES = [
+    "are you hungry",
+    "hello",
+    "do you like worms",
+    "what do you eat",
+    "where do you sleep",
+    "hungry?",
+    "is bugs good",
+    "hi there",
+    "where do you live",
+    "what is the meaning of life",
+]
+
+
+def test_onnx_int8_mostly_picks_the_same_tokens_as_fp32(onnx_dir, run_dir):
+    # Teacher-forced: at every reply token of the fixture's conversations, does int8 put the
+    # same token on top as torch? Measured on this fixture: 99.6 %, and 100 % wherever fp32
+    # leads by more than one logit. Misses are near-ties (which of four foods to name).
     run = load_run(run_dir)
-    prompts = ["are you hungry", "hello", "do you like worms", "where do you live"]
+    ids, masks = encode_conversations(run.tokenizer, micro_conversations("train"))
+    same = total = sure_same = sure_total = 0
+    for seq, mask in zip(ids, masks, strict=True):
+        with torch.no_grad():
+            ours = run.model(torch.tensor([seq]))[0, :-1].numpy()
+        theirs = onnx_logits(onnx_dir / "model.int8.onnx", np.array([seq]))[0, :-1]
+        on_reply = np.array(mask[1:], dtype=bool)
+        agree = (ours.argmax(-1) == theirs.argmax(-1))[on_reply]
+        top2 = np.sort(ours, axis=-1)[on_reply][:, -2:]
+        sure = top2[:, 1] - top2[:, 0] > 1.0
+        same, total = same + agree.sum(), total + agree.size
+        sure_same, sure_total = sure_same + agree[sure].sum(), sure_total + sure.sum()
+    assert same / total >= 0.97, same / total
+    assert sure_same == sure_total > 0
+
+
+def test_onnx_int8_gives_the_same_greedy_replies(onnx_dir, run_dir):
+    # Measured on this fixture: 10 of 10 replies identical to `guppyforge chat --temperature 0`.
+    # One near-tie flipping would change a whole reply, so allow one.
+    run = load_run(run_dir)
+    context = run.model.cfg.context
     agree = 0
-    for text in prompts:
-        ids = chat.build_prompt(
-            run.tokenizer, [{"role": "user", "content": text}], run.model.cfg.context, 64
-        )[0]
-        int8 = onnx_greedy(onnx_dir / "model.int8.onnx", run.tokenizer, ids, run.model.cfg.context)
+    for text in PROBES:
+        messages = [{"role": "user", "content": text}]
+        ids, _ = chat.build_prompt(run.tokenizer, messages, context, 64)
+        int8 = onnx_greedy(onnx_dir / "model.int8.onnx", run.tokenizer, ids, context)
         agree += int8 == greedy_reply(run, text)
-    assert agree == len(prompts)
+    assert agree >= len(PROBES) - 1, f"{agree}/{len(PROBES)}"
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -201,3 +253,16 @@ def test_int8_is_only_for_onnx(run_dir, tmp_path):
         cli, ["export", str(run_dir), "--to", "hf", "--out", str(tmp_path / "x"), "--int8"]
     )
     assert result.exit_code == 1 and "error: --int8" in result.output
+
+
+def test_force_replaces_an_export_and_only_its_files(run_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.int8.onnx").write_text("stale, from an earlier onnx export")
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.raises(GuppyError, match="--force"):
+        export_run(run_dir, "hf", out)
+    export_run(run_dir, "hf", out, force=True)
+    assert not (out / "model.int8.onnx").exists()  # would not match the new export
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert (out / "model.safetensors").is_file()

@@ -25,10 +25,6 @@ from guppyforge.dataset_split import prompt_key, split_by_prompt
 from guppyforge.errors import GuppyError
 from guppyforge.generate import CapacityWarning, generate_dataset
 
-# Never reach for the network: loading a local folder must not need it.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 # A persona small enough to read at a glance, big enough for a few thousand distinct rows.
 FISH_YAML = """\
 guppyforge: 1

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -128,26 +130,84 @@ def test_same_seed_same_sampled_reply(client):
     assert ask() == ask()
 
 
-def test_two_concurrent_requests_both_get_their_own_reply(client, run):
-    other = [{"role": "user", "content": "hello"}]
-    expected = {
-        "a": chat.reply(run, HUNGRY, temperature=0),
-        "b": chat.reply(run, other, temperature=0),
-    }
+class SlowRecordingLock:
+    """A stand-in for the server's model lock that records who held it and slows each step.
 
-    def ask(key):
-        messages = HUNGRY if key == "a" else other
-        stream = client.chat.completions.create(
-            model="any", messages=messages, temperature=0, stream=key == "b"
-        )
-        if key == "a":
-            return stream.choices[0].message.content
-        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    The fixture model answers in milliseconds, so without the pause requests would rarely be
+    in flight together; with it, eight at once certainly are.
+    """
 
-    with ThreadPoolExecutor(4) as pool:
-        keys = ["a", "b", "a", "b"]
-        replies = list(pool.map(ask, keys))
-    assert replies == [expected[k] for k in keys]
+    def __init__(self):
+        self.lock, self.holders = threading.Lock(), []
+
+    def __enter__(self):
+        self.lock.acquire()
+        self.holders.append(threading.get_ident())
+
+    def __exit__(self, *exc):
+        self.lock.release()
+        time.sleep(0.003)  # let another request's step in
+
+
+def test_concurrent_requests_interleave_and_each_gets_its_own_reply(
+    client, run, server, monkeypatch
+):
+    prompts = ["are you hungry", "hello", "where do you sleep", "do you like bugs"] * 2
+    expected = [chat.reply(run, [{"role": "user", "content": p}], temperature=0) for p in prompts]
+    lock = SlowRecordingLock()
+    monkeypatch.setattr(server, "model_lock", lock)
+
+    def ask(i: int) -> str:
+        messages = [{"role": "user", "content": prompts[i]}]
+        if i % 2:  # half of them streamed
+            stream = client.chat.completions.create(
+                model="any", messages=messages, temperature=0, stream=True
+            )
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        response = client.chat.completions.create(model="any", messages=messages, temperature=0)
+        return response.choices[0].message.content
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        replies = list(pool.map(ask, range(len(prompts))))
+    assert replies == expected
+    # They really were generated together: some request stepped, another stepped, then the
+    # first stepped again (its KV cache and RNG survived the other's steps).
+    h = lock.holders
+    assert any(h[i] != h[i + 1] and h[i] in h[i + 2 :] for i in range(len(h) - 1))
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_model_and_frees_it(
+    client, server, run, monkeypatch
+):
+    lock = SlowRecordingLock()  # slow steps: the reply is still being written at hang-up
+    monkeypatch.setattr(server, "model_lock", lock)
+    body = json.dumps({"messages": HUNGRY, "stream": True, "temperature": 0}).encode()
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(server.server_address[:2]) as sock:
+        sock.sendall(head.encode() + body)
+        received = b""
+        while received.count(b"data: ") < 3:  # the role chunk and two pieces of text
+            received += sock.recv(4096)
+    time.sleep(0.3)  # the server notices at its next write
+    steps_after_hang_up = len(lock.holders)
+    response = client.chat.completions.create(model="any", messages=HUNGRY, temperature=0)
+    assert response.choices[0].message.content == chat.reply(run, HUNGRY, temperature=0)
+    # The abandoned reply stopped early: fewer model steps than the whole reply takes.
+    assert steps_after_hang_up < response.usage.completion_tokens
+
+
+def test_a_long_conversation_is_trimmed_to_the_context_as_chat_does(client, run):
+    messages = []
+    for i in range(40):  # far more than 128 tokens
+        messages += [
+            {"role": "user", "content": f"do you like worms {i}"},
+            {"role": "assistant", "content": "worms? yes. always yes."},
+        ]
+    messages.append({"role": "user", "content": "are you hungry"})
+    response = client.chat.completions.create(model="any", messages=messages, temperature=0)
+    ids, dropped = chat.build_prompt(run.tokenizer, messages, run.model.cfg.context, 64)
+    assert dropped > 0 and response.usage.prompt_tokens == len(ids)
+    assert response.choices[0].message.content == chat.reply(run, messages, temperature=0)
 
 
 # --- malformed requests get OpenAI-shaped 4xx errors --------------------------------------------

@@ -1,0 +1,124 @@
+"""Chat decode speed on this machine: tokens/s with the KV cache and without it.
+
+    python bench/bench_chat.py                 # guppy-9m shape, random weights
+    python bench/bench_chat.py runs/guppy      # a trained run folder
+
+Speed does not depend on what the weights learned, so random weights measure the same thing a
+trained model would. Every row generates the same number of tokens (no stop token), after the
+same short prompt, and reports the best of a few repeats (the CPU may be shared) and the median.
+
+- decode tok/s: tokens after the first, per second (the steady rate a reader sees);
+- first token: time to the first token, prompt included (what a user waits for).
+
+Rows: the KV cache as `guppyforge chat` runs it (decode layout, see chat.prepare_for_decoding),
+the cache with the weights as trained, no cache at all (the whole sequence re-run for each token,
+like GuppyLM's generate), and bf16 weights (for comparison; chat does not use them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from guppyforge.chat import prepare_for_decoding
+from guppyforge.model import GPT, sample_next
+from guppyforge.precision import cpu_has_native_bf16
+from guppyforge.presets import PRESETS
+
+Generate = Callable[[GPT, list[int], int, torch.Generator], Iterator[int]]
+
+
+def with_cache(model: GPT, ids: list[int], n: int, gen: torch.Generator) -> Iterator[int]:
+    return model.generate(ids, max_new_tokens=n, temperature=0.7, generator=gen)
+
+
+@torch.no_grad()
+def without_cache(model: GPT, ids: list[int], n: int, gen: torch.Generator) -> Iterator[int]:
+    """GuppyLM's way: feed the whole sequence again for every new token."""
+    ids = list(ids)
+    for _ in range(n):
+        logits = model(torch.tensor([ids[-model.cfg.context :]]))[0, -1]
+        token = sample_next(logits, 0.7, 50, 1.0, gen)
+        ids.append(token)
+        yield token
+
+
+def measure(model: GPT, generate: Generate, prompt: list[int], n: int, repeats: int):
+    """(decode tok/s, seconds to first token) for each repeat."""
+    out = []
+    for r in range(repeats + 1):
+        gen = torch.Generator().manual_seed(r)
+        start = time.perf_counter()
+        first = None
+        count = 0
+        for _ in generate(model, prompt, n, gen):
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+        end = time.perf_counter()
+        if r:  # the first pass warms up allocators and kernels
+            out.append(((count - 1) / (end - first), first - start))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", nargs="?", help="a run folder (default: random guppy-9m)")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per reply")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    def load() -> tuple[GPT, list[int], str]:
+        if args.run_dir:
+            from guppyforge.runs import load_run
+            from guppyforge.tokenizer import encode_prompt
+
+            run = load_run(args.run_dir)
+            prompt = encode_prompt(run.tokenizer, [{"role": "user", "content": "are you hungry"}])
+            return run.model, prompt, args.run_dir
+        torch.manual_seed(0)
+        # Ten ids: the length of "<|im_start|>user\nare you hungry<|im_end|>\n..." in ChatML.
+        return GPT(PRESETS["guppy-9m"]).eval(), list(range(3, 13)), "guppy-9m, random weights"
+
+    model, prompt, label = load()
+    n = min(args.tokens, model.cfg.context - len(prompt))
+    mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    print(f"model: {label}, {model.num_params() / 1e6:.2f}M parameters ({mb:.0f} MiB fp32)")
+    print(f"prompt {len(prompt)} tokens, reply {n} tokens, best and median of {args.repeats}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
+
+    rows = [("no cache (GuppyLM's way)", without_cache, model)]
+    rows.append(("KV cache, weights as trained", with_cache, model))
+    decode_model, _, _ = load()
+    prepare_for_decoding(decode_model)
+    rows.append(("KV cache, decode layout (chat)", with_cache, decode_model))
+    if cpu_has_native_bf16():
+        rows.append(("KV cache, bf16 weights (info)", with_cache, load()[0].to(torch.bfloat16)))
+
+    print(f"{'':32} {'decode tok/s':>16} {'first token ms':>16} {'weights GB/s':>13}")
+    best = {}
+    for name, generate, m in rows:
+        runs = measure(m, generate, prompt, n, args.repeats)
+        rates = [r for r, _ in runs]
+        firsts = [f * 1e3 for _, f in runs]
+        best[name] = max(rates)
+        weights = sum(p.numel() * p.element_size() for p in m.parameters()) / 1e9
+        print(
+            f"{name:32} {max(rates):7.0f} ({statistics.median(rates):5.0f}) "
+            f"{min(firsts):7.1f} ({statistics.median(firsts):5.1f}) "
+            f"{max(rates) * weights:13.1f}"
+        )
+    ratio = best["KV cache, decode layout (chat)"] / best["no cache (GuppyLM's way)"]
+    print(f"\nKV cache (chat) vs no cache: {ratio:.1f}x tokens/s   (target: >= 1,000 tok/s)")
+    print("(best, median); 'weights GB/s': weight bytes read per second, one full read per token")
+
+
+if __name__ == "__main__":
+    main()
