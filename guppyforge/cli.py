@@ -32,7 +32,10 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--target", default=60_000, show_default=True, help="Conversations to check for.")
+@click.option(
+    "--target", type=click.IntRange(min=1), default=60_000, show_default=True,
+    help="Unique conversations the persona should be able to fill.",
+)  # fmt: skip
 def validate(files: tuple[str, ...], target: int) -> None:
     """Check persona files and show how many distinct conversations each can make.
 
@@ -60,10 +63,12 @@ def validate(files: tuple[str, ...], target: int) -> None:
 
 @cli.command()
 @click.argument("file", type=click.Path(path_type=str))
-@click.option("-n", "count", default=10, show_default=True, help="Conversations to show.")
+@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Conversations to show.")  # fmt: skip
 @click.option("--topic", default=None, help="Only this topic.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same text.")
-@click.option("--turns", default=1, show_default=True, help="Turns per conversation.")
+@click.option("--turns", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Turns per conversation.")  # fmt: skip
 def preview(file: str, count: int, topic: str | None, seed: int, turns: int) -> None:
     """Print sample conversations from a persona, with the YAML lines that made them.
 

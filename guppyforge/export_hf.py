@@ -5,8 +5,8 @@
     tok = AutoTokenizer.from_pretrained("export/cat")
 
 Our model is GPT-2 shaped on purpose, so this is a renaming plus one transpose: GPT-2's linear
-layers are `Conv1D` modules that store their weight as (in, out), where `nn.Linear` stores
-(out, in). The mapping is one explicit table, in the style of nanoGPT's `from_pretrained`.
+layers are `Conv1D` modules (a leftover of OpenAI's TensorFlow code) that store their weight as
+(in, out), where `nn.Linear` stores (out, in). The mapping is one explicit table, in the style of nanoGPT's `from_pretrained`.
 transformers itself is not needed to export, only to load.
 """
 

@@ -26,7 +26,9 @@ from guppyforge.model import GPT
 from guppyforge.runs import Run
 from guppyforge.tokenizer import CHAT_TEMPLATE, END, PAD
 
-OPSET = 18  # the dynamo exporter's native opset; onnxruntime >= 1.14 runs it
+# Opset 18 has LayerNormalization as one op, and runtimes from early 2023 on (onnxruntime
+# 1.14+) run it; torch 2.13's default, 20, would shut out older ones for nothing we use.
+OPSET = 18
 
 
 class LogitsOnly(nn.Module):
@@ -84,6 +86,7 @@ def export_model_onnx(model: GPT, path: Path) -> None:
     # is deprecated since torch 2.9 and may go away; this one is where fixes land.
     batch = torch.export.Dim("batch")
     sequence = torch.export.Dim("sequence", max=model.cfg.context)
+    # Sizes 0 and 1 are special-cased by torch.export (it would fix the axis), hence 2 x 8.
     example = torch.zeros(2, 8, dtype=torch.long, device=model.wte.weight.device)
     with _quiet("torch.onnx"):
         program = torch.onnx.export(

@@ -1,9 +1,11 @@
 """Turn a persona into conversations: `Sampler(persona, seed).conversation(index)`.
 
-A conversation depends only on (persona, seed, index, turns, topic): its RNG is seeded from the
-string f"{seed}:{index}", so any worker can make sample 41,337 without making the 41,336 before it.
-Each grammar symbol a template names is bound once per conversation, so the reply can reuse what
-the question picked; `pick('x')` and references inside the grammar draw fresh values.
+A conversation depends only on (persona, seed, index, turns, topic), never on which others were
+made before it, so any worker can make sample 41,337 alone. The index picks a topic from a
+weighted schedule, an (ask, say) pair in turn, and an evenly spread number from which the grammar
+decodes its values (see grammar.Draw); anything else random comes from random.Random(
+f"{seed}:{index}"). Each symbol a template names is bound once per conversation, so the reply can
+reuse what the question picked; `pick('x')` and references inside the grammar draw fresh values.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def _compile(t: Template, persona: Persona, on_error, grammar: bool = False) -> 
     except TemplateProblem as p:
         line = t.line + p.line - 1
         on_error(f"{t.file}:{line}:{t.column}: {t.key}: {p.problem}. {p.fix}")
-        return Compiled(t.text, (), None, frozenset(), (), 0)
+        return Compiled(t.text, (), None, frozenset(), ())
 
 
 def _raise(message: str) -> None:
@@ -223,7 +225,8 @@ class Sampler:
             except GuppyError:
                 raise
             except Exception as exc:  # StrictUndefined, sandbox refusals: the template's fault
-                raise GuppyError(f"{t.where}: {exc}. Fix the template") from None
+                problem = (str(exc).splitlines() or ["render failed"])[0].rstrip(".")
+                raise GuppyError(f"{t.where}: {problem}. Fix the template") from None
         text = tidy(text)
         if len(text) > limits.MAX_MESSAGE_CHARS:
             raise GuppyError(f"{t.where}: renders {len(text):,} characters, more than the "
@@ -256,18 +259,27 @@ def tidy(text: str) -> str:
     return text.strip()
 
 
-def smoke_test(persona: Persona, per_template: int = 4) -> list[str]:
-    """Make a few conversations per topic to surface errors that only show when sampling."""
+def smoke_test(persona: Persona, tries: int = 3) -> list[str]:
+    """Render every template a few times, and make a few conversations per topic, to surface
+    what only sampling shows: a message past the length limit, unavoidable never_say phrases."""
     try:
         sampler = Sampler(persona)
     except GuppyError as exc:
         return [exc.format_message()]
     errors = []
-    for t in persona.topics.values():
-        n = min(200, per_template * (len(t.ask) + len(t.say) + 2 * len(t.follow_ups)))
+    for t in sampler.compiled.topics:
+        steps = [(t.ask, t.say), *t.follow_ups]
+        for k, (template, compiled) in enumerate(
+            x for pair in steps for side in pair for x in side
+        ):
+            try:
+                for i in range(tries):  # u=None: plain random draws, a different mix each time
+                    sampler._render(template, compiled, {}, Draw(sampler.grammar, f"{k}:{i}"))
+            except GuppyError as exc:
+                errors.append(exc.format_message())
         try:
-            for i in range(n):
-                sampler.conversation(i, turns=1 + len(t.follow_ups), topic=t.name)
+            for i in range(tries):
+                sampler.conversation(i, turns=len(steps), topic=t.name)
         except GuppyError as exc:
             errors.append(exc.format_message())
-    return errors
+    return list(dict.fromkeys(errors))  # a template's error once, even if a conversation hit it

@@ -139,7 +139,6 @@ class Compiled:
     jinja: Any  # a compiled jinja2.Template when parts is None
     symbols: frozenset[str]  # symbols bound by this template (its free names)
     picks: tuple[str, ...]  # symbols drawn fresh, once per occurrence
-    literal_chars: int  # characters of plain text: a floor on the rendered length
 
 
 _ALLOWED = (
@@ -166,7 +165,7 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
             "Keep one message short",
         )
     if "{" not in text:  # plain text: the common case, no parsing needed
-        return Compiled(text, (text,) if text else (), None, frozenset(), (), len(text))
+        return Compiled(text, (text,) if text else (), None, frozenset(), ())
     env = environment()
     try:
         tree = env.parse(text)
@@ -185,11 +184,10 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
         )
     if grammar and parts is not None:  # every grammar reference is a fresh draw
         parts = tuple(p if isinstance(p, str) else (True, p[1], p[2]) for p in parts)
-    literal = sum(len(n.data) for n in tree.find_all(nodes.TemplateData))
     bound = frozenset() if grammar else frozenset(checker.free)
     picks = tuple(checker.picks) + (tuple(checker.free) if grammar else ())
     jinja = env.from_string(tree) if parts is None else None
-    return Compiled(text, parts, jinja, bound, picks, literal)
+    return Compiled(text, parts, jinja, bound, picks)
 
 
 def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:
