@@ -56,32 +56,33 @@ class Grammar:
     def problems(self) -> list[tuple[str, str, str]]:
         """(where, problem, fix) for symbols that never finish or pass a limit.
 
-        One line per kind: in a cycle every symbol is stuck, and above a too-deep symbol every
-        caller is too deep, so the worst one is named and the others listed after it.
+        One line per kind: in a loop every symbol is stuck, and every caller of a too-deep symbol
+        is too deep too, so the worst one is named and the others listed after it.
         """
-        kinds = {
-            "never": (lambda n: self.height.get(n, INF) == INF, lambda n: 0,
-                      "can never finish: every alternative leads back into a loop{also}",
-                      "Add an alternative of plain text"),
-            "deep": (lambda n: self.height[n] > limits.MAX_GRAMMAR_DEPTH, self.height.get,
-                     "needs {cost:g} nested symbols, more than the limit of "
-                     f"{limits.MAX_GRAMMAR_DEPTH}{{also}}", "Make the grammar flatter"),
-            "work": (lambda n: self.work[n] > limits.MAX_GRAMMAR_WORK, self.work.get,
-                     "needs {cost:,g} expansions, more than the limit of "
-                     f"{limits.MAX_GRAMMAR_WORK:,}{{also}}", "Make the grammar smaller"),
-        }  # fmt: skip
-        out, flagged = [], set()
-        for test, cost, problem, fix in kinds.values():
-            bad = [n for n in self.rules if n not in flagged and test(n)]
-            if not bad:
-                continue
-            flagged.update(bad)
-            worst = max(bad, key=cost)
-            others = [n for n in bad if n != worst]
-            also = f" (so do {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
-            text = problem.format(cost=cost(worst), also=also if others else "")
-            out.append((self.rules[worst].where, text, fix))
+        depth, work = limits.MAX_GRAMMAR_DEPTH, limits.MAX_GRAMMAR_WORK
+        never = [n for n in self.rules if n not in self.height]
+        deep = [n for n in self.rules if self.height.get(n, 0) > depth]
+        heavy = [n for n in self.rules if n not in never + deep and self.work[n] > work]
+        out = []
+        if never:
+            where, also = self._worst(never, lambda n: 0)
+            out.append((where, f"can never finish: every alternative leads back into a loop{also}",
+                        "Add an alternative of plain text"))  # fmt: skip
+        if deep:
+            where, also = self._worst(deep, self.height.get)
+            out.append((where, f"needs {max(map(self.height.get, deep)):g} nested symbols, more "
+                        f"than the limit of {depth}{also}", "Make the grammar flatter"))  # fmt: skip
+        if heavy:
+            where, also = self._worst(heavy, self.work.get)
+            out.append((where, f"needs {max(map(self.work.get, heavy)):,g} expansions, more than "
+                        f"the limit of {work:,}{also}", "Make the grammar smaller"))  # fmt: skip
         return out
+
+    def _worst(self, names: list[str], cost: Callable) -> tuple[str, str]:
+        worst = max(names, key=cost)
+        others = [n for n in names if n != worst]
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        return self.rules[worst].where, f" (so do {listed})" if others else ""
 
     def values(self, name: str, cap: int, depth: int = 1, memo: dict | None = None):
         """Distinct strings `name` can expand to: (list, complete). Stops at `cap` strings."""

@@ -107,17 +107,21 @@ def train_step(model, batch, optimizer, scaler, precision: Precision, lr: float,
 
 
 def resolve_options(o: TrainOptions, saved: dict | None) -> TrainOptions:
-    """Check the options; on resume take the schedule from the checkpoint."""
+    """Check the options; on resume take the schedule (and precision) from the checkpoint."""
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
     if saved is not None:
         for key in SCHEDULE:
             mine = getattr(o, key)
-            default = next(f.default for f in fields(TrainOptions) if f.name == key)
-            if mine != default and mine != saved[key] and mine is not None:
+            if mine not in (None, defaults[key], saved[key]):
                 raise GuppyError(
                     f"--{key.replace('_', '-')} {mine}: the run being resumed used "
                     f"{saved[key]}. Drop the option to continue it, or start a new --out."
                 )
             setattr(o, key, saved[key])
+        # Precision changes the numbers too, so a resumed run keeps it unless told otherwise
+        # (e.g. a run moved from a GPU to a CPU).
+        if o.precision == defaults["precision"]:
+            o.precision = saved["precision"]
     if o.loss_on not in LOSS_ON:
         raise GuppyError(f"--loss-on: unknown '{o.loss_on}'. Use replies or all.")
     for key in ("max_steps", "batch_size", "eval_every", "log_every", "stop_after"):
@@ -180,6 +184,7 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
     cfg = get_preset(o.preset)
     device = pick_device(o.device)
     precision = pick_precision(device, o.precision)
+    o.precision = precision.name  # recorded resolved, so a resume computes the same numbers
     say = tqdm.write
     torch.manual_seed(o.seed)
     random.seed(o.seed)
@@ -325,7 +330,7 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
     minutes = (time.monotonic() - started) / 60
     results = {"final_eval_loss": final["eval_loss"], "perplexity": final["perplexity"]}
     results.update(steps=step, minutes=round(minutes, 2), tokens_per_s=round(speed))
-    train_info = asdict(o) | {"precision": precision.name, "device": str(device)}
+    train_info = asdict(o) | {"device": str(device)}
     del train_info["progress"], train_info["resume"]
     train_info |= {"steps_per_epoch": steps_per_epoch, "padding": round(pad, 4)}
     finish_run(run, model, train_info, info, persona, tok.get_vocab_size(), records, results)
