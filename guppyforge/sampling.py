@@ -136,12 +136,14 @@ class Sampler:
         else:
             raise GuppyError(f"{self.persona.path}: topics: no topic '{topic}'. Use one of: "
                              f"{', '.join(self.topics)}")  # fmt: skip
-        # Rank -> (ask, say) cell, visiting every pair in turn; the rank within the cell then
-        # drives the grammar's quasi-random first draws, so a cell's conversations differ.
+        # Rank -> (ask, say) cell, visiting every pair in turn; the rank also drives the
+        # grammar's quasi-random first draws, so conversations of one cell differ.
         n_ask, n_say = len(t.ask), len(t.say)
-        rank, cell = divmod(rank, n_ask * n_say)
+        cell = rank % (n_ask * n_say)
         off_ask, off_say = self._cell_offsets[t.name]
         first = ((cell + off_ask) % n_ask, (cell // n_ask + off_say) % n_say)
+        # The topic rank, not the rank within the cell, drives u: cells that share an ask
+        # template must not replay the same sequence of values, or prompts would repeat.
         draw = Draw(self.grammar, f"{self.seed}:{index}", (self._u0 + rank * _GOLDEN) % 1.0)
         bound: dict[str, str] = {}
         messages: list[dict] = []
