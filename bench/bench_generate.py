@@ -7,7 +7,8 @@ For each persona it prints: the whole command's wall time (a fresh `guppyforge g
 process, imports included), the generation time on one core and conversations per second, the
 share of draws that were unique, distinct-1/distinct-2 of the replies, and the speed-up of
 `--workers 2` over `--workers 1`, measured in the same run (same machine, same load). Each time
-is the best of --repeat runs (default 3).
+is the best of --repeat runs (default 3); `cpu w2/w1` is the total CPU time of the 2-worker runs
+over that of the 1-worker runs (the cost of going parallel, whatever the machine's load).
 Targets (DESIGN.md): 60K in <= 5 s of generation on one core (aim 2 s), >= 95 % unique;
 the whole command <= 10 s.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +37,7 @@ COLUMNS = [  # (header, format); each column is as wide as the wider of the two
     ("distinct-2", "{:10.4f}"),
     ("gen s w2", "{:8.2f}"),
     ("speed-up w2", "{:11.2f}"),
+    ("cpu w2/w1", "{:9.2f}"),
 ]
 
 
@@ -58,11 +61,14 @@ def bench(persona: Path, n: int, seed: int, repeat: int, tmp: Path) -> list:
     """
     cmd = min(command_seconds(persona, tmp / "cmd", n, seed) for _ in range(repeat))
     runs: dict[int, list] = {1: [], 2: []}
+    cpu: dict[int, float] = {1: 0.0, 2: 0.0}
     for _ in range(repeat):
         for workers, results in runs.items():
             out = tmp / f"w{workers}"
             kwargs = dict(n=n, seed=seed, workers=workers, progress=False, force=True)
+            before = _cpu_seconds()
             results.append(generate_dataset(persona, out, **kwargs))
+            cpu[workers] += _cpu_seconds() - before
     one, two = (min(results, key=lambda r: r.generation_seconds) for results in runs.values())
     assert one.fingerprint == two.fingerprint, "workers=2 changed the data"
     div = one.stats["diversity"]
@@ -76,7 +82,22 @@ def bench(persona: Path, n: int, seed: int, repeat: int, tmp: Path) -> list:
         div["distinct_2"],
         two.generation_seconds,
         one.generation_seconds / two.generation_seconds,
+        cpu[2] / cpu[1],
     ]
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the worker processes).
+
+    Next to the wall-clock speed-up it tells what 2 workers cost in total: on a machine whose
+    other users leave no core free, the wall clock cannot improve, but this ratio still shows
+    how much work the parallel path adds.
+    """
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ longest sample would spend a third of the compute on padding, so several convers
 a block-diagonal causal mask (a token attends only to earlier tokens of its own conversation) and
 positions that restart at 0 for each conversation (so each one looks exactly as if it were alone).
 
-`train` and `eval` share these functions: `load_splits`, `tokenize`, `epoch_rows`, `batches`,
-`collate`, `loss_fn` and `evaluate`.
+`train` and `eval` share these functions: `load_splits`, `tokenize`, `pack`, `epoch_batches`,
+`batches`, `collate`, `loss_fn` and `evaluate`.
 """
 
 from __future__ import annotations
@@ -140,16 +140,51 @@ def pack(lengths: np.ndarray, order: np.ndarray, context: int, open_rows: int = 
     return done + rows
 
 
-def epoch_rows(samples: Samples, context: int, seed: int, epoch: int) -> list:
-    """The packed rows of one epoch: a fresh shuffle per epoch, the same for the same seed."""
-    order = np.random.default_rng([seed, epoch]).permutation(len(samples))
-    return pack(samples.lengths, order, context)
+GROUP = 8  # batches whose rows are sorted by fill together (see group_rows)
 
 
-def padding_share(samples: Samples, rows: list, context: int) -> float:
-    """The share of row positions that hold padding rather than conversation tokens."""
-    used = sum(int(samples.lengths[r].sum()) for r in rows)
-    return 1 - used / max(1, len(rows) * context)
+def group_rows(samples: Samples, rows: list, rows_per_batch: int, rng=None) -> list:
+    """Cut packed rows into batches, putting rows of similar fill together.
+
+    Each batch is only as wide as its fullest row, so a batch of rows holding three
+    conversations (about 105 tokens) need not be padded to 128. Rows are sorted by fill within
+    spans of GROUP batches only, and those batches shuffled (with `rng`), so the model still
+    sees full and less full batches mixed through the epoch.
+    """
+    fill = [int(samples.lengths[row].sum()) for row in rows]
+    out: list[list[list[int]]] = []
+    span = rows_per_batch * GROUP
+    for start in range(0, len(rows), span):
+        part = sorted(range(start, min(start + span, len(rows))), key=fill.__getitem__)
+        group = [
+            [rows[i] for i in part[b : b + rows_per_batch]]
+            for b in range(0, len(part), rows_per_batch)
+        ]
+        if rng is not None:
+            group = [group[i] for i in rng.permutation(len(group))]
+        out += group
+    return out
+
+
+def epoch_batches(samples: Samples, context: int, rows_per_batch: int, seed: int, epoch: int):
+    """The batches of one epoch (lists of packed rows): a fresh shuffle per epoch, seeded."""
+    rng = np.random.default_rng([seed, epoch])
+    rows = pack(samples.lengths, rng.permutation(len(samples)), context)
+    return group_rows(samples, rows, rows_per_batch, rng)
+
+
+def row_width(samples: Samples, rows: list, context: int) -> int:
+    """How wide a batch of `rows` is: its fullest row, rounded up to a multiple of 8."""
+    # Multiples of 8 suit vector units and tensor cores, and leave torch.compile few shapes.
+    widest = max(int(samples.lengths[row].sum()) for row in rows)
+    return min(context, -(-widest // 8) * 8)
+
+
+def padding_share(samples: Samples, batches: list, context: int) -> float:
+    """The share of the positions computed on that hold padding rather than conversation."""
+    used = sum(int(samples.lengths[row].sum()) for rows in batches for row in rows)
+    computed = sum(len(rows) * row_width(samples, rows, context) for rows in batches)
+    return 1 - used / max(1, computed)
 
 
 @dataclass
@@ -172,8 +207,8 @@ class Batch:
 
 
 def collate(samples: Samples, rows: list, context: int, loss_on: str = "replies") -> Batch:
-    """Lay out packed rows as tensors. Every row is `context` long, so every batch is too."""
-    B, T = len(rows), context
+    """Lay out packed rows as tensors, each as wide as the batch's fullest row."""
+    B, T = len(rows), row_width(samples, rows, context)
     idx = np.zeros((B, T), np.int64)  # 0 is <|pad|>
     targets = np.full((B, T), IGNORE, np.int64)
     positions = np.zeros((B, T), np.int64)
@@ -214,23 +249,19 @@ def batches(
     loss_on: str = "replies",
     start: tuple[int, int] = (0, 0),
 ) -> Iterator[tuple[Batch, tuple[int, int]]]:
-    """Batches forever, epoch after epoch, each with the position (epoch, row) that follows it.
+    """Batches forever, epoch after epoch, each with the position (epoch, batch) after it.
 
-    The position is all a checkpoint needs to continue exactly: an epoch's rows depend only on
-    the seed and the epoch number, so they are rebuilt on resume rather than stored.
+    The position is all a checkpoint needs to continue exactly: an epoch's batches depend only
+    on the seed and the epoch number, so they are rebuilt on resume rather than stored.
     """
     epoch, index = start
-    rows = epoch_rows(samples, context, seed, epoch)
+    plan = epoch_batches(samples, context, rows_per_batch, seed, epoch)
     while True:
-        picked: list[list[int]] = []
-        while len(picked) < rows_per_batch:
-            if index == len(rows):
-                epoch, index = epoch + 1, 0
-                rows = epoch_rows(samples, context, seed, epoch)
-            take = rows[index : index + rows_per_batch - len(picked)]
-            picked += take
-            index += len(take)
-        yield collate(samples, picked, context, loss_on), (epoch, index)
+        if index == len(plan):
+            epoch, index = epoch + 1, 0
+            plan = epoch_batches(samples, context, rows_per_batch, seed, epoch)
+        index += 1
+        yield collate(samples, plan[index - 1], context, loss_on), (epoch, index)
 
 
 def loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -252,13 +283,16 @@ def evaluate(
     max_rows: int | None = None,
     precision: Precision | None = None,
 ) -> tuple[float, float]:
-    """Loss and perplexity on `samples` (in a fixed order), weighted by counted tokens."""
+    """Loss and perplexity on `samples` (in a fixed order), weighted by counted tokens.
+
+    With `max_rows`, only the first rows of that order (a fixed subset, so evals compare).
+    """
     rows = pack(samples.lengths, np.arange(len(samples)), context)[:max_rows]
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for i in range(0, len(rows), rows_per_batch):
-        batch = collate(samples, rows[i : i + rows_per_batch], context, loss_on).to(device)
+    for rows_of_batch in group_rows(samples, rows, rows_per_batch):
+        batch = collate(samples, rows_of_batch, context, loss_on).to(device)
         n = int((batch.targets != IGNORE).sum())
         with precision.autocast() if precision else contextlib.nullcontext():
             total += float(loss_fn(model, batch)) * n

@@ -21,7 +21,10 @@ def presets_table() -> str:
         rows.append((name, *map(str, shape), _m(p["embeddings"]), blocks, _m(p["total"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
         for row in rows
     ]
     return "\n".join(lines) + "\n\n" + explain(DEFAULT_PRESET)

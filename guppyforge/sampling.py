@@ -97,7 +97,7 @@ def _compile(t: Template, persona: Persona, on_error, grammar: bool = False) -> 
     except TemplateProblem as p:
         line = t.line + p.line - 1
         on_error(f"{t.file}:{line}:{t.column}: {t.key}: {p.problem}. {p.fix}")
-        return Compiled(t.text, (), None, frozenset(), ())
+        return Compiled(t.text, (), None, (), ())
 
 
 def _raise(message: str) -> None:

@@ -137,7 +137,7 @@ class Compiled:
     source: str
     parts: tuple | None
     jinja: Any  # a compiled jinja2.Template when parts is None
-    symbols: frozenset[str]  # symbols bound by this template (its free names)
+    symbols: tuple[str, ...]  # symbols bound by this template, in first-use order
     picks: tuple[str, ...]  # symbols drawn fresh, once per occurrence
 
 
@@ -165,7 +165,7 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
             "Keep one message short",
         )
     if "{" not in text:  # plain text: the common case, no parsing needed
-        return Compiled(text, (text,) if text else (), None, frozenset(), ())
+        return Compiled(text, (text,) if text else (), None, (), ())
     env = environment()
     try:
         tree = env.parse(text)
@@ -184,7 +184,7 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
         )
     if grammar and parts is not None:  # every grammar reference is a fresh draw
         parts = tuple(p if isinstance(p, str) else (True, p[1], p[2]) for p in parts)
-    bound = frozenset() if grammar else frozenset(checker.free)
+    bound = () if grammar else tuple(checker.free)  # first-use order: sets would vary by process
     picks = tuple(checker.picks) + (tuple(checker.free) if grammar else ())
     jinja = env.from_string(tree) if parts is None else None
     return Compiled(text, parts, jinja, bound, picks)

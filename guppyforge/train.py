@@ -22,16 +22,24 @@ import torch
 from tqdm import tqdm
 
 from guppyforge.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from guppyforge.data import LOSS_ON, batches, chat_texts, epoch_rows, evaluate, load_splits
-from guppyforge.data import loss_fn, padding_share, tokenize
+from guppyforge.data import (
+    LOSS_ON,
+    batches,
+    chat_texts,
+    epoch_batches,
+    evaluate,
+    load_splits,
+    loss_fn,
+    padding_share,
+    tokenize,
+)
 from guppyforge.errors import GuppyError
 from guppyforge.model import GPT
 from guppyforge.precision import Precision, pick_precision
 from guppyforge.presets import get_preset
 from guppyforge.run_files import dataset_info, finish_run, load_persona_info, sample_prompts
 from guppyforge.runs import pick_device
-from guppyforge.tokenizer import END, encode_prompt, load_tokenizer, save_tokenizer
-from guppyforge.tokenizer import train_tokenizer
+from guppyforge.tokenizer import END, encode_prompt, load_tokenizer, save_tokenizer, train_tokenizer
 
 EVAL_ROWS = 128  # rows evaluated at each interval (about 16K tokens); the final eval uses all
 
@@ -209,8 +217,8 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
         )
     if info["too_long"]:
         say(f"dropped {info['too_long']} conversations longer than {cfg.context} tokens")
-    rows0 = epoch_rows(train_s, cfg.context, o.seed, 0)
-    steps_per_epoch = math.ceil(len(rows0) / o.batch_size)
+    plan0 = epoch_batches(train_s, cfg.context, o.batch_size, o.seed, 0)
+    steps_per_epoch = len(plan0)
     persona = load_persona_info(data_dir)
 
     model = GPT(cfg).to(device)
@@ -239,11 +247,11 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if ckpt else []
     records = [r for r in records if r["step"] <= step]  # drop lines logged after the checkpoint
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    pad = padding_share(train_s, rows0, cfg.context)
+    pad = padding_share(train_s, plan0, cfg.context)
     say(f"{cfg.n_layer} layers, d_model {cfg.d_model}: {model.num_params() / 1e6:.2f}M parameters")
     say(f"{len(train_s)} train / {len(test_s)} test conversations, loss on {o.loss_on}")
-    say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows x {cfg.context} tokens")
-    say(f"packed: {pad:.1%} of the tokens are padding")
+    say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows of up to {cfg.context} tokens")
+    say(f"packed: {pad:.1%} of the positions computed are padding")
     say(f"device: {device}; {precision.describe()}")
     say(f"{'resuming at' if ckpt else 'training for'} step {step} of {o.max_steps}")
 
@@ -334,6 +342,7 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
     del train_info["progress"], train_info["resume"]
     train_info |= {"steps_per_epoch": steps_per_epoch, "padding": round(pad, 4)}
     finish_run(run, model, train_info, info, persona, tok.get_vocab_size(), records, results)
-    say(f"done: eval loss {final['eval_loss']:.3f} in {minutes:.1f} min. Chat: guppyforge chat {run}")
+    say(
+        f"done: eval loss {final['eval_loss']:.3f} in {minutes:.1f} min. Chat: guppyforge chat {run}"
+    )
     return run
-

@@ -14,8 +14,9 @@ from guppyforge.data import (
     batches,
     chat_texts,
     collate,
-    epoch_rows,
+    epoch_batches,
     load_splits,
+    pack,
     padding_share,
     tokenize,
 )
@@ -136,17 +137,29 @@ def test_too_long_conversations_are_dropped_and_counted(toy):
 
 def test_rows_are_full_and_every_conversation_appears_once_per_epoch(toy):
     _, _, samples = toy
-    rows = epoch_rows(samples, 128, seed=0, epoch=0)
+    plan = epoch_batches(samples, 128, rows_per_batch=16, seed=0, epoch=0)
+    rows = [row for batch in plan for row in batch]
     assert sorted(i for row in rows for i in row) == list(range(len(samples)))
     assert all(samples.lengths[row].sum() <= 128 for row in rows)
-    assert padding_share(samples, rows, 128) < 0.05
-    assert rows == epoch_rows(samples, 128, seed=0, epoch=0)  # seeded
-    assert rows != epoch_rows(samples, 128, seed=0, epoch=1)  # reshuffled each epoch
+    assert padding_share(samples, plan, 128) < 0.05
+    assert plan == epoch_batches(samples, 128, 16, seed=0, epoch=0)  # seeded
+    assert plan != epoch_batches(samples, 128, 16, seed=0, epoch=1)  # reshuffled each epoch
+
+
+def test_a_batch_is_as_wide_as_its_fullest_row(toy):
+    _, _, samples = toy
+    plan = epoch_batches(samples, 128, rows_per_batch=16, seed=0, epoch=0)
+    widths = {collate(samples, rows, 128).idx.shape[1] for rows in plan}
+    assert len(widths) > 1 and all(w % 8 == 0 and w <= 128 for w in widths)
+    # Packing alone (every row 128 wide) pads more than grouping rows by fill.
+    rows = pack(samples.lengths, np.arange(len(samples)), 128)
+    as_full_rows = 1 - samples.lengths.sum() / (len(rows) * 128)
+    assert padding_share(samples, plan, 128) < as_full_rows
 
 
 def test_positions_restart_and_targets_are_the_next_reply_token(toy):
     _, tok, samples = toy
-    row = epoch_rows(samples, 128, seed=0, epoch=0)[0]
+    row = epoch_batches(samples, 128, 16, seed=0, epoch=0)[0][0]
     replies, every = collate(samples, [row], 128, "replies"), collate(samples, [row], 128, "all")
     first, second = (int(n) for n in samples.lengths[row[:2]])
     assert replies.positions[0, first].item() == 0 and replies.positions[0, first - 1] == first - 1
@@ -166,7 +179,7 @@ def test_positions_restart_and_targets_are_the_next_reply_token(toy):
 def test_packed_conversations_do_not_see_each_other(toy):
     """The logits of a conversation packed after another equal those it gets alone."""
     _, _, samples = toy
-    row = epoch_rows(samples, 128, seed=0, epoch=0)[0]
+    row = epoch_batches(samples, 128, 16, seed=0, epoch=0)[0][0]
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=512, n_layer=2, n_head=2, d_model=32, d_ff=64)).eval()
     packed = collate(samples, [row], 128)

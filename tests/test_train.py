@@ -68,7 +68,9 @@ def test_a_finished_run_loads_everywhere(finished_run, data_dir):
     assert results["steps"] == 16 and math.isclose(
         results["perplexity"], math.exp(results["final_eval_loss"]), rel_tol=1e-9
     )
-    records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in records] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert {"step", "train_loss", "lr", "tokens_per_s"} <= set(records[0])
     assert "eval_loss" in records[3] and "perplexity" in records[-1]
@@ -97,7 +99,9 @@ def test_resume_from_the_command_line_logs_the_same_losses(data_dir, tmp_path):
     cli_run = CliRunner().invoke
     result = cli_run(cli, ["train", str(data_dir), "--out", str(straight), "-q", *args])
     assert result.exit_code == 0, result.output
-    result = cli_run(cli, ["train", str(data_dir), "--out", str(stopped), "-q", "--stop-after", "7", *args])
+    result = cli_run(
+        cli, ["train", str(data_dir), "--out", str(stopped), "-q", "--stop-after", "7", *args]
+    )
     assert result.exit_code == 0, result.output
     assert "stopped at step 7 of 20" in result.output and "--resume" in result.output
     with pytest.raises(GuppyError, match="missing"):
