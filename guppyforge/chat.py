@@ -223,7 +223,8 @@ def repl(run: Run, options: dict, show_probs: bool = False) -> None:
         while True:
             try:
                 text = input("you> ").strip()
-            except EOFError:
+            except EOFError:  # Ctrl-D
+                click.echo()
                 break
             if text in ("/quit", "/exit"):
                 break

@@ -181,7 +181,7 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 @click.option("--epochs", type=float, help="Passes over the data when --max-steps is not given.")
 @click.option("--max-minutes", type=float, help="Time budget; stops with a checkpoint.")
 @click.option("--stop-after", type=int, help="Stop (with a checkpoint) after this step.")
-@click.option("--batch-size", type=int, help="Rows of `context` tokens per step.  [default: 32]")
+@click.option("--batch-size", type=int, help="Rows of `context` tokens per step.  [default: 16]")
 @click.option("--lr", type=float, help="Peak learning rate.  [default: 0.001]")
 @click.option("--eval-every", type=int, help="Steps between evals.  [default: max-steps / 10]")
 @click.option("--seed", type=int, help="Same seed, same run.  [default: 0]")

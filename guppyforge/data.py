@@ -13,6 +13,7 @@ positions that restart at 0 for each conversation (so each one looks exactly as 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ class Samples:
         return len(self.lengths)
 
 
-def tokenize(split, tok: Tokenizer, context: int, fingerprint: str = "") -> Samples:
+def tokenize(split, tok: Tokenizer, context: int) -> Samples:
     """Encode every conversation with `datasets.map` (batched), then flatten to arrays.
 
     Conversations longer than `context` are dropped and counted, never cut: a cut reply would
@@ -96,7 +97,10 @@ def tokenize(split, tok: Tokenizer, context: int, fingerprint: str = "") -> Samp
         batch_size=1000,
         remove_columns=split.column_names,
         keep_in_memory=True,  # no cache files next to the user's data
-        new_fingerprint=f"guppyforge-tokenize-{fingerprint}-{split._fingerprint}",
+        # Named by what it depends on (the data and this tokenizer), not by hashing `encode`.
+        new_fingerprint=hashlib.sha256(f"{split._fingerprint}{tok.to_str()}".encode()).hexdigest()[
+            :32
+        ],
     )
     ids = encoded.data.column("ids").combine_chunks()
     reply = encoded.data.column("reply").combine_chunks()
@@ -266,10 +270,13 @@ def batches(
 
 def loss_fn(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Mean cross-entropy over the counted targets of a batch (already on the model's device)."""
-    logits = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask)
-    return F.cross_entropy(
-        logits.float().view(-1, logits.size(-1)), batch.targets.view(-1), ignore_index=IGNORE
-    )
+    hidden = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask, head=False)
+    # The head (d_model x vocab, the largest matmul) runs only where a target is counted:
+    # with the loss on replies, that is about half of the positions.
+    counted = batch.targets != IGNORE
+    logits = model.lm_head(hidden[counted])
+    total = F.cross_entropy(logits.float(), batch.targets[counted], reduction="sum")
+    return total / counted.sum().clamp(min=1)  # a batch with nothing to count gives 0, not NaN
 
 
 @torch.no_grad()

@@ -131,14 +131,17 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(data_dir, tmp_path, monke
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_only_a_time_budget_fits_the_schedule_to_it(data_dir, tmp_path):
+def test_only_a_time_budget_fits_the_schedule_to_it(data_dir, tmp_path, capsys):
     started = time.monotonic()
     run = train(data_dir, tmp_path / "run", max_minutes=0.05, epochs=1000, **FAST)
-    assert time.monotonic() - started < 0.05 * 60 + 2  # the budget, plus final eval and files
-    config = load_run(run).config  # it finished: the schedule was cut to fit, not the run
-    steps_per_epoch = config["train"]["steps_per_epoch"]
-    assert 1 <= config["train"]["max_steps"] < 1000 * steps_per_epoch
-    assert config["results"]["steps"] == config["train"]["max_steps"]
+    assert time.monotonic() - started < 0.05 * 60 + 5  # the budget, a step, the final eval
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    fitted, per_epoch = saved["train"]["max_steps"], 300 // 11  # ~11 conversations per step
+    assert 1 <= fitted < 100 * per_epoch  # fitted to ~3 s, far from 1000 epochs
+    if saved["step"] < fitted:  # a busy machine made the fit optimistic: a clean stop then
+        assert "ran out" in capsys.readouterr().out
+    else:
+        assert load_run(run).config["results"]["steps"] == fitted
 
 
 def test_user_errors_are_one_line(data_dir, tmp_path):
