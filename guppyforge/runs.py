@@ -57,12 +57,11 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
             )
     try:
         config = json.loads((run_dir / "config.json").read_text())
-        cfg = ModelConfig(**config["model"])
-    except (ValueError, KeyError, TypeError) as e:
+        model = GPT(ModelConfig(**config["model"]))
+    except (ValueError, KeyError, TypeError, AssertionError) as e:
         raise GuppyError(
             f"{run_dir / 'config.json'}: unreadable model config ({e}). Retrain or restore it."
         ) from None
-    model = GPT(cfg)
     try:
         state = load_file(str(run_dir / "model.safetensors"))
         state["lm_head.weight"] = state["wte.weight"]
