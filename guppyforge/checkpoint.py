@@ -9,10 +9,8 @@ so a crash mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
 from pathlib import Path
 
 import torch
@@ -64,22 +62,3 @@ def load_checkpoint(path: Path) -> dict:
             f"{path}: not a checkpoint of this guppyforge version. Start without --resume."
         )
     return state
-
-
-@contextlib.contextmanager
-def stop_on_ctrl_c(state: dict):
-    """Ctrl-C asks for a clean stop after the current step; a second Ctrl-C aborts at once."""
-
-    def handler(signum, frame):
-        state["stop"] = "interrupted"
-        signal.signal(signal.SIGINT, previous)
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: signals stay as they are
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

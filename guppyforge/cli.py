@@ -186,7 +186,9 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 @click.option("--eval-every", type=int, help="Steps between evals.  [default: max-steps / 10]")
 @click.option("--seed", type=int, help="Same seed, same run.  [default: 0]")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[default: auto]")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="[default: auto]")
+@click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="[default: auto]"
+)
 @click.option("--compile", "compile_", is_flag=True, default=None, help="Use torch.compile.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from checkpoints/last.pt.")
 @click.option("--loss-on", type=click.Choice(["replies", "all"]), help="[default: replies]")

@@ -1,10 +1,12 @@
-"""From a dataset folder to training batches: tokenize, pack into full rows, mask, collate.
+"""From a dataset folder to training batches: tokenize, pack into rows, mask, collate.
 
-Our conversations are short (about 26 tokens) and the context is 128. Padding each batch to its
-longest sample would spend a third of the compute on padding, so several conversations are
-*packed* into one row instead. Two things keep packed conversations from leaking into each other:
-a block-diagonal causal mask (a token attends only to earlier tokens of its own conversation) and
-positions that restart at 0 for each conversation (so each one looks exactly as if it were alone).
+Our conversations are short (26 to 35 tokens on average) and the context is 128. Padding each
+batch to its longest sample spends a fifth to a third of the compute on padding, so several
+conversations are *packed* into one row instead, and rows of similar fill are batched together
+(a batch is only as wide as its fullest row). Two things keep packed conversations from leaking
+into each other: a block-diagonal causal mask (a token attends only to earlier tokens of its own
+conversation) and positions that restart at 0 for each conversation (so each one looks exactly
+as if it were alone).
 
 `train` and `eval` share these functions: `load_splits`, `tokenize`, `pack`, `epoch_batches`,
 `batches`, `collate`, `loss_fn` and `evaluate`.

@@ -6,6 +6,7 @@ looks complete: it has a checkpoint and a tokenizer, and no config.json.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -95,6 +96,15 @@ def dataset_info(data_dir: Path, splits) -> dict:
         "test_rows": splits["test"].num_rows,
         "too_long": 0,
     }
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line cut short by a crash is skipped."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
 
 
 def write_atomic(path: Path, text: str) -> None:

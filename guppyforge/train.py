@@ -13,17 +13,18 @@ import gc
 import json
 import math
 import random
+import sys
 import time
-from dataclasses import asdict, dataclass, fields
+import types
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow
 import torch
 from tqdm import tqdm
 
-from guppyforge.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, stop_on_ctrl_c
+from guppyforge.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from guppyforge.data import (
-    LOSS_ON,
     batches,
     chat_texts,
     epoch_batches,
@@ -37,44 +38,19 @@ from guppyforge.errors import GuppyError
 from guppyforge.model import GPT
 from guppyforge.precision import Precision, pick_precision
 from guppyforge.presets import get_preset
-from guppyforge.run_files import dataset_info, finish_run, load_persona_info, sample_prompts
+from guppyforge.run_files import (
+    dataset_info,
+    finish_run,
+    load_persona_info,
+    read_metrics,
+    sample_prompts,
+)
 from guppyforge.runs import pick_device
+from guppyforge.stopping import steps_that_fit, stop_on_ctrl_c
 from guppyforge.tokenizer import END, encode_prompt, load_tokenizer, save_tokenizer, train_tokenizer
+from guppyforge.train_options import TrainOptions, resolve_options
 
 EVAL_ROWS = 128  # rows evaluated at each interval (about 16K tokens); the final eval uses all
-
-
-@dataclass
-class TrainOptions:
-    """Every training option. None means "work it out" (recorded once resolved)."""
-
-    preset: str = "guppy-9m"
-    max_steps: int | None = None  # fixes the schedule; default: `epochs` passes over the data
-    epochs: float = 3.0
-    max_minutes: float | None = None  # a time budget: stop with a checkpoint when it runs out
-    stop_after: int | None = None  # stop (with a checkpoint) after this step: for tests, demos
-    # Rows of up to `context` tokens per step: ~2,000 tokens, ~60 conversations with guppy-9m.
-    # 32 rows train no faster on a CPU and peak ~0.3 GiB higher (guppy-9m: ~1.4 vs ~1.1 GiB).
-    batch_size: int = 16
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int | None = None  # default: 5 % of max_steps, at most 100
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    eval_every: int | None = None  # default: ten evals per run
-    log_every: int = 10
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    resume: bool = False
-    loss_on: str = "replies"
-    progress: bool = True
-
-
-# What decides the numbers a run computes: on --resume these come from the checkpoint.
-SCHEDULE = ("preset", "max_steps", "epochs", "batch_size", "lr", "min_lr", "warmup_steps")
-SCHEDULE += ("weight_decay", "grad_clip", "eval_every", "log_every", "seed", "loss_on")
 
 
 def lr_at(step: int, o: TrainOptions) -> float:
@@ -97,7 +73,8 @@ def make_optimizer(model: GPT, o: TrainOptions, device: torch.device) -> torch.o
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     # Fused: one kernel updates every tensor, instead of a dozen small ops per tensor.
-    fused = device.type in ("cuda", "cpu")
+    cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    fused = device.type == "cuda" or (device.type == "cpu" and cpu_fused)
     return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95), fused=fused)
 
 
@@ -114,48 +91,6 @@ def train_step(model, batch, optimizer, scaler, precision: Precision, lr: float,
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
-
-
-def resolve_options(o: TrainOptions, saved: dict | None) -> TrainOptions:
-    """Check the options; on resume take the schedule (and precision) from the checkpoint."""
-    defaults = {f.name: f.default for f in fields(TrainOptions)}
-    if saved is not None:
-        for key in SCHEDULE:
-            mine = getattr(o, key)
-            if mine not in (None, defaults[key], saved[key]):
-                raise GuppyError(
-                    f"--{key.replace('_', '-')} {mine}: the run being resumed used "
-                    f"{saved[key]}. Drop the option to continue it, or start a new --out."
-                )
-            setattr(o, key, saved[key])
-        # Precision changes the numbers too, so a resumed run keeps it unless told otherwise
-        # (e.g. a run moved from a GPU to a CPU).
-        if o.precision == defaults["precision"]:
-            o.precision = saved["precision"]
-    if o.loss_on not in LOSS_ON:
-        raise GuppyError(f"--loss-on: unknown '{o.loss_on}'. Use replies or all.")
-    for key in ("max_steps", "batch_size", "eval_every", "log_every", "stop_after"):
-        if getattr(o, key) is not None and getattr(o, key) < 1:
-            raise GuppyError(f"--{key.replace('_', '-')}: must be at least 1.")
-    return o
-
-
-def fit_steps_to_budget(model, stream, o: TrainOptions, device, precision, seconds_left) -> int:
-    """How many steps fit the time left, timed on a few real steps at learning rate 0.
-
-    At lr 0 AdamW changes nothing (decay is scaled by lr too), so timing costs no training.
-    """
-    probe = make_optimizer(model, o, device)
-    scaler, times = precision.scaler(), []
-    for _ in range(4):
-        batch = next(stream)[0].to(device)
-        t = time.perf_counter()
-        float(train_step(model, batch, probe, scaler, precision, 0.0, o.grad_clip))
-        times.append(time.perf_counter() - t)
-    step_s = min(times[1:])  # the first step pays one-off costs
-    # Leave room for ten evals (forward only, about a third of a step per batch) and slack.
-    evals_s = 10 * math.ceil(EVAL_ROWS / o.batch_size) * step_s / 3
-    return max(1, int((0.9 * seconds_left - evals_s) / step_s))
 
 
 def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
@@ -216,6 +151,8 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
 
     persona = load_persona_info(data_dir)
     tok, train_s, test_s, info, prompts = prepare_data(data_dir, run, cfg, bool(ckpt), persona)
+    if ckpt and ckpt["dataset"]["fingerprint"] != info["fingerprint"]:
+        raise GuppyError(f"{data_dir}: not the dataset this run was trained on. Pass that one.")
     plan0 = epoch_batches(train_s, cfg.context, o.batch_size, o.seed, 0)
     steps_per_epoch = len(plan0)
 
@@ -226,10 +163,17 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
     deadline = started + 60 * o.max_minutes if o.max_minutes else None
     if o.max_steps is None:
         o.max_steps = max(1, round(o.epochs * steps_per_epoch))
-        if deadline and not ckpt:
+        if deadline and not ckpt:  # fit the schedule to the time budget
             probe = batches(train_s, cfg.context, o.batch_size, o.seed, o.loss_on)
-            left = deadline - time.monotonic()
-            fit = fit_steps_to_budget(model, probe, o, device, precision, left)
+            # At lr 0 AdamW changes nothing (its decay is scaled by lr too): timing is free.
+            probe_opt, probe_scaler = make_optimizer(model, o, device), precision.scaler()
+
+            def time_step() -> None:
+                batch = next(probe)[0].to(device)
+                float(train_step(model, batch, probe_opt, probe_scaler, precision, 0.0, 1.0))
+
+            evals = 10 * math.ceil(EVAL_ROWS / o.batch_size) / 3  # forward only: ~1/3 a step
+            fit = steps_that_fit(time_step, deadline - time.monotonic(), evals)
             o.max_steps = min(o.max_steps, fit)
     o.warmup_steps = o.warmup_steps or max(1, min(100, o.max_steps // 20))
     o.eval_every = o.eval_every or max(1, o.max_steps // 10)
@@ -242,8 +186,7 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
         loss_sum, loss_n = ckpt["loss_sum"], ckpt["loss_n"]
 
     metrics_path = run / "metrics.jsonl"
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()] if ckpt else []
-    records = [r for r in records if r["step"] <= step]  # drop lines logged after the checkpoint
+    records = [r for r in read_metrics(metrics_path) if r["step"] <= step] if ckpt else []
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     pad = padding_share(train_s, plan0, cfg.context)
     say(f"{cfg.n_layer} layers, d_model {cfg.d_model}: {model.num_params() / 1e6:.2f}M parameters")
@@ -264,6 +207,7 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
             loss_sum=float(loss_sum),  # the losses since the last log line, so it averages
             loss_n=loss_n,  # the same steps whether or not the run stopped in between
             train=asdict(o),
+            dataset=info,
         )
 
     stop_ids = (tok.token_to_id(END),)
@@ -277,10 +221,11 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
         )
         say(f"step {step}: eval loss {loss:.3f}, perplexity {ppl:.2f}")
         rng = torch.Generator(device=device).manual_seed(o.seed)  # leaves training's RNG alone
-        for ask in prompts:
+        model.eval()
+        for ask in prompts:  # watch the character appear
             ids = encode_prompt(tok, [{"role": "user", "content": ask}])
-            reply = list(model.generate(ids, 48, 0.7, stop_ids=stop_ids, generator=rng))
-            say(f"  you: {ask}\n  {persona.name if persona else 'bot'}: {tok.decode(reply)}")
+            reply = tok.decode(list(model.generate(ids, 48, 0.7, stop_ids=stop_ids, generator=rng)))
+            say(f"  you: {ask}\n  {persona.name if persona else 'bot'}: {reply.strip()}")
         model.train()
         eval_seconds[0] += time.monotonic() - t
         return {"eval_loss": loss, "perplexity": ppl}
@@ -343,3 +288,14 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
         f"done: eval loss {final['eval_loss']:.3f} in {minutes:.1f} min. Chat: guppyforge chat {run}"
     )
     return run
+
+
+class _CallableModule(types.ModuleType):
+    """`from guppyforge import train` may hand out this module rather than the function (once
+    the module is imported, Python binds the package attribute to it): calling it trains."""
+
+    def __call__(self, *args, **kwargs) -> Path:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

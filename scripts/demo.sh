@@ -1,15 +1,39 @@
 #!/usr/bin/env bash
-# The whole guppyforge pipeline on a CPU, one step at a time, in ./demo/.
+# The whole guppyforge pipeline on a CPU, one step at a time, in ./demo/:
+# a new persona -> 60,000 conversations -> a tiny model -> its score -> a few replies.
 set -euo pipefail
-mkdir -p demo
+cd "$(dirname "$0")/.."
+DEMO=${DEMO:-demo}
+STEPS=${STEPS:-1200}   # ~5 minutes of the tiny preset on 2 CPU cores
+mkdir -p "$DEMO"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+start=$(date +%s)
 
-step "1. a new persona from the starter template"
-rm -f demo/cat.yaml
-guppyforge new-persona cat --dir demo
+step "1. a new persona from the starter template: $DEMO/cat.yaml"
+rm -f "$DEMO/cat.yaml"
+guppyforge new-persona cat --dir "$DEMO"
 
-step "2. validate it and see its capacity"
-guppyforge validate demo/cat.yaml
+step "2. validate it and see how many conversations it can make"
+guppyforge validate "$DEMO/cat.yaml"
 
-step "3. preview a few conversations"
-guppyforge preview demo/cat.yaml -n 3 --seed 1
+step "3. a peek at what it generates"
+guppyforge preview "$DEMO/cat.yaml" -n 3 --seed 1
+
+step "4. generate 60,000 conversations as a Hugging Face dataset"
+guppyforge generate "$DEMO/cat.yaml" -n 60000 --seed 42 --out "$DEMO/data" --force
+
+step "5. train the tiny preset on the CPU ($STEPS steps)"
+rm -rf "$DEMO/run"
+guppyforge train "$DEMO/data" --out "$DEMO/run" --preset tiny --max-steps "$STEPS" --eval-every $((STEPS / 4))
+
+step "6. score it: perplexity, probes, memorisation, diversity"
+guppyforge eval "$DEMO/run" --samples 3 --json "$DEMO/run/eval.json"
+
+step "7. talk to it"
+for prompt in "hi" "are you hungry" "what is the meaning of life"; do
+  printf 'you: %s\ncat: ' "$prompt"
+  guppyforge chat "$DEMO/run" --prompt "$prompt" --temperature 0
+done
+
+printf '\nDone in %ss. Chat with your cat:  guppyforge chat %s/run\n' "$(( $(date +%s) - start ))" "$DEMO"
+printf 'Edit %s/cat.yaml and run this again to change its personality.\n' "$DEMO"

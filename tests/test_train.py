@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import time
 
@@ -155,6 +156,11 @@ def test_user_errors_are_one_line(data_dir, tmp_path):
     assert result.exit_code == 1 and "already holds a run" in result.output
     result = invoke(cli, [*base, "--resume", "--max-steps", "9"])
     assert result.exit_code == 1 and "--max-steps 9: the run being resumed used 4" in result.output
+    other = tmp_path / "other"
+    shutil.copytree(data_dir, other)
+    (other / "stats.json").write_text('{"fingerprint": "another-dataset"}')
+    result = invoke(cli, ["train", str(other), "--out", str(run), "-q", "--resume"])
+    assert result.exit_code == 1 and "not the dataset this run was trained on" in result.output
     (run / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
     result = invoke(cli, [*base, "--resume"])
     assert result.exit_code == 1 and "corrupt checkpoint" in result.output
