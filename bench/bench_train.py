@@ -46,7 +46,7 @@ from guppyforge.precision import pick_precision
 from guppyforge.presets import get_preset
 from guppyforge.runs import pick_device
 from guppyforge.tokenizer import load_tokenizer
-from guppyforge.train import TrainOptions, lr_at, make_optimizer, train_step
+from guppyforge.trainer import TrainOptions, lr_at, make_optimizer, train_step
 
 # --- GuppyLM's model and recipe (arman-bd/guppylm: model.py, train.py, config.py) -------------
 

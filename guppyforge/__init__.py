@@ -18,7 +18,7 @@ def __getattr__(name: str):
 
         return generate_dataset
     if name == "train":
-        from guppyforge.train import train
+        from guppyforge.trainer import train
 
         return train
     raise AttributeError(f"module 'guppyforge' has no attribute {name!r}")

@@ -195,7 +195,7 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(data_dir, out_dir, compile_, quiet, **options) -> None:
     """Train a character model on DATA_DIR (written by `guppyforge generate`)."""
-    from guppyforge.train import train as train_run
+    from guppyforge.trainer import train as train_run
 
     options = {k: v for k, v in options.items() if v is not None}
     if compile_:

@@ -44,6 +44,7 @@ def save_weights(model: GPT, path: Path) -> None:
     state.pop("lm_head.weight", None)
     tmp = Path(f"{path}.tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors writes owner-only files; a model is meant to be shared
     os.replace(tmp, path)
 
 

@@ -64,6 +64,7 @@ def write_persona(name: str, source: str | None = None, directory: str | Path = 
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; a persona is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

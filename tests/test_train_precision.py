@@ -15,7 +15,7 @@ from guppyforge.errors import GuppyError
 from guppyforge.model import GPT
 from guppyforge.precision import Precision, cpu_has_native_bf16, pick_precision
 from guppyforge.presets import PRESETS
-from guppyforge.train import TrainOptions, make_optimizer, train_step
+from guppyforge.trainer import TrainOptions, make_optimizer, train_step
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_fp16_runs_resume_exactly_with_the_scaler_state(tmp_path):
     from test_data import write_toy_dataset
     from test_train import FAST, losses
 
-    from guppyforge.train import train
+    from guppyforge.trainer import train
 
     data = write_toy_dataset(tmp_path / "data", n_train=120, n_test=10)
     options = dict(FAST, precision="fp16", max_steps=8, eval_every=100)

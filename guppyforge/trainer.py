@@ -13,9 +13,7 @@ import gc
 import json
 import math
 import random
-import sys
 import time
-import types
 from dataclasses import asdict
 from pathlib import Path
 
@@ -289,13 +287,3 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
     )
     return run
 
-
-class _CallableModule(types.ModuleType):
-    """`from guppyforge import train` may hand out this module rather than the function (once
-    the module is imported, Python binds the package attribute to it): calling it trains."""
-
-    def __call__(self, *args, **kwargs) -> Path:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
