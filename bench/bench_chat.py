@@ -12,8 +12,8 @@ same short prompt, and reports the best of a few repeats (the CPU may be shared)
 
 Rows: the KV cache as `guppyforge chat` runs it (decode layout, see chat.prepare_for_decoding),
 the cache with the weights as trained, no cache at all (the whole sequence re-run for each token,
-like GuppyLM's generate), and, for comparison only (chat does not use them), bf16 and int8
-weights: one token reads every weight once, so fewer bytes per weight is what lifts the ceiling.
+like GuppyLM's generate), int8 weights as `guppyforge chat --int8` runs them, and bf16 weights
+for comparison: one token reads every weight once, so fewer bytes per weight lift the ceiling.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from guppyforge.chat import prepare_for_decoding
 from guppyforge.model import GPT, sample_next
 from guppyforge.precision import cpu_has_native_bf16
 from guppyforge.presets import PRESETS
+from guppyforge.quantize import quantize_int8
 
 Generate = Callable[[GPT, list[int], int, torch.Generator], Iterator[int]]
 
@@ -48,44 +49,14 @@ def without_cache(model: GPT, ids: list[int], n: int, gen: torch.Generator) -> I
         yield token
 
 
-class Int8Linear(torch.nn.Module):
-    """Weight-only int8 (one scale per output row), bf16 math: a quarter of fp32's bytes.
-
-    For the info row only: `torch._weight_int8pack_mm` is a private torch op, and the rounding
-    changes replies a little. It shows what reaching 1,000 tok/s here would take.
-    """
-
-    def __init__(self, linear: torch.nn.Linear):
-        super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(1).clamp(min=1e-8) / 127
-        self.q = (w / scale[:, None]).round().to(torch.int8)
-        self.scale = scale.to(torch.bfloat16)
-        self.bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        y = torch._weight_int8pack_mm(flat, self.q, self.scale)
-        y = y if self.bias is None else y + self.bias
-        return y.view(*x.shape[:-1], -1)
-
-
-def int8_weights(model: GPT) -> GPT:
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                setattr(module, name, Int8Linear(child))
-    return model.to(torch.bfloat16)  # embeddings and LayerNorms: bf16 too
-
-
 def matmul_bytes(model: torch.nn.Module) -> int:
     """Bytes of the weight matrices one decoding step multiplies by (each is read once)."""
     total = 0
     for m in model.modules():
         if isinstance(m, torch.nn.Linear):
             total += m.weight.numel() * m.weight.element_size()
-        elif isinstance(m, Int8Linear):
-            total += m.q.numel() + m.scale.numel() * 2
+        elif callable(getattr(m, "weight", None)):  # a quantized Linear: int8, 1 byte each
+            total += m.weight().numel()
     return total
 
 
@@ -143,8 +114,7 @@ def main() -> None:
     rows.append(("KV cache, decode layout (chat)", with_cache, decode_model))
     if cpu_has_native_bf16():  # without it bf16 is emulated, slower than fp32
         rows.append(("KV cache, bf16 weights (info)", with_cache, load()[0].to(torch.bfloat16)))
-        if hasattr(torch, "_weight_int8pack_mm"):
-            rows.append(("KV cache, int8 weights (info)", with_cache, int8_weights(load()[0])))
+    rows.append(("KV cache, int8 (chat --int8)", with_cache, quantize_int8(load()[0])))
 
     print(f"{'':32} {'decode tok/s':>16} {'first token ms':>16} {'weights GB/s':>13}")
     best = {}
@@ -159,8 +129,10 @@ def main() -> None:
             f"{min(firsts):7.1f} ({statistics.median(firsts):5.1f}) "
             f"{max(rates) * weights:13.1f}"
         )
-    ratio = best["KV cache, decode layout (chat)"] / best["no cache (GuppyLM's way)"]
-    print(f"\nKV cache (chat) vs no cache: {ratio:.1f}x tokens/s   (target: >= 1,000 tok/s)")
+    base = best["no cache (GuppyLM's way)"]
+    for name in ("KV cache, decode layout (chat)", "KV cache, int8 (chat --int8)"):
+        print(f"\n{name} vs no cache: {best[name] / base:.1f}x tokens/s", end="")
+    print("   (target: >= 1,000 tok/s)")
     print("(best, median); weights GB/s: matrix bytes read per second, all of them per token")
 
 

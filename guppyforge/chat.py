@@ -267,7 +267,9 @@ def _answer(run: Run, history: list[dict], options: dict, prefix: str, show_prob
     return text
 
 
-def chat(run_dir, prompt: str | None, device: str, show_probs: bool, **options) -> None:
+def chat(
+    run_dir, prompt: str | None, device: str, show_probs: bool, int8: bool = False, **options
+) -> None:
     """`guppyforge chat`: one reply to `prompt` (just the reply, for scripts), or the REPL."""
     from pathlib import Path
 
@@ -277,6 +279,12 @@ def chat(run_dir, prompt: str | None, device: str, show_probs: bool, **options) 
     if not Path(run_dir).is_dir():
         raise GuppyError(f"{run_dir}: no such run folder. Train one with `guppyforge train`.")
     run = load_run(run_dir, device=str(pick_device(device)))
+    if int8:
+        from guppyforge.quantize import quantize_int8
+
+        if run.model.wte.weight.device.type != "cpu":
+            raise GuppyError("--int8: int8 weights run on the CPU only. Add --device cpu.")
+        run.model = quantize_int8(run.model)
     if prompt is None:
         repl(run, options, show_probs)
     else:

@@ -227,11 +227,12 @@ DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
 @click.option("--seed", type=int, help="Same seed, same replies.  [default: random]")
 @click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
-def chat_cmd(run_dir, prompt, device, show_probs, **options) -> None:
+@click.option("--int8", is_flag=True, help="Int8 weights: ~3x faster on a CPU, replies may differ.")
+def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
     """Talk to the character in RUN_DIR (/reset starts over, /quit leaves)."""
     from guppyforge.chat import chat
 
-    chat(run_dir, prompt, device, show_probs, **options)
+    chat(run_dir, prompt, device, show_probs, int8, **options)
 
 
 @cli.command("eval", context_settings={"show_default": True})

@@ -198,7 +198,7 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         return self.lm_head(x) if head else x
 
-    @torch.no_grad()
+    @torch.inference_mode()  # like no_grad, and skips autograd bookkeeping entirely
     def generate(
         self,
         ids: list[int],
@@ -244,16 +244,12 @@ def sample_next(
     if temperature <= 0:
         return int(torch.argmax(logits))
     logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.numel():
-        # Keep only the k most likely tokens: cuts off the long tail of nonsense.
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
+    k = top_k if top_k and 0 < top_k < logits.numel() else logits.numel()
+    # Keep only the k most likely tokens: cuts off the long tail of nonsense. topk returns them
+    # sorted, so the rest of the work is on k numbers rather than the whole vocabulary.
+    values, ids = torch.topk(logits, k)
+    probs = F.softmax(values, dim=-1)
     if top_p < 1.0:
         # Nucleus sampling: keep the smallest set of tokens whose probabilities add up to top_p.
-        sorted_probs, order = torch.sort(probs, descending=True)
-        outside = sorted_probs.cumsum(0) - sorted_probs > top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-        probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=generator))
+        probs = probs.masked_fill(probs.cumsum(0) - probs > top_p, 0.0)
+    return int(ids[torch.multinomial(probs, 1, generator=generator)])

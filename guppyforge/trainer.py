@@ -286,4 +286,3 @@ def train(data_dir: str | Path, out_dir: str | Path, preset: str = "guppy-9m", *
         f"done: eval loss {final['eval_loss']:.3f} in {minutes:.1f} min. Chat: guppyforge chat {run}"
     )
     return run
-
