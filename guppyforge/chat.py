@@ -10,6 +10,7 @@ or requested over HTTP:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import click
@@ -214,10 +215,8 @@ def repl(run: Run, options: dict, show_probs: bool = False) -> None:
     click.echo(f"Chatting with {name} ({run.path}). Commands: /reset starts over, /quit leaves.")
     if show_probs:
         click.echo(PROBS_LEGEND.format(t=options["temperature"]))
-    try:
-        import readline  # noqa: F401  (arrow keys and history for input(), where available)
-    except ImportError:
-        pass
+    with contextlib.suppress(ImportError):  # arrow keys and history for input(), where available
+        import readline  # noqa: F401
     history: list[dict] = []
     try:
         while True:

@@ -20,7 +20,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -431,8 +431,7 @@ def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, device: str = "aut
         ) from None
     print(f"serving {server.model_id} at {server.url} (Ctrl+C to stop)", flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        with suppress(KeyboardInterrupt):  # Ctrl+C is how a server is stopped
+            server.serve_forever()
     finally:
         server.server_close()
