@@ -145,6 +145,9 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 
     PERSONA is a persona file, or the name of a built-in one (guppy, cat). The folder loads with
     `datasets.load_dataset(OUT)`; no prompt of its test split appears in its train split.
+
+    \b
+    guppyforge generate personas/cat.yaml -n 60000 --seed 42 --out data/cat
     """
     import warnings
 
@@ -194,7 +197,11 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 @click.option("--loss-on", type=click.Choice(["replies", "all"]), help="[default: replies]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def train(data_dir, out_dir, compile_, quiet, **options) -> None:
-    """Train a character model on DATA_DIR (written by `guppyforge generate`)."""
+    """Train a character model on DATA_DIR (written by `guppyforge generate`).
+
+    \b
+    guppyforge train data/cat --out runs/cat --preset tiny --max-steps 3000
+    """
     from guppyforge.trainer import train as train_run
 
     options = {k: v for k, v in options.items() if v is not None}
@@ -205,7 +212,11 @@ def train(data_dir, out_dir, compile_, quiet, **options) -> None:
 
 @cli.command()
 def presets() -> None:
-    """List the model shapes and where their parameters live."""
+    """List the model shapes and where their parameters live.
+
+    \b
+    guppyforge presets
+    """
     from guppyforge.preset_table import presets_table
 
     click.echo(presets_table())
@@ -229,7 +240,12 @@ DEVICES = click.Choice(["auto", "cpu", "cuda", "mps"])
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 @click.option("--int8", is_flag=True, help="Int8 weights: ~3x faster on a CPU, replies may differ.")
 def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
-    """Talk to the character in RUN_DIR (/reset starts over, /quit leaves)."""
+    """Talk to the character in RUN_DIR (/reset starts over, /quit leaves).
+
+    \b
+    guppyforge chat runs/cat
+    guppyforge chat runs/cat --prompt "are you hungry" --temperature 0
+    """
     from guppyforge.chat import chat
 
     chat(run_dir, prompt, device, show_probs, int8, **options)
@@ -246,7 +262,11 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.7, help="Sampling.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
-    """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2."""
+    """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2.
+
+    \b
+    guppyforge eval runs/cat --samples 5 --json eval.json --min-pass 0.7
+    """
     from guppyforge.evaluate import run_eval
 
     run_eval(run_dir, json_path, min_pass, **options)
@@ -290,6 +310,9 @@ def import_card_cmd(card, out, force) -> None:
     """Turn a Character Card (V1, V2 or V3 JSON) into a persona skeleton that validates.
 
     Card fields guppyforge does not use are kept under `extensions.character_card`.
+
+    \b
+    guppyforge import-card mochi.json --out personas/mochi.yaml
     """
     from guppyforge.cards import import_card
 
@@ -305,6 +328,9 @@ def export_card_cmd(persona, out) -> None:
 
     Chat front-ends (SillyTavern...) import the card; the whole persona rides along in it, so
     `guppyforge import-card` gives the very same file back.
+
+    \b
+    guppyforge export-card personas/cat.yaml --out cat.card.json
     """
     from guppyforge.cards import export_card
 
