@@ -10,7 +10,7 @@ same short prompt, and reports the best of a few repeats (the CPU may be shared)
 - decode tok/s: tokens after the first, per second (the steady rate a reader sees);
 - first token: time to the first token, prompt included (what a user waits for).
 
-Rows: the KV cache as `guppyforge chat` runs it (decode layout, see chat.prepare_for_decoding),
+Rows: the KV cache as `guppyforge chat` runs it (decode layout, see engine.decode_layout),
 the cache with the weights as trained, no cache at all (the whole sequence re-run for each token,
 like GuppyLM's generate), int8 weights as `guppyforge chat --int8` runs them, and bf16 weights
 for comparison: one token reads every weight once, so fewer bytes per weight lift the ceiling.
@@ -25,25 +25,25 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from guppyforge.chat import prepare_for_decoding
-from guppyforge.model import GPT, sample_next
-from guppyforge.precision import cpu_has_native_bf16
-from guppyforge.presets import PRESETS
-from guppyforge.quantize import quantize_int8
+from guppyforge.model.engine import Engine, sample_next
+from guppyforge.model.gpt import GPT
+from guppyforge.model.presets import PRESETS
+from guppyforge.train.precision import cpu_has_native_bf16
 
-Generate = Callable[[GPT, list[int], int, torch.Generator], Iterator[int]]
+Generate = Callable[[Engine, list[int], int, int], Iterator[int]]
 
 
-def with_cache(model: GPT, ids: list[int], n: int, gen: torch.Generator) -> Iterator[int]:
-    return model.generate(ids, max_new_tokens=n, temperature=0.7, generator=gen)
+def with_cache(engine: Engine, ids: list[int], n: int, seed: int) -> Iterator[int]:
+    return engine.tokens(ids, max_new_tokens=n, temperature=0.7, seed=seed)
 
 
 @torch.no_grad()
-def without_cache(model: GPT, ids: list[int], n: int, gen: torch.Generator) -> Iterator[int]:
+def without_cache(engine: Engine, ids: list[int], n: int, seed: int) -> Iterator[int]:
     """GuppyLM's way: feed the whole sequence again for every new token."""
+    model, gen = engine.model, torch.Generator().manual_seed(seed)
     ids = list(ids)
     for _ in range(n):
-        logits = model(torch.tensor([ids[-model.cfg.context :]]))[0, -1]
+        logits = model(torch.tensor([ids[-model.cfg.context :]]))[0][0, -1]
         token = sample_next(logits, 0.7, 50, 1.0, gen)
         ids.append(token)
         yield token
@@ -60,15 +60,14 @@ def matmul_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def measure(model: GPT, generate: Generate, prompt: list[int], n: int, repeats: int):
+def measure(engine: Engine, generate: Generate, prompt: list[int], n: int, repeats: int):
     """(decode tok/s, seconds to first token) for each repeat."""
     out = []
     for r in range(repeats + 1):
-        gen = torch.Generator().manual_seed(r)
         start = time.perf_counter()
         first = None
         count = 0
-        for _ in generate(model, prompt, n, gen):
+        for _ in generate(engine, prompt, n, r):
             count += 1
             if first is None:
                 first = time.perf_counter()
@@ -90,8 +89,8 @@ def main() -> None:
 
     def load() -> tuple[GPT, list[int], str]:
         if args.run_dir:
-            from guppyforge.runs import load_run
-            from guppyforge.tokenizer import encode_prompt
+            from guppyforge.model.run import load_run
+            from guppyforge.model.tokenizer import encode_prompt
 
             run = load_run(args.run_dir)
             prompt = encode_prompt(run.tokenizer, [{"role": "user", "content": "are you hungry"}])
@@ -107,23 +106,23 @@ def main() -> None:
     print(f"prompt {len(prompt)} tokens, reply {n} tokens, best and median of {args.repeats}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU\n")
 
-    rows = [("no cache (GuppyLM's way)", without_cache, model)]
-    rows.append(("KV cache, weights as trained", with_cache, model))
-    decode_model, _, _ = load()
-    prepare_for_decoding(decode_model)
-    rows.append(("KV cache, decode layout (chat)", with_cache, decode_model))
+    as_trained = Engine(model, None, prepare=False)
+    rows = [("no cache (GuppyLM's way)", without_cache, as_trained)]
+    rows.append(("KV cache, weights as trained", with_cache, as_trained))
+    rows.append(("KV cache, decode layout (chat)", with_cache, Engine(load()[0], None)))
     if cpu_has_native_bf16():  # without it bf16 is emulated, slower than fp32
-        rows.append(("KV cache, bf16 weights (info)", with_cache, load()[0].to(torch.bfloat16)))
-    rows.append(("KV cache, int8 (chat --int8)", with_cache, quantize_int8(load()[0])))
+        bf16 = Engine(load()[0].to(torch.bfloat16), None, prepare=False)
+        rows.append(("KV cache, bf16 weights (info)", with_cache, bf16))
+    rows.append(("KV cache, int8 (chat --int8)", with_cache, Engine(load()[0], None, int8=True)))
 
     print(f"{'':32} {'decode tok/s':>16} {'first token ms':>16} {'weights GB/s':>13}")
     best = {}
-    for name, generate, m in rows:
-        runs = measure(m, generate, prompt, n, args.repeats)
+    for name, generate, engine in rows:
+        runs = measure(engine, generate, prompt, n, args.repeats)
         rates = [r for r, _ in runs]
         firsts = [f * 1e3 for _, f in runs]
         best[name] = max(rates)
-        weights = matmul_bytes(m) / 1e9
+        weights = matmul_bytes(engine.model) / 1e9
         print(
             f"{name:32} {max(rates):7.0f} ({statistics.median(rates):5.0f}) "
             f"{min(firsts):7.1f} ({statistics.median(firsts):5.1f}) "

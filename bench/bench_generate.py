@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from guppyforge.generate import generate_dataset
-from guppyforge.paths import PERSONAS_DIR
+from guppyforge.dataset.generate import generate_dataset
+from guppyforge.resources import builtin_personas
 
 COLUMNS = [  # (header, format); each column is as wide as the wider of the two
     ("persona", "{:<12}"),
@@ -45,7 +45,7 @@ def command_seconds(persona: Path, out: Path, n: int, seed: int) -> float:
     """Wall time of the real command in a fresh process: what a user waits for."""
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "guppyforge.cli", "generate", str(persona), "-n", str(n)]
+        [sys.executable, "-m", "guppyforge.apps.cli", "generate", str(persona), "-n", str(n)]
         + ["--seed", str(seed), "--out", str(out), "--force", "--quiet"],
         check=True,
         stdout=subprocess.DEVNULL,
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the best counts")
     parser.add_argument("personas", nargs="*", type=Path, help="default: every built-in persona")
     args = parser.parse_args()
-    personas = args.personas or sorted(PERSONAS_DIR.glob("*.yaml"))
+    personas = args.personas or builtin_personas()
 
     # Timings on a shared machine mean little without the load they were taken under.
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

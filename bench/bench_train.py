@@ -40,13 +40,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from guppyforge.data import IGNORE, Samples, batches, load_splits, tokenize
-from guppyforge.model import GPT, ModelConfig
-from guppyforge.precision import pick_precision
-from guppyforge.presets import get_preset
-from guppyforge.runs import pick_device
-from guppyforge.tokenizer import load_tokenizer
-from guppyforge.trainer import TrainOptions, lr_at, make_optimizer, train_step
+from guppyforge.dataset.read import load_splits
+from guppyforge.model.batches import Samples, batches, tokenize
+from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
+from guppyforge.model.presets import get_preset
+from guppyforge.model.run import pick_device
+from guppyforge.model.tokenizer import load_tokenizer
+from guppyforge.train.loop import TrainOptions, lr_at, make_optimizer, train_step
+from guppyforge.train.precision import pick_precision
 
 # --- GuppyLM's model and recipe (arman-bd/guppylm: model.py, train.py, config.py) -------------
 
@@ -228,7 +229,8 @@ def reply_loss(model, test_s: Samples, device) -> float:
             x[b, :n] = torch.from_numpy(test_s.tokens[s : s + n])
             reply = torch.from_numpy(test_s.reply[s + 1 : s + n] == 1)
             y[b, : n - 1] = torch.where(reply, x[b, 1:n], IGNORE)
-        logits = model(x.to(device)).float()  # pads only follow a conversation: causal is enough
+        out = model(x.to(device))  # pads only follow a conversation: causal is enough
+        logits = (out[0] if isinstance(out, tuple) else out).float()  # GPT gives (logits, loss)
         y = y.to(device)
         total += float(
             F.cross_entropy(
@@ -277,8 +279,7 @@ def main() -> None:
         subprocess.run(
             ["guppyforge", "generate", "guppy", "--out", str(args.data), "-q"], check=True
         )
-    from guppyforge.data import chat_texts
-    from guppyforge.tokenizer import save_tokenizer, train_tokenizer
+    from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
 
     cfg = get_preset(args.preset)
     splits = load_splits(args.data)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import click
 
-
-class GuppyError(click.ClickException):
+class GuppyError(Exception):
     """A user-facing error: the CLI prints `error: <message>` and exits 1, no traceback.
 
     Messages name the file (and line:column when known), the place, and the fix, e.g.
     `personas/cat.yaml:12:5: topics.food.ask[2]: unknown symbol 'fod'. Did you mean 'food'?`
+    A plain Exception, so the persona and dataset layers work without click installed.
     """
-
-    def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 def where(path, line: int | None = None, column: int | None = None) -> str:

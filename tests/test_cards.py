@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from guppyforge.cards import escape_jinja, export_card, import_card, parse_examples
-from guppyforge.cli import cli
+from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
-from guppyforge.paths import PERSONAS_DIR
-from guppyforge.persona import load_persona, validate_persona
-from guppyforge.sampling import Sampler
-from guppyforge.templating import compile_text, environment
+from guppyforge.persona.cards import escape_jinja, export_card, import_card, parse_examples
+from guppyforge.persona.conversations import Sampler
+from guppyforge.persona.load import load_persona, validate_persona
+from guppyforge.persona.templating import compile_text, environment
+from guppyforge.resources import builtin_personas
 
 CARDS = Path(__file__).parent / "fixtures" / "cards"
 # Every built-in persona, plus a fixture full of YAML traps (`yes` and 1.10 meant as text).
-PERSONAS = [*sorted(PERSONAS_DIR.glob("*.yaml")), CARDS / "persona.yaml"]
+PERSONAS = [*builtin_personas(), CARDS / "persona.yaml"]
 LOCATION = {"path", "sha256", "file", "line", "column", "where"}  # where it was read, not what
 
 
@@ -255,8 +255,8 @@ def test_bad_card_is_one_line_error(tmp_path: Path, content: bytes, message: str
     (tmp_path / "c.json").write_bytes(content)
     with pytest.raises(GuppyError) as info:
         import_card(tmp_path / "c.json", tmp_path / "p.yaml")
-    assert message in info.value.format_message()
-    assert "\n" not in info.value.format_message()
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
     assert not (tmp_path / "p.yaml").exists()
 
 
@@ -309,7 +309,7 @@ def test_commands_do_not_import_torch_or_datasets(tmp_path: Path) -> None:
     code = f"""if True:
         import sys
         from click.testing import CliRunner
-        from guppyforge.cli import cli
+        from guppyforge.apps.cli import cli
         for args in (["import-card", {str(card_path)!r}, "--out", {str(persona)!r}],
                      ["export-card", {str(persona)!r}, "--out", {str(card_out)!r}]):
             assert CliRunner().invoke(cli, args).exit_code == 0, args

@@ -10,10 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from guppyforge import chat
-from guppyforge.cli import cli
-from guppyforge.runs import load_run
-from guppyforge.tokenizer import encode_prompt
+from guppyforge.apps.chat import candidates
+from guppyforge.apps.cli import cli
+from guppyforge.model.engine import Engine, build_prompt, decode_layout, decode_stream
+from guppyforge.model.run import load_run
+from guppyforge.model.tokenizer import encode_prompt
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 
@@ -47,7 +48,7 @@ def test_same_reply_twice_at_temperature_0(micro_run):
 
 
 def test_int8_chat_is_reproducible_and_agrees_with_fp32(micro_run):
-    from guppyforge.quantize import quantize_int8
+    from guppyforge.model.int8 import quantize_int8
 
     first = invoke("chat", micro_run, "--prompt", "are you hungry", "--temperature", "0", "--int8")
     second = invoke("chat", micro_run, "--prompt", "are you hungry", "--temperature", "0", "--int8")
@@ -63,51 +64,55 @@ def test_int8_chat_is_reproducible_and_agrees_with_fp32(micro_run):
 
 
 def test_same_seed_same_sampled_reply(run):
-    a = chat.reply(run, HUNGRY, temperature=1.0, seed=7)
-    b = chat.reply(run, HUNGRY, temperature=1.0, seed=7)
+    a = Engine.from_run(run).reply(HUNGRY, temperature=1.0, seed=7)
+    b = Engine.from_run(run).reply(HUNGRY, temperature=1.0, seed=7)
     assert a == b
 
 
 def test_streamed_pieces_join_to_the_full_reply(run):
-    pieces = list(chat.stream_reply(run, HUNGRY, temperature=0.7, seed=3))
+    pieces = list(Engine.from_run(run).stream(HUNGRY, temperature=0.7, seed=3))
     assert len(pieces) > 1  # it really streams
-    assert "".join(pieces) == chat.reply(run, HUNGRY, temperature=0.7, seed=3)
+    assert "".join(pieces) == Engine.from_run(run).reply(HUNGRY, temperature=0.7, seed=3)
     assert all(pieces)  # no empty pieces
 
 
 def test_reply_stops_at_max_new_tokens(run):
-    short = chat.reply(run, HUNGRY, temperature=0, max_new_tokens=2)
-    full = chat.reply(run, HUNGRY, temperature=0)
+    short = Engine.from_run(run).reply(HUNGRY, temperature=0, max_new_tokens=2)
+    full = Engine.from_run(run).reply(HUNGRY, temperature=0)
     assert full.startswith(short) and len(short) < len(full)
 
 
 def test_decoding_layout_changes_nothing_but_rounding(micro_run):
     fresh, decoded = load_run(micro_run), load_run(micro_run)
-    chat.prepare_for_decoding(decoded.model)
+    decode_layout(decoded.model)
     ids = torch.tensor([encode_prompt(fresh.tokenizer, HUNGRY)])
     # Same weights, other summation order inside the matmul: equal up to float rounding.
-    torch.testing.assert_close(decoded.model(ids), fresh.model(ids), rtol=1e-5, atol=1e-5)
-    assert chat.reply(fresh, HUNGRY, temperature=0) == chat.reply(decoded, HUNGRY, temperature=0)
+    torch.testing.assert_close(decoded.model(ids)[0], fresh.model(ids)[0], rtol=1e-5, atol=1e-5)
+    as_trained = Engine(fresh.model, fresh.tokenizer, prepare=False)
+    assert as_trained.reply(HUNGRY, temperature=0) == Engine.from_run(decoded).reply(
+        HUNGRY, temperature=0
+    )
 
 
 # --- UTF-8 -------------------------------------------------------------------------------------
 
 
 def test_streaming_never_splits_a_character(micro_run):
-    run = load_run(micro_run)  # its own copy: generate is replaced below
+    run = load_run(micro_run)
     text = "fish 🐟, 魚 and café"
     ids = run.tokenizer.encode(text, add_special_tokens=False).ids
     # The micro tokenizer never saw these characters: each is several byte tokens.
     assert any("\ufffd" in run.tokenizer.decode(ids[:n]) for n in range(1, len(ids)))
-    run.model.generate = lambda *args, **kwargs: iter(ids)
-    pieces = list(chat.stream_reply(run, HUNGRY))
+    engine = Engine.from_run(run)
+    engine.tokens = lambda *args, **kwargs: iter(ids)  # the model "writes" exactly these bytes
+    pieces = list(engine.stream(HUNGRY))
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
 
 
 def test_a_character_cut_off_at_the_end_still_shows_its_bytes(run):
     ids = run.tokenizer.encode("ok 🐟", add_special_tokens=False).ids
-    pieces = list(chat.decode_stream(run.tokenizer, ids[:-1]))
+    pieces = list(decode_stream(run.tokenizer, ids[:-1]))
     assert "".join(pieces).startswith("ok") and pieces[-1].endswith("\ufffd")
 
 
@@ -116,14 +121,14 @@ def test_a_character_cut_off_at_the_end_still_shows_its_bytes(run):
 
 def test_build_prompt_keeps_everything_that_fits(run):
     messages = conversation(1)
-    ids, dropped = chat.build_prompt(run.tokenizer, messages, context=128, max_new_tokens=16)
+    ids, dropped = build_prompt(run.tokenizer, messages, context=128, max_new_tokens=16)
     assert dropped == 0
     assert ids == encode_prompt(run.tokenizer, messages)
 
 
 def test_build_prompt_drops_old_turns_and_says_how_many(run):
     messages = conversation(10)
-    ids, dropped = chat.build_prompt(run.tokenizer, messages, context=128, max_new_tokens=64)
+    ids, dropped = build_prompt(run.tokenizer, messages, context=128, max_new_tokens=64)
     assert 0 < dropped < len(messages) - 1
     assert len(ids) <= 128 - 64
     kept = messages[dropped:]
@@ -137,7 +142,7 @@ def test_build_prompt_drops_old_turns_and_says_how_many(run):
 def test_build_prompt_cuts_a_too_long_message_from_the_left(run):
     words = " ".join(f"w{i}" for i in range(200))
     messages = conversation(2)[:-1] + [{"role": "user", "content": words}]
-    ids, dropped = chat.build_prompt(run.tokenizer, messages, context=128, max_new_tokens=64)
+    ids, dropped = build_prompt(run.tokenizer, messages, context=128, max_new_tokens=64)
     assert dropped == len(messages) - 1
     assert len(ids) <= 64
     text = run.tokenizer.decode(ids, skip_special_tokens=False)
@@ -171,11 +176,11 @@ def test_show_probs_tables_hold_sensible_probabilities(micro_run):
 
 def test_candidates_reshape_with_temperature():
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -2.0, -3.0])
-    same = chat.candidates(logits, 1.0)
+    same = candidates(logits, 1.0)
     assert all(abs(p - q) < 1e-6 for _, p, q in same)
-    hot = chat.candidates(logits, 2.0)
+    hot = candidates(logits, 2.0)
     assert hot[0][2] < hot[0][1]  # above 1: flatter, the favourite loses probability
-    greedy = chat.candidates(logits, 0)
+    greedy = candidates(logits, 0)
     assert [q for _, _, q in greedy] == [1.0, 0.0, 0.0, 0.0, 0.0]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from guppyforge.cli import cli
+from guppyforge.apps.cli import cli
 
 
 @pytest.mark.parametrize("name", sorted(cli.commands))

@@ -9,20 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from guppyforge.data import (
-    IGNORE,
+from guppyforge.dataset.read import load_splits
+from guppyforge.errors import GuppyError
+from guppyforge.model.batches import (
     batches,
-    chat_texts,
     collate,
     epoch_batches,
-    load_splits,
     pack,
     padding_share,
     tokenize,
 )
-from guppyforge.errors import GuppyError
-from guppyforge.model import GPT, ModelConfig
-from guppyforge.tokenizer import train_tokenizer
+from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
+from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 
 FOODS = ["worms", "flakes", "pellets", "tiny shrimp", "algae", "bloodworms"]
 PLACES = ["the castle", "the plant", "the bubbles", "the glass", "the warm gravel"]
@@ -186,8 +184,8 @@ def test_packed_conversations_do_not_see_each_other(toy):
     alone = collate(samples, [row[1:2]], 128)
     a, n = int(samples.lengths[row[0]]), int(samples.lengths[row[1]])
     with torch.no_grad():
-        lp = model(packed.idx, positions=packed.positions, attn_mask=packed.attn_mask)
-        la = model(alone.idx, positions=alone.positions, attn_mask=alone.attn_mask)
+        lp = model(packed.idx, positions=packed.positions, attn_mask=packed.attn_mask)[0]
+        la = model(alone.idx, positions=alone.positions, attn_mask=alone.attn_mask)[0]
     assert torch.allclose(lp[0, a : a + n], la[0, :n], atol=1e-5)
     assert not torch.isnan(lp).any()  # padding rows of the mask are never empty
 

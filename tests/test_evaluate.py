@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from guppyforge.cli import cli
-from guppyforge.evaluate import check_reply, count_sentences, distinct_2, has_phrase, words
+from guppyforge.apps.cli import cli
+from guppyforge.apps.evaluate import check_reply, count_sentences, distinct_2, has_phrase, words
 
 KEYS = {"probe_pass_rate", "perplexity", "memorized_rate", "distinct_2", "probes", "test_loss"}
 

@@ -17,14 +17,14 @@ import torch
 from click.testing import CliRunner
 from conftest import micro_conversations
 
-from guppyforge import chat
-from guppyforge.cli import cli
+from guppyforge.apps.cli import cli
+from guppyforge.apps.export import export_run
 from guppyforge.errors import GuppyError
-from guppyforge.export import export_run
-from guppyforge.model import GPT
-from guppyforge.presets import PRESETS
-from guppyforge.runs import load_run, save_weights
-from guppyforge.tokenizer import (
+from guppyforge.model.engine import Engine, build_prompt
+from guppyforge.model.gpt import GPT
+from guppyforge.model.presets import PRESETS
+from guppyforge.model.run import load_run, save_weights
+from guppyforge.model.tokenizer import (
     END,
     encode_conversations,
     format_chat,
@@ -73,7 +73,7 @@ def onnx_dir(run_dir, tmp_path_factory) -> Path:
 
 
 def greedy_reply(run, prompt_text: str) -> str:
-    return chat.reply(run, [{"role": "user", "content": prompt_text}], temperature=0)
+    return Engine.from_run(run).reply([{"role": "user", "content": prompt_text}], temperature=0)
 
 
 # --- transformers ------------------------------------------------------------------------------
@@ -102,7 +102,7 @@ def test_hf_logits_match_ours(run_dir, hf_dir):
         0, ours.cfg.vocab_size, (3, ours.cfg.context), generator=torch.Generator().manual_seed(0)
     )
     with torch.no_grad():
-        diff = (theirs.eval()(x).logits - ours(x)).abs().max().item()
+        diff = (theirs.eval()(x).logits - ours(x)[0]).abs().max().item()
     assert diff < 1e-4, diff
 
 
@@ -136,7 +136,7 @@ def test_hf_maps_every_activation(activation, tmp_path):
     ours = load_run(run_dir).model
     x = torch.randint(0, ours.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert (theirs(x).logits - ours(x)).abs().max().item() < 1e-4
+        assert (theirs(x).logits - ours(x)[0]).abs().max().item() < 1e-4
 
 
 # --- ONNX --------------------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_onnx_fp32_logits_match_torch_for_any_batch_and_length(onnx_dir, run_dir
     model = load_run(run_dir).model
     x = torch.randint(0, model.cfg.vocab_size, shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(x).numpy()
+        ours = model(x)[0].numpy()
     diff = np.abs(onnx_logits(onnx_dir / "model.onnx", x.numpy()) - ours).max()
     assert diff < 1e-4, diff
 
@@ -208,7 +208,7 @@ def test_onnx_int8_mostly_picks_the_same_tokens_as_fp32(onnx_dir, run_dir):
     same = total = sure_same = sure_total = 0
     for seq, mask in zip(ids, masks, strict=True):
         with torch.no_grad():
-            ours = run.model(torch.tensor([seq]))[0, :-1].numpy()
+            ours = run.model(torch.tensor([seq]))[0][0, :-1].numpy()
         theirs = onnx_logits(onnx_dir / "model.int8.onnx", np.array([seq]))[0, :-1]
         on_reply = np.array(mask[1:], dtype=bool)
         agree = (ours.argmax(-1) == theirs.argmax(-1))[on_reply]
@@ -228,7 +228,7 @@ def test_onnx_int8_gives_the_same_greedy_replies(onnx_dir, run_dir):
     agree = 0
     for text in PROBES:
         messages = [{"role": "user", "content": text}]
-        ids, _ = chat.build_prompt(run.tokenizer, messages, context, 64)
+        ids, _ = build_prompt(run.tokenizer, messages, context, 64)
         int8 = onnx_greedy(onnx_dir / "model.int8.onnx", run.tokenizer, ids, context)
         agree += int8 == greedy_reply(run, text)
     assert agree >= len(PROBES) - 1, f"{agree}/{len(PROBES)}"

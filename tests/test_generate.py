@@ -17,13 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-import guppyforge.generate as generate_module
-from guppyforge.cli import cli
-from guppyforge.dataset_card import fingerprint
-from guppyforge.dataset_draw import parse_turns
-from guppyforge.dataset_split import prompt_key, split_by_prompt
+import guppyforge.dataset.generate as generate_module
+from guppyforge.apps.cli import cli
+from guppyforge.dataset.card import fingerprint
+from guppyforge.dataset.draw import parse_turns
+from guppyforge.dataset.generate import CapacityWarning, generate_dataset
+from guppyforge.dataset.split import prompt_key, split_by_prompt
 from guppyforge.errors import GuppyError
-from guppyforge.generate import CapacityWarning, generate_dataset
 
 # A persona small enough to read at a glance, big enough for a few thousand distinct rows.
 FISH_YAML = """\
@@ -219,7 +219,7 @@ def test_same_seed_gives_the_same_data_in_a_fresh_process(fish_persona, tmp_path
     # Python salts str hashes per process, so iterating a set of names can change order from
     # one run to the next. Two processes with different salts must still agree.
     script = (
-        "import sys; from guppyforge.generate import generate_dataset; "
+        "import sys; from guppyforge.dataset.generate import generate_dataset; "
         "r = generate_dataset(sys.argv[1], sys.argv[2], n=300, seed=3, progress=False); "
         "print(r.fingerprint)"
     )

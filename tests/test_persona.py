@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from guppyforge.capacity import capacity
 from guppyforge.errors import GuppyError
-from guppyforge.paths import ROOT
-from guppyforge.persona import Alternative, load_persona, validate_persona
-from guppyforge.sampling import Sampler
-from guppyforge.templating import a_an, plural
+from guppyforge.persona.capacity import capacity
+from guppyforge.persona.conversations import Sampler
+from guppyforge.persona.load import load_persona, validate_persona
+from guppyforge.persona.templating import a_an, plural
+from guppyforge.persona.types import Alternative
+ROOT = Path(__file__).resolve().parent.parent  # the repository: docs/ is not shipped
 
 
 def errors_of(write, text: str) -> list[str]:
@@ -84,7 +85,7 @@ def test_every_error_is_collected_and_load_raises_the_first(write_persona_file, 
     assert "topics.food.say[0]: unknown symbol 'fod'. Did you mean 'food'?" in errors[2]
     with pytest.raises(GuppyError) as exc:
         load_persona(path)
-    assert exc.value.format_message() == errors[0] and "\n" not in errors[0]
+    assert str(exc.value) == errors[0] and "\n" not in errors[0]
 
 
 @pytest.mark.parametrize("weight", ["0", "-2", ".nan", ".inf", "heavy", "true"])
@@ -159,7 +160,7 @@ def test_capacity_is_exact_and_matches_what_sampling_makes(mochi_file):
 
 
 def test_capacity_is_a_floor_when_enumeration_is_capped(mochi_file, monkeypatch):
-    import guppyforge.capacity as cap
+    import guppyforge.persona.capacity as cap
 
     monkeypatch.setattr(cap, "SYMBOL_CAP", 2)
     food = cap.capacity(load_persona(mochi_file))["food"]

@@ -7,7 +7,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from guppyforge.cli import cli
+from guppyforge.apps.cli import cli
 
 
 def persona(grammar: str = "  food: [tuna]\n", say: str = "{{ food }}.") -> str:

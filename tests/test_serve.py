@@ -18,9 +18,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from guppyforge import chat
-from guppyforge.runs import load_run
-from guppyforge.serve import StopFilter, make_server
+from guppyforge.apps.serve import make_server
+from guppyforge.model.engine import Engine, build_prompt
+from guppyforge.model.engine import StopStrings as StopFilter
+from guppyforge.model.run import load_run
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 
@@ -66,7 +67,7 @@ def test_lists_the_one_model(client, server):
 
 
 def test_reply_equals_chat_reply_at_temperature_0(client, run, server):
-    expected = chat.reply(run, HUNGRY, temperature=0)
+    expected = Engine.from_run(run).reply(HUNGRY, temperature=0)
     response = client.chat.completions.create(model="any", messages=HUNGRY, temperature=0)
     choice = response.choices[0]
     assert choice.message.role == "assistant" and choice.message.content == expected
@@ -74,14 +75,14 @@ def test_reply_equals_chat_reply_at_temperature_0(client, run, server):
     assert response.model == server.model_id and response.id.startswith("chatcmpl-")
     usage = response.usage
     assert usage.prompt_tokens == len(
-        chat.build_prompt(run.tokenizer, HUNGRY, run.model.cfg.context, 64)[0]
+        build_prompt(run.tokenizer, HUNGRY, run.model.cfg.context, 64)[0]
     )
     assert usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
 def test_streamed_chunks_join_to_the_same_text(client, run):
-    expected = chat.reply(run, HUNGRY, temperature=0)
+    expected = Engine.from_run(run).reply(HUNGRY, temperature=0)
     stream = client.chat.completions.create(
         model="any",
         messages=HUNGRY,
@@ -103,12 +104,12 @@ def test_max_tokens_cuts_the_reply_with_finish_reason_length(client, run):
     )
     assert response.choices[0].finish_reason == "length"
     assert response.usage.completion_tokens == 2
-    full = chat.reply(run, HUNGRY, temperature=0)
+    full = Engine.from_run(run).reply(HUNGRY, temperature=0)
     assert full.startswith(response.choices[0].message.content)
 
 
 def test_stop_string_ends_the_reply_before_it(client, run):
-    full = chat.reply(run, HUNGRY, temperature=0)
+    full = Engine.from_run(run).reply(HUNGRY, temperature=0)
     stop = full.split()[1]  # the reply's second word
     response = client.chat.completions.create(
         model="any", messages=HUNGRY, temperature=0, stop=[stop]
@@ -153,7 +154,9 @@ def test_concurrent_requests_interleave_and_each_gets_its_own_reply(
     client, run, server, monkeypatch
 ):
     prompts = ["are you hungry", "hello", "where do you sleep", "do you like bugs"] * 2
-    expected = [chat.reply(run, [{"role": "user", "content": p}], temperature=0) for p in prompts]
+    expected = [
+        Engine.from_run(run).reply([{"role": "user", "content": p}], temperature=0) for p in prompts
+    ]
     lock = SlowRecordingLock()
     monkeypatch.setattr(server, "model_lock", lock)
 
@@ -191,7 +194,7 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_model_and_frees_it(
     time.sleep(0.3)  # the server notices at its next write
     steps_after_hang_up = len(lock.holders)
     response = client.chat.completions.create(model="any", messages=HUNGRY, temperature=0)
-    assert response.choices[0].message.content == chat.reply(run, HUNGRY, temperature=0)
+    assert response.choices[0].message.content == Engine.from_run(run).reply(HUNGRY, temperature=0)
     # The abandoned reply stopped early: fewer model steps than the whole reply takes.
     assert steps_after_hang_up < response.usage.completion_tokens
 
@@ -205,9 +208,11 @@ def test_a_long_conversation_is_trimmed_to_the_context_as_chat_does(client, run)
         ]
     messages.append({"role": "user", "content": "are you hungry"})
     response = client.chat.completions.create(model="any", messages=messages, temperature=0)
-    ids, dropped = chat.build_prompt(run.tokenizer, messages, run.model.cfg.context, 64)
+    ids, dropped = build_prompt(run.tokenizer, messages, run.model.cfg.context, 64)
     assert dropped > 0 and response.usage.prompt_tokens == len(ids)
-    assert response.choices[0].message.content == chat.reply(run, messages, temperature=0)
+    assert response.choices[0].message.content == Engine.from_run(run).reply(
+        messages, temperature=0
+    )
 
 
 # --- malformed requests get OpenAI-shaped 4xx errors --------------------------------------------

@@ -13,13 +13,13 @@ import torch
 from click.testing import CliRunner
 from test_data import write_toy_dataset
 
-import guppyforge.trainer as train_module
-from guppyforge.cli import cli
+import guppyforge.train.loop as train_module
+from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
-from guppyforge.model import GPT
-from guppyforge.presets import PRESETS
-from guppyforge.runs import load_run
-from guppyforge.trainer import TrainOptions, lr_at, make_optimizer, train
+from guppyforge.model.gpt import GPT
+from guppyforge.model.presets import PRESETS
+from guppyforge.model.run import load_run
+from guppyforge.train.loop import TrainOptions, lr_at, make_optimizer, train
 
 # micro model, 4 rows per step: about 0.1 s a step on two CPU cores.
 FAST = dict(preset="micro", batch_size=4, eval_every=8, log_every=2, progress=False)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import guppyforge.precision as precision_module
-from guppyforge.data import collate, pack
+import guppyforge.train.precision as precision_module
 from guppyforge.errors import GuppyError
-from guppyforge.model import GPT
-from guppyforge.precision import Precision, cpu_has_native_bf16, pick_precision
-from guppyforge.presets import PRESETS
-from guppyforge.trainer import TrainOptions, make_optimizer, train_step
+from guppyforge.model.batches import collate, pack
+from guppyforge.model.gpt import GPT
+from guppyforge.model.presets import PRESETS
+from guppyforge.train.loop import TrainOptions, make_optimizer, train_step
+from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def _micro_setup():
     model = GPT(PRESETS["micro"])
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(10, 40, (24,), generator=gen).numpy()
-    from guppyforge.data import Samples
+    from guppyforge.model.batches import Samples
 
     tokens = torch.randint(3, 512, (int(lengths.sum()),), generator=gen).numpy()
     starts = lengths.cumsum() - lengths
@@ -102,7 +102,7 @@ def test_fp16_runs_resume_exactly_with_the_scaler_state(tmp_path):
     from test_data import write_toy_dataset
     from test_train import FAST, losses
 
-    from guppyforge.trainer import train
+    from guppyforge.train.loop import train
 
     data = write_toy_dataset(tmp_path / "data", n_train=120, n_test=10)
     options = dict(FAST, precision="fp16", max_steps=8, eval_every=100)

@@ -1,0 +1,132 @@
+"""`guppyforge chat`: the terminal REPL, one-shot replies, and the `--show-probs` lesson.
+
+All generation goes through the inference engine (model/engine.py); this module only talks to
+the person at the keyboard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from guppyforge.errors import GuppyError
+from guppyforge.model.engine import Engine
+from guppyforge.model.run import load_run, pick_device
+
+
+def candidates(
+    logits: torch.Tensor, temperature: float, n: int = 5
+) -> list[tuple[int, float, float]]:
+    """The `n` likeliest next tokens as (id, p at temperature 1, p at `temperature`).
+
+    Temperature divides the logits before the softmax: below 1 the gaps between them grow, so
+    the likely tokens take even more of the probability; above 1 the gaps shrink and the tail
+    gets more. Temperature 0 is the limit: all the probability on the single likeliest token.
+    """
+    plain = F.softmax(logits.float(), dim=-1)
+    if temperature > 0:
+        scaled = F.softmax(logits.float() / temperature, dim=-1)
+    else:
+        scaled = torch.zeros_like(plain)
+        scaled[plain.argmax()] = 1.0
+    top = torch.topk(plain, min(n, plain.numel())).indices.tolist()
+    return [(i, float(plain[i]), float(scaled[i])) for i in top]
+
+
+def format_candidates(
+    tokenizer: Tokenizer, token: int, logits: torch.Tensor, temperature: float, n: int = 5
+) -> str:
+    """A small table: the top candidates before and after temperature, the picked one marked."""
+    rows = candidates(logits, temperature, n)
+    if token not in [i for i, _, _ in rows]:
+        rows += [r for r in candidates(logits, temperature, logits.numel()) if r[0] == token]
+    label = f"T={temperature:g}" + (" (greedy)" if temperature <= 0 else "")
+    lines = [f"    {'T=1':>7}  {label:>13}  candidate"]
+    for i, p, q in rows:
+        mark = "  <- picked" if i == token else ""
+        lines.append(f"    {p:7.3f}  {q:13.3f}  {tokenizer.decode([i])!r}{mark}")
+    return "\n".join(lines)
+
+
+PROBS_LEGEND = (
+    "For each token: the 5 likeliest candidates, their probability at temperature 1 and at "
+    "T={t:g} (sampling then keeps the top-k/top-p of that second column)."
+)
+
+
+def repl(engine: Engine, name: str, where: Path, options: dict, show_probs: bool = False) -> None:
+    """Chat in the terminal until /quit, Ctrl-D or Ctrl-C."""
+    context = engine.cfg.context
+    print(f"Chatting with {name} ({where}). Commands: /reset starts over, /quit leaves.")
+    if show_probs:
+        print(PROBS_LEGEND.format(t=options["temperature"]))
+    with contextlib.suppress(ImportError):  # arrow keys and history for input(), where available
+        import readline  # noqa: F401
+    history: list[dict] = []
+    try:
+        while True:
+            try:
+                text = input("you> ").strip()
+            except EOFError:  # Ctrl-D
+                print()
+                break
+            if text in ("/quit", "/exit"):
+                break
+            if text == "/reset":
+                history = []
+                print("(a fresh conversation: earlier turns are forgotten)")
+                continue
+            if not text:
+                continue
+            history.append({"role": "user", "content": text})
+            _, dropped = engine.prompt(history, options["max_new_tokens"])
+            if dropped:
+                # The model only sees `context` tokens, so the oldest turns must go.
+                history = history[dropped:]
+                print(f"({dropped} older messages no longer fit in {context} tokens: dropped)")
+            text = answer(engine, history, options, f"{name}> ", show_probs)
+            history.append({"role": "assistant", "content": text})
+    except KeyboardInterrupt:
+        print()
+    print("bye")
+
+
+def answer(engine: Engine, history: list[dict], options: dict, prefix: str, show_probs: bool):
+    """Print the reply as it streams (or, with --show-probs, a table per token) and return it."""
+    if not show_probs:
+        print(prefix, end="", flush=True)
+        pieces = []
+        for piece in engine.stream(history, **options):
+            pieces.append(piece)
+            print(piece, end="", flush=True)
+        print()
+        return "".join(pieces)
+
+    def show(token: int, logits: torch.Tensor) -> None:
+        print(f"  next token {engine.tokenizer.decode([token])!r}")
+        print(format_candidates(engine.tokenizer, token, logits, options["temperature"]))
+
+    text = engine.stream(history, on_token=show, **options).text()
+    print(f"{prefix}{text}")
+    return text
+
+
+def chat(
+    run_dir, prompt: str | None, device: str, show_probs: bool, int8: bool = False, **options
+) -> None:
+    """`guppyforge chat`: one reply to `prompt` (just the reply, for scripts), or the REPL."""
+    if not Path(run_dir).is_dir():
+        raise GuppyError(f"{run_dir}: no such run folder. Train one with `guppyforge train`.")
+    run = load_run(run_dir, device=str(pick_device(device)))
+    engine = Engine.from_run(run, int8=int8)
+    if prompt is None:
+        name = (run.config.get("persona") or {}).get("name") or run.path.name
+        repl(engine, name, run.path, options, show_probs)
+    else:
+        if show_probs:
+            print(PROBS_LEGEND.format(t=options["temperature"]))
+        answer(engine, [{"role": "user", "content": prompt}], options, "", show_probs)

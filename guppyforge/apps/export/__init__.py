@@ -1,0 +1,68 @@
+"""`guppyforge export`: turn a run folder into a folder other tools load.
+
+One target, one module:
+- `hf` (hf.py): a GPT-2 folder that `transformers` loads with `from_pretrained`.
+- `onnx` (onnx.py): model.onnx (+ model.int8.onnx) for onnxruntime and friends.
+
+This module picks the target and checks the output folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from guppyforge.apps.export.hf import export_hf
+from guppyforge.apps.export.onnx import export_onnx
+from guppyforge.errors import GuppyError
+from guppyforge.model.run import load_run
+
+TARGETS = ("hf", "onnx")
+
+# Every file an export may write. With --force only these are replaced or removed, never the
+# rest of the folder: `--out .` by mistake must not wipe a user's working directory.
+OUTPUT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "README.md",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "model.onnx",
+    "model.int8.onnx",
+    "onnx_io.json",
+)
+
+
+def export_run(
+    run_dir: str | Path, to: str, out: str | Path, *, force: bool = False, int8: bool = False
+) -> list[Path]:
+    """Export the run in `run_dir` to `out` as `to` ("hf" or "onnx"); return the files written."""
+    if to not in TARGETS:
+        raise GuppyError(f"--to: unknown target '{to}'. Choose one of: {', '.join(TARGETS)}")
+    if int8 and to != "onnx":
+        raise GuppyError("--int8 only applies to --to onnx (transformers loads fp32 weights).")
+    run_dir, out = Path(run_dir), Path(out)
+    run = load_run(run_dir)
+    prepare_out_dir(run_dir, out, force)
+    if to == "hf":
+        return export_hf(run, out)
+    return export_onnx(run, out, int8=int8)
+
+
+def prepare_out_dir(run_dir: Path, out: Path, force: bool) -> None:
+    """Create `out`, refusing to overwrite a previous export unless `force`."""
+    if out.resolve() == run_dir.resolve():
+        # The GPT-2 config.json would replace the run's own config.json: the run would be lost.
+        raise GuppyError(f"--out {out}: that is the run folder itself. Choose another folder.")
+    if out.exists() and not out.is_dir():
+        raise GuppyError(f"--out {out}: exists and is not a folder.")
+    present = [name for name in OUTPUT_FILES if (out / name).exists()]
+    if present and not force:
+        raise GuppyError(
+            f"--out {out}: already holds an export ({present[0]}, ...). Add --force to replace it."
+        )
+    for name in present:
+        # Stale files from an earlier export (say model.int8.onnx) would not match the new one.
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)

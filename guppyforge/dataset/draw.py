@@ -1,0 +1,236 @@
+"""Drawing unique conversations from a persona, in one process or in several.
+
+Conversation i is a pure function of (persona, seed, i), so the dataset is simply "the first n
+distinct conversations of the sequence 0, 1, 2, ...". Worker processes compute slices of that
+sequence; the main process reads the slices back in index order and does all the deduplication
+and stopping itself. That is why `--workers 4` gives byte-identical data to `--workers 1`: the
+workers only change who computes a conversation, never which conversations are kept.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import re
+import sys
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from guppyforge.dataset.write import Row
+from guppyforge.errors import GuppyError
+
+# Indices per task sent to a worker: large enough that pickling and scheduling are noise,
+# small enough that the work wasted past the stopping point stays a fraction of a second.
+CHUNK = 1000
+
+
+def parse_turns(text: str | int) -> tuple[int, int]:
+    """Parse `--turns`: `2` (every conversation has 2 user turns) or `1-3` (1 to 3, per sample)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(text))
+    low = int(match[1]) if match else 0
+    high = int(match[2] or low) if match else 0
+    if not 1 <= low <= high <= 16:
+        raise GuppyError(
+            f"--turns {text}: expected a number of turns from 1 to 16 (e.g. 2) or a range (1-3)."
+        )
+    return low, high
+
+
+@dataclass
+class DrawResult:
+    """What drawing produced: the rows (examples first, then by index) and how it went."""
+
+    rows: list[Row]
+    drawn: int  # generated conversations drawn (indices 0 .. drawn-1); examples not included
+    unique: int  # how many of those were new, and kept
+    examples: int  # hand-written examples kept
+    capacity_spent: bool  # stopped before n rows: the persona makes too few distinct ones
+
+    @property
+    def unique_pct(self) -> float:
+        """Share of draws that were new, in percent (100.0 when nothing had to be drawn)."""
+        return round(100.0 * self.unique / self.drawn, 2) if self.drawn else 100.0
+
+
+def to_row(conversation) -> Row:
+    """A sampler Conversation as a compact, picklable row tuple."""
+    messages = tuple((m["role"], m["content"]) for m in conversation.messages)
+    return messages, conversation.topic, conversation.template_id, conversation.turns
+
+
+def turns_for(seed: int, index: int, low: int, high: int) -> int:
+    """The number of turns of conversation `index` for `--turns low-high`.
+
+    Drawn from its own RNG seeded by (seed, index), like everything else about the sample, so it
+    does not depend on which process draws it or in which order.
+    """
+    if low == high:
+        return low
+    return random.Random(f"turns:{seed}:{index}").randint(low, high)
+
+
+def draw_range(sampler, seed: int, start: int, stop: int, turns: tuple[int, int]) -> list[Row]:
+    """Conversations `start .. stop-1` as rows, duplicates included (the caller dedups)."""
+    low, high = turns
+    return [
+        to_row(sampler.conversation(i, turns=turns_for(seed, i, low, high)))
+        for i in range(start, stop)
+    ]
+
+
+class _Collector:
+    """Keeps the first occurrence of each conversation, in index order, and says when to stop.
+
+    Stopping rules, both evaluated on the index sequence alone (so they are deterministic):
+    enough rows; or the persona looks spent, i.e. a long run of consecutive duplicates or a
+    total number of draws far beyond what a healthy persona needs.
+    """
+
+    def __init__(self, n: int, examples: list[Row], bar) -> None:
+        self.n = n
+        self.seen: set[tuple[tuple[str, str], ...]] = set()
+        self.rows: list[Row] = []
+        for row in examples:
+            if len(self.rows) < n and row[0] not in self.seen:
+                self.seen.add(row[0])
+                self.rows.append(row)
+        self.examples = len(self.rows)
+        self.drawn = 0
+        self.run = 0  # consecutive duplicates
+        self.max_draws = 20 * n
+        self.max_run = max(1_000, n // 10)
+        self.capacity_spent = False
+        self.bar = bar
+        bar.update(self.examples)
+
+    @property
+    def done(self) -> bool:
+        return len(self.rows) >= self.n or self.capacity_spent
+
+    def add(self, rows: list[Row]) -> None:
+        """Take rows in index order until done; rows past the stopping point are ignored."""
+        kept_before = len(self.rows)
+        for row in rows:
+            if self.done:
+                break
+            self.drawn += 1
+            # Dedup key: the whole conversation, i.e. (prompt, reply) for a single turn.
+            # Topic and template id are left out: the same text from two templates is a repeat.
+            key = row[0]
+            if key in self.seen:
+                self.run += 1
+            else:
+                self.run = 0
+                self.seen.add(key)
+                self.rows.append(row)
+            if len(self.rows) < self.n and (
+                self.run >= self.max_run or self.drawn >= self.max_draws
+            ):
+                self.capacity_spent = True
+        self.bar.update(len(self.rows) - kept_before)
+
+    def result(self) -> DrawResult:
+        return DrawResult(
+            rows=self.rows,
+            drawn=self.drawn,
+            unique=len(self.rows) - self.examples,
+            examples=self.examples,
+            capacity_spent=self.capacity_spent,
+        )
+
+
+def _chunks(start: int = 0) -> Iterator[tuple[int, int]]:
+    while True:
+        yield start, start + CHUNK
+        start += CHUNK
+
+
+# --- worker processes ------------------------------------------------------------------------
+
+_worker_state: tuple | None = None  # (sampler, seed) that _worker_draw uses in a worker process
+
+
+def _init_worker(persona_path: str, seed: int) -> None:
+    # Only where fork is missing (Windows, macOS): such a worker starts as a fresh interpreter
+    # and loads the persona itself, since compiled templates do not pickle.
+    from guppyforge.persona.conversations import Sampler
+    from guppyforge.persona.load import load_persona
+
+    global _worker_state
+    _worker_state = (Sampler(load_persona(persona_path), seed), seed)
+
+
+def _worker_draw(start: int, stop: int, turns: tuple[int, int]) -> list[Row]:
+    sampler, seed = _worker_state
+    return draw_range(sampler, seed, start, stop, turns)
+
+
+def _start_pool(sampler, persona_path: Path, seed: int, workers: int) -> ProcessPoolExecutor:
+    """Worker processes that each hold a Sampler for (persona, seed), ready to draw chunks."""
+    global _worker_state
+    if "fork" in multiprocessing.get_all_start_methods():
+        # A forked worker starts in milliseconds as a copy of this process, with the Sampler
+        # already built: loading and compiling the persona again would cost each worker longer
+        # than its share of 60K conversations takes to draw.
+        _worker_state = (sampler, seed)
+        context = multiprocessing.get_context("fork")
+        return ProcessPoolExecutor(workers, mp_context=context)
+    return ProcessPoolExecutor(
+        workers, initializer=_init_worker, initargs=(str(persona_path), seed)
+    )
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers; chunks drawn past the stopping point are simply dropped."""
+    global _worker_state
+    pool.shutdown(wait=True, cancel_futures=True)
+    _worker_state = None
+
+
+# --- the entry point -------------------------------------------------------------------------
+
+
+def draw_unique(
+    persona_path: Path,
+    persona,
+    seed: int,
+    n: int,
+    turns: tuple[int, int] = (1, 1),
+    workers: int = 1,
+    progress: bool = True,
+) -> DrawResult:
+    """Draw conversations 0, 1, 2, ... until `n` unique rows (examples included) or capacity."""
+    from tqdm import tqdm
+
+    from guppyforge.persona.conversations import Sampler
+
+    sampler = Sampler(persona, seed)
+    examples = [to_row(c) for c in sampler.examples()]
+
+    pool = None
+    pending: deque[Future] = deque()
+    chunks = _chunks()
+    if workers > 1:
+        # Start the workers before the progress bar: tqdm runs a monitor thread, and forking a
+        # process that has threads is what fork's warnings are about.
+        pool = _start_pool(sampler, persona_path, seed, workers)
+        for _ in range(2 * workers):  # two tasks per worker keeps every core busy
+            pending.append(pool.submit(_worker_draw, *next(chunks), turns))
+
+    bar = tqdm(total=n, unit="conv", desc="generate", file=sys.stderr, disable=not progress)
+    collector = _Collector(n, examples, bar)
+    try:
+        while not collector.done:
+            if pool is None:
+                collector.add(draw_range(sampler, seed, *next(chunks), turns))
+            else:
+                collector.add(pending.popleft().result())
+                pending.append(pool.submit(_worker_draw, *next(chunks), turns))
+    finally:
+        bar.close()
+        if pool is not None:
+            _stop_pool(pool)
+    return collector.result()

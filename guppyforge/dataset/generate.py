@@ -1,0 +1,202 @@
+"""`guppyforge generate`: a persona file becomes a dataset folder that `load_dataset` reads.
+
+    DIR/data/train-00000-of-00001.parquet   columns: messages, topic, template_id, turns
+    DIR/data/test-00000-of-00001.parquet    no prompt of test appears in train
+    DIR/README.md                           dataset card (YAML metadata + figures)
+    DIR/stats.json                          the same figures, for programs
+    DIR/persona.yaml                        the persona file, byte for byte
+
+The steps live in small modules, in the order they run: dataset_draw (unique conversations),
+dataset_split (leak-free split), dataset_card (figures and card), dataset_write (parquet files
+and the all-or-nothing folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from guppyforge import __version__
+from guppyforge.dataset.card import diversity, fingerprint, render_card, topic_counts
+from guppyforge.dataset.draw import DrawResult, draw_unique, parse_turns
+from guppyforge.dataset.split import prompt_key, split_by_prompt
+from guppyforge.dataset.write import atomic_folder, check_destination, write_parquet
+from guppyforge.errors import GuppyError
+
+
+class CapacityWarning(UserWarning):
+    """The persona cannot make as many distinct conversations as were asked for."""
+
+
+@dataclass
+class GenerateResult:
+    """What `generate_dataset` wrote, and the figures a user asks about first."""
+
+    out_dir: Path
+    rows: int
+    train: int
+    test: int
+    drawn: int  # generated conversations drawn, duplicates included
+    unique_pct: float  # unique / drawn, in percent
+    examples: int  # hand-written examples included
+    capacity_spent: bool  # fewer rows than asked: the persona ran out of distinct conversations
+    fingerprint: str  # sha256 over the rows, as in the card
+    seconds: float  # the whole call
+    generation_seconds: float  # drawing and deduplicating conversations only
+    stats: dict = field(repr=False, default_factory=dict)  # everything in stats.json
+
+    def summary(self) -> str:
+        """One line for the end of the command's output."""
+        return (
+            f"wrote {self.out_dir}: {self.rows:,} rows (train {self.train:,}, test {self.test:,}), "
+            f"{self.unique_pct:.2f}% unique of {self.drawn:,} drawn, "
+            f"{self.seconds:.1f} s ({self.generation_seconds:.1f} s generating)"
+        )
+
+
+def generate_dataset(
+    persona_path: str | Path,
+    out_dir: str | Path,
+    n: int = 60_000,
+    seed: int = 42,
+    test_size: float = 0.05,
+    turns: str | int = "1",
+    workers: int = 1,
+    force: bool = False,
+    strict: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> GenerateResult:
+    """Generate `n` unique conversations from a persona file and write them as a dataset folder.
+
+    `turns` is `1`, `N` or a range `A-B`. Same persona + seed give identical rows (and parquet
+    bytes) whatever `workers` is. `command` is quoted in the card; by default the equivalent
+    `guppyforge generate` command line is written there. Raises GuppyError on bad input, and with
+    `strict` when the persona cannot fill `n` rows (otherwise a CapacityWarning is issued).
+    """
+    started = time.perf_counter()
+    given = persona_path  # the card quotes it as typed: `guppy`, not a machine's full path
+    persona_path, out_dir = _resolve_persona(persona_path), Path(out_dir)
+    if n < 1:
+        raise GuppyError(f"-n {n}: the number of conversations must be at least 1.")
+    if workers < 1:
+        raise GuppyError(f"--workers {workers}: must be at least 1.")
+    if not 0 <= test_size < 1:
+        raise GuppyError(f"--test-size {test_size}: must be at least 0 and below 1. Try 0.05.")
+    turn_range = parse_turns(turns)
+    check_destination(out_dir, force)  # fail before the work, not after it
+
+    from guppyforge.persona.load import load_persona
+
+    persona = load_persona(persona_path)
+    # The copy in the folder must be the file that made the data, even if someone saves an edit
+    # while we run: read it now and check it against the hash taken while loading.
+    persona_bytes = persona_path.read_bytes()
+    if hashlib.sha256(persona_bytes).hexdigest() != persona.sha256:
+        raise GuppyError(f"{persona_path}: the file changed while it was read. Run again.")
+
+    generation_started = time.perf_counter()
+    draw = draw_unique(persona_path, persona, seed, n, turn_range, workers, progress)
+    generation_seconds = time.perf_counter() - generation_started
+    if draw.capacity_spent:
+        message = (
+            f"{persona_path}: the persona made only {len(draw.rows):,} distinct conversations of "
+            f"the {n:,} asked for ({draw.drawn:,} drawn). Add `ask`/`say` templates or grammar "
+            "alternatives, or lower -n."
+        )
+        if strict:
+            raise GuppyError(message)
+        warnings.warn(message, CapacityWarning, stacklevel=2)
+
+    train_at, test_at = split_by_prompt([prompt_key(row[0]) for row in draw.rows], test_size, seed)
+    splits = {"train": [draw.rows[i] for i in train_at]}
+    if test_at:
+        splits["test"] = [draw.rows[i] for i in test_at]
+
+    stats = _stats(persona, draw, splits, n=n, seed=seed, turns=turns, test_size=test_size)
+    if command is None:
+        command = _command(given, out_dir, n, seed, test_size, turns, workers, strict)
+
+    with atomic_folder(out_dir, force) as tmp:
+        files = {}
+        for name, rows in splits.items():
+            path = tmp / "data" / f"{name}-00000-of-00001.parquet"
+            files[name] = {"num_bytes": write_parquet(rows, path)}
+            files[name]["file_bytes"] = path.stat().st_size
+        (tmp / "persona.yaml").write_bytes(persona_bytes)  # the exact bytes, comments and all
+        text = json.dumps(stats, indent=2, ensure_ascii=False) + "\n"
+        (tmp / "stats.json").write_text(text, encoding="utf-8")
+        # The card last: a folder with a README is the one that looks finished.
+        card = render_card(stats, persona, command, files)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+    return GenerateResult(
+        out_dir=out_dir,
+        rows=stats["rows"],
+        train=stats["splits"]["train"],
+        test=stats["splits"].get("test", 0),
+        drawn=draw.drawn,
+        unique_pct=draw.unique_pct,
+        examples=draw.examples,
+        capacity_spent=draw.capacity_spent,
+        fingerprint=stats["fingerprint"],
+        seconds=time.perf_counter() - started,
+        generation_seconds=generation_seconds,
+        stats=stats,
+    )
+
+
+def _resolve_persona(path: str | Path) -> Path:
+    """A persona file path, or a built-in persona's name (`guppy`) turned into its path."""
+    from guppyforge.resources import builtin_persona
+
+    if Path(path).is_file():
+        return Path(path)
+    builtin = builtin_persona(str(path)) if "/" not in str(path) else None
+    if builtin is not None:
+        return builtin
+    raise GuppyError(f"{path}: no such persona file. Give a .yaml path or a built-in name (guppy).")
+
+
+def _stats(persona, draw: DrawResult, splits: dict, **settings) -> dict:
+    """Every figure of stats.json. Nothing here depends on timing or on the worker count."""
+    weights = {name: topic.weight for name, topic in persona.topics.items()}
+    return {
+        "guppyforge_version": __version__,
+        "persona": {
+            "name": persona.name,
+            "display_name": persona.display_name,
+            "sha256": persona.sha256,
+        },
+        "seed": settings["seed"],
+        "n_requested": settings["n"],
+        "turns": str(settings["turns"]),
+        "test_size": settings["test_size"],
+        "rows": len(draw.rows),
+        "splits": {name: len(rows) for name, rows in splits.items()},
+        "examples": draw.examples,
+        "drawn": draw.drawn,
+        "unique_generated": draw.unique,
+        "unique_pct": draw.unique_pct,
+        "capacity_spent": draw.capacity_spent,
+        "topics": topic_counts(splits, weights),
+        "diversity": diversity(draw.rows),
+        "fingerprint": fingerprint(splits),
+    }
+
+
+def _command(persona_path, out_dir, n, seed, test_size, turns, workers, strict) -> str:
+    """The `guppyforge generate` command line that makes this same dataset."""
+    args = ["guppyforge", "generate", str(persona_path), "-n", str(n), "--seed", str(seed)]
+    args += ["--test-size", str(test_size), "--turns", str(turns)]
+    if workers != 1:
+        args += ["--workers", str(workers)]
+    if strict:
+        args.append("--strict")
+    args += ["--out", str(out_dir)]
+    return shlex.join(args)

@@ -1,0 +1,287 @@
+"""Turn a persona into conversations: `Sampler(persona, seed).conversation(index)`.
+
+A conversation depends only on (persona, seed, index, turns, topic), never on which others were
+made before it, so any worker can make sample 41,337 alone. The index picks a topic from a
+weighted schedule, an (ask, say) pair in turn, and an evenly spread number from which the grammar
+decodes its values (see grammar.Draw); anything else random comes from random.Random(
+f"{seed}:{index}"). Each symbol a template names is bound once per conversation, so the reply can
+reuse what the question picked; `pick('x')` and references inside the grammar draw fresh values.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from guppyforge.errors import GuppyError
+from guppyforge.persona import limits
+from guppyforge.persona.grammar import Draw, Grammar, Rule
+from guppyforge.persona.templating import Compiled, TemplateProblem, compile_text
+from guppyforge.persona.types import Persona, Template
+
+# Ranks 0, 1, 2... -> u = frac(u0 + rank / golden ratio): the most evenly spread sequence in [0, 1)
+# (any N points leave gaps of at most three sizes), from which Draw decodes the grammar's values.
+_GOLDEN = (5**0.5 - 1) / 2
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
+_SPACES = re.compile(r"  +")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """One generated (or hand-written) conversation and where in the YAML it came from."""
+
+    messages: list[dict]  # [{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]
+    topic: str
+    template_id: str  # e.g. "food/ask2@L57/say5@L63", "examples/3@L140"
+    turns: int
+
+
+@dataclass
+class CompiledTopic:
+    name: str
+    weight: float
+    ask: list[tuple[Template, Compiled]]
+    say: list[tuple[Template, Compiled]]
+    follow_ups: list[tuple[list, list]]  # per follow-up: (ask, say) like the two above
+
+
+@dataclass
+class CompiledPersona:
+    grammar: Grammar
+    topics: list[CompiledTopic]
+    used_symbols: set[str]
+
+
+def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> CompiledPersona:
+    """Parse every grammar alternative and template once; report each problem to `on_error`."""
+    used: set[str] = set()
+    rules = {}
+    for name, sym in persona.grammar.items():
+        alts = []
+        for alt in sym.alternatives:
+            c = _compile(alt, persona, on_error, grammar=True)
+            used.update(c.picks)
+            alts.append(
+                c.parts[0] if len(c.parts) == 1 and isinstance(c.parts[0], str) else c.parts
+            )
+        rules[name] = Rule(name, alts, [a.weight for a in sym.alternatives], sym.where)
+    grammar = Grammar(rules)
+    for where, problem, fix in grammar.problems():
+        on_error(f"{where}: {problem}. {fix}")
+
+    def templates(items) -> list[tuple[Template, Compiled]]:
+        out = [(t, _compile(t, persona, on_error)) for t in items]
+        for t, c in out:
+            used.update(c.symbols, c.picks)
+            work = sum(grammar.work.get(s, 0) for s in (*c.symbols, *c.picks))
+            if work > limits.MAX_GRAMMAR_WORK and all(
+                grammar.work.get(s, 0) <= limits.MAX_GRAMMAR_WORK for s in (*c.symbols, *c.picks)
+            ):  # a symbol past the limit on its own is reported once, as a grammar problem
+                on_error(f"{t.where}: needs {work:g} symbol expansions, more than the limit of "
+                         f"{limits.MAX_GRAMMAR_WORK:,}. Use fewer or smaller symbols")  # fmt: skip
+        return out
+
+    topics = [
+        CompiledTopic(t.name, t.weight, templates(t.ask), templates(t.say),
+                      [(templates(f.ask), templates(f.say)) for f in t.follow_ups])
+        for t in persona.topics.values()
+    ]  # fmt: skip
+    return CompiledPersona(grammar, topics, used)
+
+
+def _compile(t: Template, persona: Persona, on_error, grammar: bool = False) -> Compiled:
+    try:
+        return compile_text(t.text, persona.grammar, grammar=grammar)
+    except TemplateProblem as p:
+        line = t.line + p.line - 1
+        on_error(f"{t.file}:{line}:{t.column}: {t.key}: {p.problem}. {p.fix}")
+        return Compiled(t.text, (), None, (), ())
+
+
+def _raise(message: str) -> None:
+    raise GuppyError(message)
+
+
+class Sampler:
+    """Makes conversations from a persona; everything is compiled once, here."""
+
+    def __init__(self, persona: Persona, seed: int = 0):
+        self.persona, self.seed = persona, seed
+        self.compiled = compile_persona(persona, _raise)
+        self.grammar = self.compiled.grammar
+        self.topics = {t.name: t for t in self.compiled.topics}
+        self._topic_list = self.compiled.topics
+        rng = random.Random(f"{seed}:schedule")
+        self._quota, self._slots = _schedule([t.weight for t in self._topic_list], rng)
+        self._shift, self._u0 = rng.randrange(len(self._slots)), rng.random()
+        self._cell_offsets = {t.name: (rng.randrange(len(t.ask)), rng.randrange(len(t.say)))
+                              for t in self._topic_list}  # fmt: skip
+        style = persona.style
+        self._case = {"lower": str.lower, "upper": str.upper}.get(style.case)
+        self._max_sentences = style.max_sentences
+        # One regex for all phrases: a single scan per reply instead of one per phrase.
+        never = "|".join(re.escape(p) for p in style.never_say)
+        self._never = re.compile(never).search if never else None
+
+    def conversation(self, index: int, turns: int = 1, topic: str | None = None) -> Conversation:
+        """The conversation number `index`: the same arguments always give the same text."""
+        if topic is None:  # slot in the weighted schedule -> topic, and its rank in that topic
+            cycle, slot = divmod(index + self._shift, len(self._slots))
+            i, k = self._slots[slot]
+            t, rank = self._topic_list[i], cycle * self._quota[i] + k
+        elif topic in self.topics:
+            t, rank = self.topics[topic], index
+        else:
+            raise GuppyError(f"{self.persona.path}: topics: no topic '{topic}'. Use one of: "
+                             f"{', '.join(self.topics)}")  # fmt: skip
+        # Rank -> (ask, say) cell, visiting every pair in turn; the rank also drives the
+        # grammar's quasi-random first draws, so conversations of one cell differ.
+        n_ask, n_say = len(t.ask), len(t.say)
+        cell = rank % (n_ask * n_say)
+        off_ask, off_say = self._cell_offsets[t.name]
+        first = ((cell + off_ask) % n_ask, (cell // n_ask + off_say) % n_say)
+        # The topic rank, not the rank within the cell, drives u: cells that share an ask
+        # template must not replay the same sequence of values, or prompts would repeat.
+        draw = Draw(self.grammar, f"{self.seed}:{index}", (self._u0 + rank * _GOLDEN) % 1.0)
+        bound: dict[str, str] = {}
+        messages: list[dict] = []
+        ids = [t.name]
+        stages = [(t.ask, t.say)]
+        for k in range(1, turns if t.follow_ups else 1):
+            stages.append(t.follow_ups[(k - 1) % len(t.follow_ups)])
+        for k, (asks, says) in enumerate(stages):
+            if k == 0:
+                a, s = first
+            else:
+                a, s = draw.rng().randrange(len(asks)), draw.rng().randrange(len(says))
+            prompt = self._render(*asks[a], bound, draw)
+            s, reply = self._reply(says, s, bound, draw)
+            messages += [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": reply},
+            ]
+            tag = f"ask{a}@L{asks[a][0].line}/say{s}@L{says[s][0].line}"
+            ids.append(tag if k == 0 else f"f{(k - 1) % len(t.follow_ups)}:{tag}")
+        return Conversation(messages, t.name, "/".join(ids), len(stages))
+
+    def examples(self) -> list[Conversation]:
+        """The persona's hand-written example conversations, as they are written."""
+        out = []
+        for i, ex in enumerate(self.persona.examples):
+            messages = []
+            for user, assistant in ex.turns:
+                messages += [{"role": "user", "content": user},
+                             {"role": "assistant", "content": assistant}]  # fmt: skip
+            out.append(Conversation(messages, ex.topic or "examples", f"examples/{i}@L{ex.line}",
+                                    len(ex.turns)))  # fmt: skip
+        return out
+
+    def style(self, text: str) -> str:
+        """Apply the persona's style rules (case, sentence cap) to one reply."""
+        if self._case is not None:
+            text = self._case(text)
+        limit = self._max_sentences
+        if limit and (
+            text.count(".") + text.count("!") + text.count("?") > limit or not text.isascii()
+        ):
+            for n, m in enumerate(_SENTENCE_END.finditer(text), 1):
+                if n == limit:
+                    text = text[: m.end()]
+                    break
+        return text
+
+    def banned(self, reply: str) -> bool:
+        """True when a styled reply contains a style.never_say phrase (in any case)."""
+        low = reply if self._case is str.lower else reply.lower()
+        return self._never is not None and self._never(low) is not None
+
+    def _reply(self, says, s: int, bound: dict, draw: Draw):
+        for _ in range(limits.MAX_NEVER_SAY_REDRAWS):
+            reply = self.style(self._render(*says[s], bound, draw))
+            if self._never is None or not self.banned(reply):
+                return s, reply
+            s = draw.rng().randrange(len(says))  # draw again: another template, fresh grammar picks
+        raise GuppyError(f"{says[s][0].where}: {limits.MAX_NEVER_SAY_REDRAWS} replies in a row "
+                         "contained a style.never_say phrase. Reword the templates or grammar")  # fmt: skip
+
+    def _render(self, t: Template, c: Compiled, bound: dict, draw: Draw) -> str:
+        for name in c.symbols:
+            if name not in bound:
+                bound[name] = draw.expand(name)
+        if c.parts is not None:
+            out = []
+            for p in c.parts:
+                if p.__class__ is str:
+                    out.append(p)
+                    continue
+                value = draw.expand(p[1]) if p[0] else bound[p[1]]
+                for f in p[2]:
+                    value = f(value)
+                out.append(value)
+            text = "".join(out)
+        else:
+            try:
+                text = c.jinja.render({**bound, "pick": draw.expand})
+            except GuppyError:
+                raise
+            except Exception as exc:  # StrictUndefined, sandbox refusals: the template's fault
+                problem = (str(exc).splitlines() or ["render failed"])[0].rstrip(".")
+                raise GuppyError(f"{t.where}: {problem}. Fix the template") from None
+        text = tidy(text)
+        if len(text) > limits.MAX_MESSAGE_CHARS:
+            raise GuppyError(f"{t.where}: renders {len(text):,} characters, more than the "
+                             f"{limits.MAX_MESSAGE_CHARS:,} limit. Shorten it")  # fmt: skip
+        return text
+
+
+def _schedule(weights: list[float], rng: random.Random, size: int = 10_000):
+    """A period of `size` slots shared out by weight: (quota per topic, [(topic, k)] per slot).
+
+    Slot j of conversation index i is (i + shift) mod size; the k-th slot of topic t in cycle c
+    is that topic's conversation number c * quota[t] + k: an exact rank, with no counting.
+    """
+    total = sum(weights)
+    exact = [max(w / total * size, 1.0) for w in weights]
+    quota = [int(q) for q in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: quota[i] - exact[i])
+    for i in by_remainder[: max(0, size - sum(quota))]:
+        quota[i] += 1  # largest remainders first, so quotas sum to about `size`
+    ties = [rng.random() for _ in weights]
+    # Spread each topic's slots evenly over the period rather than in blocks.
+    slots = sorted(((k + ties[i]) / q, i, k) for i, q in enumerate(quota) for k in range(q))
+    return quota, [(i, k) for _, i, k in slots]
+
+
+def tidy(text: str) -> str:
+    """Collapse the double spaces an empty alternative or a skipped {% if %} leaves; strip."""
+    if "  " in text:
+        text = _SPACES.sub(" ", text)
+    return text.strip()
+
+
+def smoke_test(persona: Persona, tries: int = 3) -> list[str]:
+    """Render every template a few times, and make a few conversations per topic, to surface
+    what only sampling shows: a message past the length limit, unavoidable never_say phrases."""
+    try:
+        sampler = Sampler(persona)
+    except GuppyError as exc:
+        return [str(exc)]
+    errors = []
+    for t in sampler.compiled.topics:
+        steps = [(t.ask, t.say), *t.follow_ups]
+        for k, (template, compiled) in enumerate(
+            x for pair in steps for side in pair for x in side
+        ):
+            try:
+                for i in range(tries):  # u=None: plain random draws, a different mix each time
+                    sampler._render(template, compiled, {}, Draw(sampler.grammar, f"{k}:{i}"))
+            except GuppyError as exc:
+                errors.append(str(exc))
+        try:
+            for i in range(tries):
+                sampler.conversation(i, turns=len(steps), topic=t.name)
+        except GuppyError as exc:
+            errors.append(str(exc))
+    return list(dict.fromkeys(errors))  # a template's error once, even if a conversation hit it

@@ -1,0 +1,66 @@
+"""Load a persona YAML file into typed, frozen objects, checking everything a user can get wrong.
+
+`load_persona` raises the first problem as a one-line `GuppyError`; `validate_persona` collects
+every problem, the warnings and the capacity report for `guppyforge validate`. The format is
+documented in docs/persona-format.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from guppyforge.errors import GuppyError
+from guppyforge.persona import limits
+from guppyforge.persona.capacity import capacity
+from guppyforge.persona.conversations import compile_persona, smoke_test
+from guppyforge.persona.schema import Reader
+from guppyforge.persona.types import Persona, Report
+from guppyforge.persona.yamlsafe import read_yaml
+
+
+def load_persona(path: str | Path) -> Persona:
+    """Load and fully check a persona file; raise GuppyError with the first problem."""
+    persona, errors, _ = _load(path)
+    if errors:
+        raise GuppyError(errors[0])
+    return persona
+
+
+def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> Report:
+    """Check a persona and report every problem, every warning and its capacity."""
+    try:
+        persona, errors, warnings = _load(path)
+    except GuppyError as exc:  # the file could not be read as YAML at all
+        return Report([str(exc)], [])
+    if errors:
+        return Report(errors, warnings)
+    errors += smoke_test(persona)
+    if errors:
+        return Report(errors, warnings)
+    table = capacity(persona)
+    total = sum(c.conversations for c in table.values())
+    if total < target:
+        warnings.append(f"{persona.path}: capacity: {total:,} distinct conversations, fewer "
+                        f"than the {target:,} requested. Add alternatives or templates")  # fmt: skip
+    else:  # enough in all, but a topic's weight may ask it for more than it can make
+        weights = sum(t.weight for t in persona.topics.values())
+        for name, t in persona.topics.items():
+            share = round(target * t.weight / weights)
+            if table[name].conversations < share:
+                warnings.append(f"{persona.path}: topics.{name}: {table[name].conversations:,} "
+                                f"distinct conversations, but its weight asks for {share:,} of "
+                                f"{target:,}. Add alternatives or lower its weight")  # fmt: skip
+    return Report(errors, warnings, table)
+
+
+def _load(path: str | Path) -> tuple[Persona, list[str], list[str]]:
+    r = Reader(read_yaml(path))
+    persona = r.persona()
+    # Templates are checked even after other schema errors, so one run reports every problem.
+    compiled = compile_persona(persona, r.errors.append if r.grammar_ok else lambda e: None)
+    if not r.errors:  # after an error, "unused" is likely noise (a refused template uses nothing)
+        used = set(compiled.used_symbols)
+        for name, sym in persona.grammar.items():
+            if name not in used:
+                r.warnings.append(f"{sym.where}: symbol is never used. Use it or delete it")
+    return persona, r.errors, r.warnings

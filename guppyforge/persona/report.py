@@ -1,0 +1,46 @@
+"""Text that the persona commands print: the capacity table, a previewed conversation, the list of
+built-in personas. Kept apart from cli.py so the commands stay one call each."""
+
+from __future__ import annotations
+
+from guppyforge import resources
+from guppyforge.errors import GuppyError
+from guppyforge.files import text_table
+from guppyforge.persona.load import load_persona
+
+
+def capacity_table(table: dict) -> str:
+    """Per-topic distinct prompts, replies and conversations, with a total; `>=` marks a floor."""
+
+    def num(n: int, exact: bool) -> str:
+        return f"{'' if exact else '>='}{n:,}"
+
+    rows = [("topic", "prompts", "replies", "conversations")]
+    for name, c in table.items():
+        rows.append((name, num(c.prompts, c.exact), num(c.replies, c.exact),
+                     num(c.conversations, c.exact)))  # fmt: skip
+    exact = all(c.exact for c in table.values())
+    rows.append(("total", "", "", num(sum(c.conversations for c in table.values()), exact)))
+    return text_table(rows, indent="  ")
+
+
+def format_conversation(conversation, display_name: str) -> str:
+    """A conversation as `user:` / `Name:` lines under a `# template id` header."""
+    lines = [f"# {conversation.template_id}"]
+    for m in conversation.messages:
+        who = "user" if m["role"] == "user" else display_name
+        lines.append(f"{who}: {m['content']}")
+    return "\n".join(lines) + "\n"
+
+
+def list_builtin() -> str:
+    """One line per persona in personas/: name, display name, summary; broken ones say why."""
+    lines = []
+    for path in resources.builtin_personas():
+        try:
+            p = load_persona(path)
+        except GuppyError as exc:
+            lines.append(f"{path.stem:<12} (invalid: {exc})")
+            continue
+        lines.append(f"{p.name:<12} {p.display_name}: {p.summary} ({len(p.topics)} topics)")
+    return "\n".join(lines) or f"no personas in {resources.personas_dir()}"

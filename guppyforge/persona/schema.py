@@ -1,0 +1,266 @@
+"""The persona schema: walks a parsed YAML file and builds a `Persona`, collecting every error.
+
+Each error is one line, `file:line:col: key.path: problem. fix`, ready for `guppyforge validate`.
+Templates are only stored here; persona.py compiles them (sampling.compile_persona) afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from guppyforge.errors import GuppyError
+from guppyforge.persona import limits
+from guppyforge.persona.templating import RESERVED, did_you_mean
+from guppyforge.persona.types import (
+    Alternative,
+    Example,
+    FollowUp,
+    Persona,
+    Probe,
+    Style,
+    Symbol,
+    Template,
+    Topic,
+)
+from guppyforge.persona.yamlsafe import Doc
+
+_KEYS = {
+    (): {"guppyforge", "name", "display_name", "summary", "author", "license", "version",
+         "language", "tags", "notes", "extensions", "style", "grammar", "topics", "examples",
+         "probes"},
+    ("style",): {"case", "max_sentences", "never_say"},
+    ("alternative",): {"text", "weight"},
+    ("topic",): {"weight", "ask", "say", "follow_ups"},
+    ("follow_up",): {"ask", "say"},
+    ("example",): {"topic", "turns"},
+    ("turn",): {"user", "assistant"},
+    ("probe",): {"ask", "expect_any", "forbid"},
+}  # fmt: skip
+_SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+class Reader:
+    """Walks the YAML data with the schema, collecting every error instead of stopping."""
+
+    def __init__(self, doc: Doc):
+        self.doc, self.errors, self.warnings = doc, [], []
+        self.grammar_ok = True  # False: templates would only report symbols we had to drop
+
+    def error(self, path: tuple, problem: str, fix: str, key: bool = False) -> None:
+        self.errors.append(f"{self.doc.at(path, key)}: {_dotted(path)}: {problem}. {fix}")
+
+    def mapping(self, path: tuple, value: Any, schema: tuple, required=()) -> dict:
+        if not isinstance(value, dict):
+            self.error(path, "must be a mapping (key: value lines)", "See docs/persona-format.md")
+            return {}
+        allowed = _KEYS[schema]
+        for k in value:
+            if k not in allowed:
+                hint = did_you_mean(k, allowed) or f"Allowed: {', '.join(sorted(allowed))}"
+                self.error((*path, k), f"unknown key '{k}'", hint, key=True)
+        for k in required:
+            if k not in value:
+                self.error(path, f"missing required key '{k}'", f"Add `{k}:`")
+        return value
+
+    def text(self, path: tuple, value: Any, optional: bool = False) -> str:
+        value = self.doc.text(path, value)
+        if value is None and optional:
+            return ""
+        if not isinstance(value, str):
+            self.error(path, f"must be text, not {_kind(value)}", "Write a string")
+            return ""
+        return value
+
+    def texts(self, path: tuple, value: Any, nonempty: bool = False) -> tuple[str, ...]:
+        if value is None and not nonempty:
+            return ()
+        if not isinstance(value, list) or (nonempty and not value):
+            self.error(path, "must be a non-empty list" if nonempty else "must be a list",
+                       "Write [a, b] or one '- item' per line")  # fmt: skip
+            return ()
+        return tuple(self.text((*path, i), v) for i, v in enumerate(value))
+
+    def templates(self, path: tuple, value: Any) -> tuple[Template, ...]:
+        return tuple(
+            self.template((*path, i), t) for i, t in enumerate(self.texts(path, value, True))
+        )
+
+    def template(self, path: tuple, text: str, weight: float | None = None) -> Template:
+        line, col = self.doc.marks.get(path, (1, 1))
+        args = (text, line, col, _dotted(path), str(self.doc.path))
+        return Template(*args) if weight is None else Alternative(*args, weight)
+
+    def weight(self, path: tuple, value: Any) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not (math.isfinite(value) and value > 0)
+        ):
+            self.error(path, f"weight must be a number > 0, not {value!r}", "Write e.g. 2 or 0.5")
+            return 1.0
+        return float(value)
+
+    def persona(self) -> Persona:
+        data = self.doc.data
+        for dup in self.doc.duplicates:
+            self.error(dup, f"key '{dup[-1]}' appears twice", "Merge or rename one", key=True)
+        self._version(data.get("guppyforge"))
+        if self.errors:  # a file of another version may use keys we do not know: stop here
+            raise GuppyError(self.errors[0])
+        d = self.mapping((), data, (), required=("name", "summary", "topics"))
+        name = self.text(("name",), d.get("name", ""))
+        if "name" in d and not _SLUG.fullmatch(name):
+            self.error(
+                ("name",), f"'{name}' is not a slug", "Use lowercase letters, digits, - and _"
+            )
+        extensions = d.get("extensions") or {}
+        if not isinstance(extensions, dict):
+            self.error(("extensions",), "must be a mapping", "Write `extensions: {}`")
+        style = self._style(d.get("style") or {})
+        before = len(self.errors)
+        grammar = self._grammar(d.get("grammar") or {})
+        self.grammar_ok = len(self.errors) == before
+        topics = self._topics(d.get("topics") or {}) if "topics" in d else {}
+        t = {k: self.text((k,), d.get(k), optional=True) for k in
+             ("display_name", "summary", "author", "license", "version", "language", "notes")}  # fmt: skip
+        return Persona(
+            name=name, display_name=t["display_name"] or name, summary=t["summary"], style=style,
+            grammar=grammar, topics=topics, examples=self._examples(d.get("examples"), topics),
+            probes=self._probes(d.get("probes"), style), author=t["author"], license=t["license"],
+            version=t["version"], language=t["language"] or "en",
+            tags=self.texts(("tags",), d.get("tags")), notes=t["notes"],
+            extensions=extensions if isinstance(extensions, dict) else {},
+            path=self.doc.path, sha256=self.doc.sha256, raw=data,
+        )  # fmt: skip
+
+    def _version(self, v: Any) -> None:
+        fix = f"Add `guppyforge: {limits.SPEC_VERSION}` as the first line"
+        if v is None:
+            self.error((), "missing the spec version key 'guppyforge'", fix)
+        elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            self.error(("guppyforge",), f"spec version must be a whole number, not {v!r}", fix)
+        elif v > limits.SPEC_VERSION:
+            self.error(("guppyforge",), f"this file uses persona format {v}; this guppyforge "
+                       f"reads up to {limits.SPEC_VERSION}", "Upgrade: pip install -U guppyforge")  # fmt: skip
+
+    def _style(self, value: Any) -> Style:
+        s = self.mapping(("style",), value, ("style",))
+        case = self.text(("style", "case"), s.get("case", "keep"))
+        if case not in ("lower", "upper", "keep"):
+            hint = did_you_mean(case, ("lower", "upper", "keep")) or "Write `case: lower`"
+            self.error(("style", "case"), f"must be lower, upper or keep, not '{case}'", hint)
+        n = s.get("max_sentences")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            self.error(("style", "max_sentences"), f"must be a whole number >= 1, not {n!r}",
+                       "Write e.g. 3, or remove it")  # fmt: skip
+            n = None
+        never = self.texts(("style", "never_say"), s.get("never_say"))
+        return Style(case, n, tuple(p.lower() for p in never if p.strip()))
+
+    def _grammar(self, value: Any) -> dict[str, Symbol]:
+        if not isinstance(value, dict):
+            self.error(("grammar",), "must be a mapping of symbol: [alternatives]", "See the docs")
+            return {}
+        g = value
+        if len(g) > limits.MAX_SYMBOLS:
+            self.error(("grammar",), f"{len(g):,} symbols, more than the {limits.MAX_SYMBOLS:,} "
+                       "limit", "Split the persona")  # fmt: skip
+            return {}
+        out = {}
+        for name, alts in g.items():
+            path = ("grammar", name)
+            if not name.isidentifier() or name in RESERVED:
+                self.error(path, f"'{name}' cannot be a symbol name", "Use letters, digits and _, "
+                           "not starting with a digit (and not pick/true/false/none)", key=True)  # fmt: skip
+            if isinstance(alts, list) and len(alts) > limits.MAX_ALTERNATIVES:
+                self.error(path, f"{len(alts):,} alternatives, more than the "
+                           f"{limits.MAX_ALTERNATIVES:,} limit", "Split the symbol")  # fmt: skip
+                continue
+            items = []
+            if not isinstance(alts, list) or not alts:
+                self.error(path, "must be a non-empty list of alternatives", "Write [a, b, c]")
+                alts = []
+            for i, alt in enumerate(alts):
+                p, weight = (*path, i), 1.0
+                if isinstance(alt, dict):
+                    self.mapping(p, alt, ("alternative",), required=("text",))
+                    weight = self.weight((*p, "weight"), alt.get("weight", 1))
+                    p, alt = (*p, "text"), alt.get("text", "")
+                items.append(self.template(p, self.text(p, alt), weight))
+            out[name] = Symbol(name, tuple(items), f"{self.doc.at(path, True)}: {_dotted(path)}")
+        return out
+
+    def _topics(self, value: Any) -> dict[str, Topic]:
+        if not isinstance(value, dict) or not value:
+            self.error(("topics",), "must be a mapping with at least one topic", "Add a topic "
+                       "with ask: and say: lists")  # fmt: skip
+            return {}
+        out = {}
+        for name, t in value.items():
+            path = ("topics", name)
+            if "/" in name or not name.strip():
+                self.error(path, f"'{name}' cannot be a topic name", "Avoid '/'", key=True)
+            t = self.mapping(path, t, ("topic",), required=("ask", "say"))
+            follow = []
+            for i, f in enumerate(t.get("follow_ups") or []):
+                f = self.mapping(
+                    (*path, "follow_ups", i), f, ("follow_up",), required=("ask", "say")
+                )
+                fp = (*path, "follow_ups", i)
+                ask, say = (self.templates((*fp, k), f.get(k)) for k in ("ask", "say"))
+                follow.append(FollowUp(ask, say))
+            if t.get("follow_ups") is not None and not isinstance(t["follow_ups"], list):
+                self.error((*path, "follow_ups"), "must be a list", "Write '- ask: ...' items")
+            ask, say = (self.templates((*path, k), t.get(k)) for k in ("ask", "say"))
+            weight = self.weight((*path, "weight"), t.get("weight", 1))
+            out[name] = Topic(name, weight, ask, say, tuple(follow))
+        return out
+
+    def _examples(self, value: Any, topics: dict) -> tuple[Example, ...]:
+        out = []
+        for i, ex in enumerate(value or []) if isinstance(value, list) else ():
+            path = ("examples", i)
+            ex = self.mapping(path, ex, ("example",), required=("turns",))
+            topic = ex.get("topic")
+            if topic is not None and topic not in topics:
+                hint = did_you_mean(str(topic), topics) or f"Use one of: {', '.join(topics)}"
+                self.error((*path, "topic"), f"unknown topic '{topic}'", hint)
+            turns = []
+            for j, turn in enumerate(ex.get("turns") or []):
+                tp = (*path, "turns", j)
+                turn = self.mapping(tp, turn, ("turn",), required=("user", "assistant"))
+                pair = tuple(self.text((*tp, k), turn.get(k, "")) for k in ("user", "assistant"))
+                turns.append(pair)
+            line = self.doc.marks.get(path, (0, 0))[0]
+            out.append(Example(topic, tuple(turns), line))
+        if value is not None and not isinstance(value, list):
+            self.error(("examples",), "must be a list", "Write '- turns: ...' items")
+        return tuple(out)
+
+    def _probes(self, value: Any, style: Style) -> tuple[Probe, ...]:
+        out = []
+        for i, p in enumerate(value or []) if isinstance(value, list) else ():
+            path = ("probes", i)
+            p = self.mapping(path, p, ("probe",), required=("ask",))
+            expect = self.texts((*path, "expect_any"), p.get("expect_any"))
+            forbid = self.texts((*path, "forbid"), p.get("forbid"))
+            forbid = tuple(dict.fromkeys([f.lower() for f in forbid] + list(style.never_say)))
+            line = self.doc.marks.get(path, (0, 0))[0]
+            out.append(Probe(self.text((*path, "ask"), p.get("ask", "")), expect, forbid, line))
+        if value is not None and not isinstance(value, list):
+            self.error(("probes",), "must be a list", "Write '- ask: ...' items")
+        return tuple(out)
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for k in path:
+        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
+    return out or "(top level)"
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "empty"}.get(type(value), repr(value))

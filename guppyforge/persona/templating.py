@@ -1,0 +1,290 @@
+"""Persona templates: a Jinja2 sandbox with a whitelist, and a fast path for plain text + symbols.
+
+Every template is parsed once at load time and its syntax tree checked against a whitelist, so a
+stranger's file can neither reach Python objects (`x.__class__`) nor loop, and render work stays
+linear in the template's size. Templates that are only text and `{{ name | filter }}` (nearly all
+of them) compile to a list of parts that Python joins directly: no Jinja call per sample.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.sandbox import SandboxedEnvironment
+
+from guppyforge.persona.limits import MAX_MESSAGE_CHARS
+
+# --- filters --------------------------------------------------------------------------------
+
+_IRREGULAR = {
+    "man": "men", "woman": "women", "child": "children", "person": "people", "mouse": "mice",
+    "louse": "lice", "goose": "geese", "foot": "feet", "tooth": "teeth", "ox": "oxen", "die": "dice",
+}  # fmt: skip
+_SAME = {
+    "fish",
+    "sheep",
+    "deer",
+    "moose",
+    "salmon",
+    "trout",
+    "shrimp",
+    "squid",
+    "series",
+    "species",
+}
+_VES = {"leaf", "loaf", "wolf", "calf", "half", "knife", "life", "wife", "shelf", "thief", "elf"}
+_OES = {"potato", "tomato", "hero", "echo", "veto", "mosquito"}
+
+
+def plural(text: str) -> str:
+    """English plural of a phrase's last word: mouse -> mice, fly -> flies, box -> boxes."""
+    head, _, word = str(text).rpartition(" ")
+    low = word.lower()
+    if not low.isascii() or not low.isalpha():
+        return text  # not an English word (or a script without plurals): leave it alone
+    if low in _SAME:
+        out = low
+    elif low in _IRREGULAR:
+        out = _IRREGULAR[low]
+    elif low in _VES:
+        out = low[:-2] + "ves" if low.endswith("fe") else low[:-1] + "ves"
+    elif low in _OES or low.endswith(("s", "x", "z", "ch", "sh")):
+        out = low + "es"
+    elif low.endswith("y") and low[-2:-1] not in ("a", "e", "i", "o", "u", ""):
+        out = low[:-1] + "ies"
+    else:
+        out = low + "s"
+    if word.isupper() and len(word) > 1:
+        out = out.upper()
+    elif word[:1].isupper():
+        out = out[:1].upper() + out[1:]
+    return f"{head} {out}" if head else out
+
+
+_A_WORDS = ("uni", "use", "usu", "uti", "eu", "one", "once", "ur")
+_AN_WORDS = ("hour", "honest", "honor", "honour", "heir")
+
+
+def a_an(text: str) -> str:
+    """Prefix the right English article: apple -> an apple, unicorn -> a unicorn, hour -> an hour."""
+    text = str(text)
+    low = text.lower()
+    if not low[:1].isascii() or not low[:1].isalpha():
+        return text  # digits or another script: no article rule we can trust
+    vowel = low[0] in "aeiou"
+    if low.startswith(_A_WORDS):
+        vowel = False
+    elif low.startswith(_AN_WORDS):
+        vowel = True
+    return ("an " if vowel else "a ") + text
+
+
+def capitalize(text: str) -> str:
+    """Upper-case the first letter only (Jinja's own also lower-cases the rest: 'Bob' -> 'bob')."""
+    text = str(text)
+    return text[:1].upper() + text[1:]
+
+
+# Filters usable in grammar text and in the fast path: one argument, string in, string out.
+TEXT_FILTERS = {
+    "capitalize": capitalize,
+    "upper": lambda s: str(s).upper(),
+    "lower": lambda s: str(s).lower(),
+    "title": lambda s: str(s).title(),
+    "trim": lambda s: str(s).strip(),
+    "plural": plural,
+    "a_an": a_an,
+}
+# Jinja built-ins also allowed in templates: none can grow a value or reach an object.
+_JINJA_FILTERS = {"default", "d", "first", "last", "length", "count", "string"}
+_TESTS = {"defined", "undefined", "none", "string", "number", "eq", "ne", "in", "lower", "upper"}
+RESERVED = {"pick", "true", "false", "none", "True", "False", "None", "loop", "self"}
+
+
+@lru_cache(maxsize=1)
+def environment() -> SandboxedEnvironment:
+    """The one sandbox every template renders in."""
+    env = SandboxedEnvironment(
+        undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters.update(TEXT_FILTERS)
+    return env
+
+
+# --- compiling ------------------------------------------------------------------------------
+
+
+class TemplateProblem(ValueError):
+    """Why a template was refused: `problem` and `fix` for the one-line error, `line` inside it."""
+
+    def __init__(self, problem: str, fix: str, line: int = 1):
+        super().__init__(problem)
+        self.problem, self.fix, self.line = problem, fix, line
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A checked template. `parts` is the fast path (None when Jinja must render it).
+
+    Each part is literal text, or `(fresh, symbol, filters)`: fresh=False reads the value bound
+    for the whole conversation, fresh=True draws a new one (`pick('x')`, or any grammar reference).
+    """
+
+    source: str
+    parts: tuple | None
+    jinja: Any  # a compiled jinja2.Template when parts is None
+    symbols: tuple[str, ...]  # symbols bound by this template, in first-use order
+    picks: tuple[str, ...]  # symbols drawn fresh, once per occurrence
+
+
+_ALLOWED = (
+    nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const, nodes.Filter,
+    nodes.Call, nodes.If, nodes.Assign, nodes.CondExpr, nodes.Concat, nodes.Compare,
+    nodes.Operand, nodes.And, nodes.Or, nodes.Not, nodes.List, nodes.Tuple, nodes.Test,
+)  # fmt: skip
+_REFUSED_NAMES = {
+    "For": "loops ({% for %})", "Macro": "macros", "CallBlock": "call blocks",
+    "Include": "includes", "Import": "imports", "FromImport": "imports", "Extends": "extends",
+    "Block": "blocks", "FilterBlock": "filter blocks", "With": "with blocks",
+    "AssignBlock": "block assignments ({% set x %}...{% endset %})",
+    "Getattr": "attribute access (x.y)", "Getitem": "item access (x['y'])", "Slice": "slices",
+    "Dict": "dict literals", "Mul": "'*'", "Add": "'+' (use '~' to join text)", "Sub": "'-'",
+    "Div": "'/'", "FloorDiv": "'//'", "Mod": "'%'", "Pow": "'**'", "Neg": "'-'", "Pos": "'+'",
+}  # fmt: skip
+
+
+def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> Compiled:
+    """Parse and check one template (or grammar alternative); raise TemplateProblem if refused."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise TemplateProblem(
+            f"text is {len(text):,} characters, more than the {MAX_MESSAGE_CHARS:,} limit",
+            "Keep one message short",
+        )
+    if "{" not in text:  # plain text: the common case, no parsing needed
+        return Compiled(text, (text,) if text else (), None, (), ())
+    env = environment()
+    try:
+        tree = env.parse(text)
+    except TemplateSyntaxError as exc:
+        raise TemplateProblem(
+            f"template syntax: {exc.message}", "Check the {{ }} and {% %} pairs", exc.lineno or 1
+        ) from None
+    checker = _Checker(symbols)
+    checker.visit(tree)
+    parts = _fast_parts(tree, symbols)
+    if grammar and parts is None:
+        raise TemplateProblem(
+            "grammar text may only use {{ name }} or {{ name | filter }}",
+            "Move logic into a topic template",
+            checker.first_line or 1,
+        )
+    if grammar and parts is not None:  # every grammar reference is a fresh draw
+        parts = tuple(p if isinstance(p, str) else (True, p[1], p[2]) for p in parts)
+    bound = () if grammar else tuple(checker.free)  # first-use order: sets would vary by process
+    picks = tuple(checker.picks) + (tuple(checker.free) if grammar else ())
+    jinja = env.from_string(tree) if parts is None else None
+    return Compiled(text, parts, jinja, bound, picks)
+
+
+def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:
+    """Text + `{{ name | f | g }}` + `{{ pick('x') | f }}` as parts; None if anything else."""
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        return None if tree.body else ()
+    parts: list = []
+    for node in tree.body[0].nodes:
+        if isinstance(node, nodes.TemplateData):
+            parts.append(node.data)
+            continue
+        filters = []
+        while isinstance(node, nodes.Filter) and node.name in TEXT_FILTERS and not node.args:
+            filters.append(TEXT_FILTERS[node.name])
+            node = node.node
+        if isinstance(node, nodes.Name) and node.name in symbols:
+            parts.append((False, node.name, tuple(reversed(filters))))
+        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name):
+            parts.append((True, node.args[0].value, tuple(reversed(filters))))
+        else:
+            return None
+    return tuple(parts)
+
+
+class _Checker:
+    """Walk a template's tree, refusing anything off the whitelist; collect the names it uses."""
+
+    def __init__(self, symbols: dict[str, Any]):
+        self.symbols = symbols
+        self.assigned: set[str] = set()
+        self.free: list[str] = []  # symbols read, in first-use order
+        self.picks: list[str] = []
+        self.first_line = 0
+
+    def refuse(self, node: nodes.Node, problem: str, fix: str) -> None:
+        raise TemplateProblem(problem, fix, node.lineno or 1)
+
+    def visit(self, node: nodes.Node, in_set: bool = False) -> None:
+        kind = type(node).__name__
+        if not isinstance(node, _ALLOWED):
+            what = _REFUSED_NAMES.get(kind, f"'{kind}' expressions")
+            self.refuse(node, f"{what} not allowed in templates", "Use grammar symbols for variety")
+        if not isinstance(node, (nodes.Template, nodes.Output, nodes.TemplateData)):
+            self.first_line = self.first_line or node.lineno
+        if isinstance(node, nodes.Assign):
+            if not isinstance(node.target, nodes.Name):
+                self.refuse(node, "only `{% set name = value %}` is allowed", "Set one name")
+            self.visit(node.node, in_set=True)
+            self.assigned.add(node.target.name)
+            return
+        if isinstance(node, nodes.Name):
+            self._name(node, in_set)
+        elif isinstance(node, nodes.Call):
+            self._pick(node)
+            return
+        elif isinstance(node, nodes.Filter) and node.name not in TEXT_FILTERS:
+            if node.name not in _JINJA_FILTERS:
+                allowed = ", ".join(sorted(set(TEXT_FILTERS) | _JINJA_FILTERS))
+                self.refuse(node, f"filter '{node.name}' is not allowed", f"Use one of: {allowed}")
+        elif isinstance(node, nodes.Test) and node.name not in _TESTS:
+            self.refuse(node, f"test '{node.name}' is not allowed", f"Use one of: {sorted(_TESTS)}")
+        if isinstance(node, (nodes.Filter, nodes.Test, nodes.Call)) and (
+            node.kwargs or node.dyn_args or node.dyn_kwargs
+        ):
+            self.refuse(node, "keyword or * arguments are not allowed", "Pass plain values")
+        for child in node.iter_child_nodes():
+            self.visit(child, in_set)
+
+    def _name(self, node: nodes.Name, in_set: bool) -> None:
+        name = node.name
+        if name in self.assigned:
+            if in_set:  # `{% set b = a ~ a %}` chained would double a value per line
+                self.refuse(node, f"'{name}' is a set variable; a set value may only use symbols",
+                            "Build the value from symbols and text")  # fmt: skip
+            return
+        if name == "pick":
+            self.refuse(node, "pick must be called: pick('symbol')", "Write {{ pick('food') }}")
+        if name not in self.symbols:
+            hint = did_you_mean(name, self.symbols) or "Define it under grammar"
+            self.refuse(node, f"unknown symbol '{name}'", hint)
+        if name not in self.free:
+            self.free.append(name)
+
+    def _pick(self, node: nodes.Call) -> None:
+        ok = isinstance(node.node, nodes.Name) and node.node.name == "pick"
+        if not ok or len(node.args) != 1 or not isinstance(node.args[0], nodes.Const):
+            self.refuse(
+                node, "calls are not allowed, except pick('symbol')", "Write {{ pick('food') }}"
+            )
+        name = node.args[0].value
+        if name not in self.symbols:
+            hint = did_you_mean(str(name), self.symbols) or "Define it under grammar"
+            self.refuse(node, f"unknown symbol '{name}'", hint)
+        self.picks.append(name)
+
+
+def did_you_mean(word: str, choices) -> str:
+    """`Did you mean 'food'?` for the closest choice, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"Did you mean '{close[0]}'?" if close else ""

@@ -1,0 +1,110 @@
+"""The persona as typed, frozen objects: what a loaded persona file is.
+
+Every other persona module (schema, conversations, capacity, cards) speaks in these types, and
+this module imports none of them, so the layer has no import cycles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Template:
+    """One text from the file (a template or grammar alternative) and where it was written."""
+
+    text: str
+    line: int
+    column: int
+    key: str  # dotted key path, e.g. "topics.food.ask[2]"
+    file: str
+
+    @property
+    def where(self) -> str:
+        """The `file:line:col: key.path` prefix of an error about this text."""
+        return f"{self.file}:{self.line}:{self.column}: {self.key}"
+
+
+@dataclass(frozen=True)
+class Alternative(Template):
+    """A grammar alternative: a template that may only use `{{ name | filter }}`, with a weight."""
+
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Symbol:
+    name: str
+    alternatives: tuple[Alternative, ...]
+    where: str
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    ask: tuple[Template, ...]
+    say: tuple[Template, ...]
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    weight: float
+    ask: tuple[Template, ...]
+    say: tuple[Template, ...]
+    follow_ups: tuple[FollowUp, ...] = ()
+
+
+@dataclass(frozen=True)
+class Style:
+    case: str = "keep"  # lower | upper | keep
+    max_sentences: int | None = None
+    never_say: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Example:
+    topic: str | None
+    turns: tuple[tuple[str, str], ...]  # (user, assistant) pairs
+    line: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    ask: str
+    expect_any: tuple[str, ...]
+    forbid: tuple[str, ...]  # includes style.never_say
+    line: int
+
+
+@dataclass(frozen=True)
+class Persona:
+    """A loaded persona. `raw` is the file's data as plain dicts/lists (for exports)."""
+
+    name: str
+    display_name: str
+    summary: str
+    style: Style
+    grammar: dict[str, Symbol]
+    topics: dict[str, Topic]
+    examples: tuple[Example, ...] = ()
+    probes: tuple[Probe, ...] = ()
+    author: str = ""
+    license: str = ""
+    version: str = ""
+    language: str = "en"
+    tags: tuple[str, ...] = ()
+    notes: str = ""
+    extensions: dict = field(default_factory=dict)
+    path: Path = Path("persona.yaml")
+    sha256: str = ""
+    raw: dict = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """Everything `validate` prints: error lines, warning lines, capacity per topic."""
+
+    errors: list[str]
+    warnings: list[str]
+    capacity: dict = field(default_factory=dict)  # topic -> capacity.TopicCapacity

@@ -1,0 +1,287 @@
+"""The training loop: a dataset folder in, a run folder out (see model/run.py for its layout).
+
+    tokenizer -> packed batches -> AdamW steps on a warm-up + cosine schedule -> eval, samples
+    -> checkpoints/last.pt along the way -> model.safetensors, loss.png, README.md, config.json
+
+`--max-steps` fixes the whole learning-rate schedule up front, so a run can stop (Ctrl-C,
+`--max-minutes`, `--stop-after`) and `--resume` later to exactly the same result.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow
+import torch
+from tqdm import tqdm
+
+from guppyforge.dataset.read import load_splits
+from guppyforge.defaults import DEFAULT_PRESET
+from guppyforge.errors import GuppyError
+from guppyforge.model.batches import batches, epoch_batches, eval_loss, padding_share, tokenize
+from guppyforge.model.engine import Engine
+from guppyforge.model.gpt import GPT
+from guppyforge.model.presets import get_preset
+from guppyforge.model.run import pick_device
+from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
+from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from guppyforge.train.options import TrainOptions, resolve_options
+from guppyforge.train.precision import Precision, pick_precision
+from guppyforge.train.run_files import (
+    dataset_info,
+    finish_run,
+    load_persona_info,
+    read_metrics,
+    sample_prompts,
+)
+from guppyforge.train.stopping import steps_that_fit, stop_on_ctrl_c
+
+EVAL_ROWS = 128  # rows evaluated at each interval (about 16K tokens); the final eval uses all
+
+
+def lr_at(step: int, o: TrainOptions) -> float:
+    """Linear warm-up, then a cosine decay from `lr` to `min_lr` at `max_steps`."""
+    # Warm-up: Adam's moment estimates are noise for the first steps; full-size updates on
+    # them can knock a fresh model into a bad region it never leaves.
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: GPT, o: TrainOptions, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices only."""
+    # Decay pulls weights toward zero, a brake on memorising. On matrices (and embeddings) that
+    # helps; on biases and LayerNorm gains it only fights the scale the model needs.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # Fused: one kernel updates every tensor, instead of a dozen small ops per tensor.
+    cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    fused = device.type == "cuda" or (device.type == "cpu" and cpu_fused)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95), fused=fused)
+
+
+def train_step(model, batch, optimizer, scaler, precision: Precision, lr: float, clip: float):
+    """One optimizer step on one batch; returns the loss (a tensor, so CUDA need not wait)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with precision.autocast():
+        _, loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
+    scaler.scale(loss).backward()  # the scaler is a no-op unless precision is fp16
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
+    """Tokenizer, tokenized samples, dataset facts and the prompts to show at each eval.
+
+    Conversations too long for the context are dropped (and counted). The tokenizer is trained on the train split once and saved in the run folder, where a
+    resumed run (and chat, eval, export) finds it.
+    """
+    splits = load_splits(data_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    if resumed:
+        tok = load_tokenizer(run)
+    else:
+        tok = train_tokenizer(chat_texts(splits["train"]), cfg.vocab_size)
+        save_tokenizer(tok, run, cfg.context)
+    info = dataset_info(data_dir, splits)
+    train_s = tokenize(splits["train"], tok, cfg.context)
+    test_s = tokenize(splits["test"], tok, cfg.context)
+    info["too_long"] = train_s.too_long + test_s.too_long
+    share = train_s.too_long / max(1, len(train_s) + train_s.too_long)
+    if share > 0.01:  # a few odd ones can go; more means the wrong preset for this data
+        raise GuppyError(
+            f"{data_dir}: {train_s.too_long} train conversations ({share:.0%}) are longer than "
+            f"the {cfg.context}-token context. Use --preset guppy-9m-long, or fewer --turns."
+        )
+    if info["too_long"]:
+        tqdm.write(f"dropped {info['too_long']} conversations longer than {cfg.context} tokens")
+    prompts = sample_prompts(persona, splits["test"])
+    # The conversations are tokens now: let the tables go, and have Arrow's allocator (which
+    # keeps freed memory for reuse) hand it back, so training's peak memory stays lower.
+    del splits
+    gc.collect()
+    pyarrow.default_memory_pool().release_unused()
+    return tok, train_s, test_s, info, prompts
+
+
+def train(
+    data_dir: str | Path, out_dir: str | Path, preset: str = DEFAULT_PRESET, **options
+) -> Path:
+    """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`."""
+    started = time.monotonic()
+    try:
+        o = TrainOptions(preset=preset, **options)
+    except TypeError as e:
+        raise GuppyError(f"train(): {e}") from None
+    get_preset(o.preset)  # an unknown name fails before anything else happens
+    data_dir, run = Path(data_dir).resolve(), Path(out_dir)
+    ckpt_path = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(ckpt_path) if o.resume else None
+    if ckpt is None and (ckpt_path.exists() or (run / "config.json").exists()):
+        raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
+    o = resolve_options(o, ckpt["train"] if ckpt else None)
+    cfg = get_preset(o.preset)
+    device = pick_device(o.device)
+    precision = pick_precision(device, o.precision)
+    o.precision = precision.name  # recorded resolved, so a resume computes the same numbers
+    say = tqdm.write
+    torch.manual_seed(o.seed)
+    random.seed(o.seed)
+
+    persona = load_persona_info(data_dir)
+    tok, train_s, test_s, info, prompts = prepare_data(data_dir, run, cfg, bool(ckpt), persona)
+    if ckpt and ckpt["dataset"]["fingerprint"] != info["fingerprint"]:
+        raise GuppyError(f"{data_dir}: not the dataset this run was trained on. Pass that one.")
+    plan0 = epoch_batches(train_s, cfg.context, o.batch_size, o.seed, 0)
+    steps_per_epoch = len(plan0)
+
+    model = GPT(cfg).to(device)
+    optimizer = make_optimizer(model, o, device)
+    scaler = precision.scaler()
+    position, step, loss_sum, loss_n = (0, 0), 0, 0.0, 0
+    deadline = started + 60 * o.max_minutes if o.max_minutes else None
+    if o.max_steps is None:
+        o.max_steps = max(1, round(o.epochs * steps_per_epoch))
+        if deadline and not ckpt:  # fit the schedule to the time budget
+            probe = batches(train_s, cfg.context, o.batch_size, o.seed, o.loss_on)
+            # At lr 0 AdamW changes nothing (its decay is scaled by lr too): timing is free.
+            probe_opt, probe_scaler = make_optimizer(model, o, device), precision.scaler()
+
+            def time_step() -> None:
+                batch = next(probe)[0].to(device)
+                float(train_step(model, batch, probe_opt, probe_scaler, precision, 0.0, 1.0))
+
+            evals = 10 * math.ceil(EVAL_ROWS / o.batch_size) / 3  # forward only: ~1/3 a step
+            fit = steps_that_fit(time_step, deadline - time.monotonic(), evals)
+            o.max_steps = min(o.max_steps, fit)
+    o.warmup_steps = o.warmup_steps or max(1, min(100, o.max_steps // 20))
+    o.eval_every = o.eval_every or max(1, o.max_steps // 10)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        step, position = ckpt["step"], tuple(ckpt["position"])
+        loss_sum, loss_n = ckpt["loss_sum"], ckpt["loss_n"]
+
+    metrics_path = run / "metrics.jsonl"
+    records = [r for r in read_metrics(metrics_path) if r["step"] <= step] if ckpt else []
+    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pad = padding_share(train_s, plan0, cfg.context)
+    say(f"{cfg.n_layer} layers, d_model {cfg.d_model}: {model.num_params() / 1e6:.2f}M parameters")
+    say(f"{len(train_s)} train / {len(test_s)} test conversations, loss on {o.loss_on}")
+    say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows of up to {cfg.context} tokens")
+    say(f"packed: {pad:.1%} of the positions computed are padding")
+    say(f"device: {device}; {precision.describe()}")
+    say(f"{'resuming at' if ckpt else 'training for'} step {step} of {o.max_steps}")
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt_path,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(),
+            step=step,
+            position=list(position),
+            loss_sum=float(loss_sum),  # the losses since the last log line, so it averages
+            loss_n=loss_n,  # the same steps whether or not the run stopped in between
+            train=asdict(o),
+            dataset=info,
+        )
+
+    # Sample replies at each eval; the weights stay as they are (they are still training).
+    engine = Engine(model, tok, prepare=False)
+
+    eval_seconds = [0.0]  # kept out of tokens/s: it measures training, not evaluation
+
+    def eval_and_show(max_rows: int | None) -> dict:
+        t = time.monotonic()
+        loss, ppl = eval_loss(
+            model, test_s, cfg.context, device, o.loss_on, o.batch_size, max_rows,
+            precision.autocast,
+        )  # fmt: skip
+        say(f"step {step}: eval loss {loss:.3f}, perplexity {ppl:.2f}")
+        model.eval()
+        for i, ask in enumerate(prompts):  # watch the character appear
+            # Its own seeded generator inside the engine: training's RNG is left alone.
+            reply = engine.reply(
+                [{"role": "user", "content": ask}], max_new_tokens=48, seed=o.seed + i
+            )
+            say(f"  you: {ask}\n  {persona.name if persona else 'bot'}: {reply.strip()}")
+        model.train()
+        eval_seconds[0] += time.monotonic() - t
+        return {"eval_loss": loss, "perplexity": ppl}
+
+    stepper = torch.compile(model) if o.compile else model
+    stream = batches(train_s, cfg.context, o.batch_size, o.seed, o.loss_on, start=position)
+    bar = tqdm(total=o.max_steps, initial=step, unit="step", disable=not o.progress)
+    state: dict = {"stop": None}
+    t0, tokens, last_log = time.monotonic(), 0, (time.monotonic(), 0)
+    model.train()
+    with stop_on_ctrl_c(state), metrics_path.open("a") as metrics:
+        while step < o.max_steps:
+            if o.stop_after is not None and step >= o.stop_after:
+                state["stop"] = f"--stop-after {o.stop_after}"
+            elif deadline and time.monotonic() > deadline:
+                state["stop"] = f"--max-minutes {o.max_minutes:g} ran out"
+            if state["stop"]:
+                break
+            batch, next_position = next(stream)
+            loss = train_step(
+                stepper, batch.to(device), optimizer, scaler, precision, lr_at(step, o), o.grad_clip
+            )
+            step, position = step + 1, next_position
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1  # a tensor: no wait for the GPU
+            tokens += batch.tokens
+            bar.update()
+            if step % o.log_every == 0 or step % o.eval_every == 0 or step == o.max_steps:
+                now = time.monotonic()
+                speed = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)
+                record = {"step": step, "train_loss": float(loss_sum) / loss_n}
+                record.update(lr=lr_at(step - 1, o), tokens_per_s=round(speed))
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{speed:,.0f}")
+                if step % o.eval_every == 0 and step < o.max_steps:
+                    record.update(eval_and_show(EVAL_ROWS))
+                    checkpoint()  # so a crash loses at most one eval interval
+                records.append(record)
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                loss_sum, loss_n, last_log = 0.0, 0, (time.monotonic(), tokens)
+    bar.close()
+    checkpoint()
+    if state["stop"]:
+        say(f"stopped at step {step} of {o.max_steps} ({state['stop']}); checkpoint saved.")
+        say(f"continue with: guppyforge train {data_dir} --out {run} --resume")
+        return run
+
+    speed = tokens / max(time.monotonic() - t0 - eval_seconds[0], 1e-9)
+    final = eval_and_show(None)  # the whole test split
+    if records:
+        records[-1].update(final)
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    minutes = (time.monotonic() - started) / 60
+    results = {"final_eval_loss": final["eval_loss"], "perplexity": final["perplexity"]}
+    results.update(steps=step, minutes=round(minutes, 2), tokens_per_s=round(speed))
+    train_info = asdict(o) | {"device": str(device)}
+    del train_info["progress"], train_info["resume"]
+    train_info |= {"steps_per_epoch": steps_per_epoch, "padding": round(pad, 4)}
+    finish_run(run, model, train_info, info, persona, tok.get_vocab_size(), records, results)
+    say(
+        f"done: eval loss {final['eval_loss']:.3f} in {minutes:.1f} min. Chat: guppyforge chat {run}"
+    )
+    return run

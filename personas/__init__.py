@@ -1,0 +1,1 @@
+"""The built-in personas, shipped inside the package as `guppyforge.personas`."""

@@ -1,0 +1,1 @@
+"""Jinja2 templates (cards, the starter persona), shipped as `guppyforge.templates`."""
