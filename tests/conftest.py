@@ -66,7 +66,7 @@ def micro_conversations(split: str) -> list[list[dict]]:
 
 
 def build_micro_run(root: Path, steps: int = 120) -> Path:
-    """A run folder in `runs.py`'s layout, trained for a few seconds so replies say something.
+    """A run folder in `model/run.py`'s layout, trained for a few seconds so replies say something.
 
     Writes ROOT/data (a dataset folder: data/{train,test}-*.parquet + persona.yaml) and ROOT/run
     (config.json, model.safetensors, tokenizer files, persona.yaml). Seeded: same bytes each time.

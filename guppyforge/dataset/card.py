@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from guppyforge import __version__
+from guppyforge.dataset.split import prompt_key
 from guppyforge.dataset.write import Row
 from guppyforge.resources import templates_dir
 
@@ -38,8 +39,6 @@ def diversity(rows: Sequence[Row]) -> dict[str, float | int]:
     distinct-n is the number of distinct word n-grams divided by the number of n-grams, over all
     replies: the usual measure of how repetitive a text collection is (1.0: nothing repeats).
     """
-    from guppyforge.dataset.split import prompt_key
-
     prompts = set()
     replies: Counter[str] = Counter()
     for messages, _topic, _template_id, _turns in rows:

@@ -19,8 +19,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from guppyforge.dataset.write import Row
 from guppyforge.errors import GuppyError
+from guppyforge.persona.conversations import Sampler
+from guppyforge.persona.load import load_persona
 
 # Indices per task sent to a worker: large enough that pickling and scheduling are noise,
 # small enough that the work wasted past the stopping point stays a fraction of a second.
@@ -156,9 +160,6 @@ _worker_state: tuple | None = None  # (sampler, seed) that _worker_draw uses in 
 def _init_worker(persona_path: str, seed: int) -> None:
     # Only where fork is missing (Windows, macOS): such a worker starts as a fresh interpreter
     # and loads the persona itself, since compiled templates do not pickle.
-    from guppyforge.persona.conversations import Sampler
-    from guppyforge.persona.load import load_persona
-
     global _worker_state
     _worker_state = (Sampler(load_persona(persona_path), seed), seed)
 
@@ -203,10 +204,6 @@ def draw_unique(
     progress: bool = True,
 ) -> DrawResult:
     """Draw conversations 0, 1, 2, ... until `n` unique rows (examples included) or capacity."""
-    from tqdm import tqdm
-
-    from guppyforge.persona.conversations import Sampler
-
     sampler = Sampler(persona, seed)
     examples = [to_row(c) for c in sampler.examples()]
 

@@ -27,6 +27,8 @@ from guppyforge.dataset.draw import DrawResult, draw_unique, parse_turns
 from guppyforge.dataset.split import prompt_key, split_by_prompt
 from guppyforge.dataset.write import atomic_folder, check_destination, write_parquet
 from guppyforge.errors import GuppyError
+from guppyforge.persona.load import load_persona
+from guppyforge.resources import builtin_persona
 
 
 class CapacityWarning(UserWarning):
@@ -91,8 +93,6 @@ def generate_dataset(
     turn_range = parse_turns(turns)
     check_destination(out_dir, force)  # fail before the work, not after it
 
-    from guppyforge.persona.load import load_persona
-
     persona = load_persona(persona_path)
     # The copy in the folder must be the file that made the data, even if someone saves an edit
     # while we run: read it now and check it against the hash taken while loading.
@@ -153,8 +153,6 @@ def generate_dataset(
 
 def _resolve_persona(path: str | Path) -> Path:
     """A persona file path, or a built-in persona's name (`guppy`) turned into its path."""
-    from guppyforge.resources import builtin_persona
-
     if Path(path).is_file():
         return Path(path)
     builtin = builtin_persona(str(path)) if "/" not in str(path) else None

@@ -1,7 +1,7 @@
 """The persona schema: walks a parsed YAML file and builds a `Persona`, collecting every error.
 
 Each error is one line, `file:line:col: key.path: problem. fix`, ready for `guppyforge validate`.
-Templates are only stored here; persona.py compiles them (sampling.compile_persona) afterwards.
+Templates are only stored here; load.py compiles them (conversations.compile_persona) afterwards.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def to_gpt2_state_dict(run: Run) -> dict[str, torch.Tensor]:
             tensor = ours.pop(name).detach().cpu()
             # contiguous(): safetensors stores raw bytes, so a transposed view must be copied.
             theirs[target.format(i=i)] = (tensor.t() if transpose else tensor).contiguous()
-    if ours:  # a new parameter in model.py that nobody mapped would silently vanish
+    if ours:  # a new parameter in gpt.py that nobody mapped would silently vanish
         raise RuntimeError(f"export_hf: no GPT-2 name for {sorted(ours)}; extend WEIGHT_MAP")
     return theirs
 

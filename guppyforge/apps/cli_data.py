@@ -1,0 +1,191 @@
+"""The persona and dataset commands: validate, preview, new-persona, personas, generate, cards.
+
+Files are checked by the library, not click.Path(exists=True): a missing file must print one
+`error:` line like every other user error, not click's three-line usage message.
+"""
+
+from __future__ import annotations
+
+import click
+
+# --- persona commands (guppyforge/persona/) ----------------------------------------------------
+# Files are checked by the library, not click.Path(exists=True): a missing file must print one
+# `error:` line like every other user error, not click's three-line usage message.
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option(
+    "--target", type=click.IntRange(min=1), default=60_000, show_default=True,
+    help="Unique conversations the persona should be able to fill.",
+)  # fmt: skip
+def validate(files: tuple[str, ...], target: int) -> None:
+    """Check persona files and show how many distinct conversations each can make.
+
+    \b
+    Example:
+      guppyforge validate personas/cat.yaml --target 20000
+    """
+    from guppyforge.persona.load import validate_persona
+    from guppyforge.persona.report import capacity_table
+
+    failed = False
+    for file in files:
+        report = validate_persona(file, target)
+        for line in report.errors:
+            click.echo(f"error: {line}", err=True)
+        for line in report.warnings:
+            click.echo(f"warning: {line}", err=True)
+        failed = failed or bool(report.errors)
+        if not report.errors:
+            click.echo(f"{file}: ok")
+            click.echo(capacity_table(report.capacity))
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=str))
+@click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Conversations to show.")  # fmt: skip
+@click.option("--topic", default=None, help="Only this topic.")
+@click.option("--seed", default=0, show_default=True, help="Same seed, same text.")
+@click.option("--turns", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Turns per conversation.")  # fmt: skip
+def preview(file: str, count: int, topic: str | None, seed: int, turns: int) -> None:
+    """Print sample conversations from a persona, with the YAML lines that made them.
+
+    \b
+    Example:
+      guppyforge preview personas/cat.yaml -n 5 --topic food --turns 2
+    """
+    from guppyforge.persona.conversations import Sampler
+    from guppyforge.persona.load import load_persona
+    from guppyforge.persona.report import format_conversation
+
+    persona = load_persona(file)
+    sampler = Sampler(persona, seed=seed)
+    for i in range(count):
+        click.echo(format_conversation(sampler.conversation(i, turns, topic), persona.display_name))
+
+
+@click.command("new-persona")
+@click.argument("name")
+@click.option("--from", "source", default=None, help="Built-in persona name or file to copy.")
+@click.option("--dir", "directory", default=".", show_default=True, help="Where to write.")
+def new_persona(name: str, source: str | None, directory: str) -> None:
+    """Write NAME.yaml: a commented starter character to edit (or a copy of another persona).
+
+    \b
+    Examples:
+      guppyforge new-persona mochi             # a starter cat called Mochi
+      guppyforge new-persona goldie --from guppy --dir personas
+    """
+    from guppyforge.persona.starter import write_persona
+
+    path = write_persona(name, source, directory)
+    click.echo(f"wrote {path}. Next: guppyforge validate {path}")
+
+
+@click.command()
+def personas() -> None:
+    """List the built-in personas.
+
+    \b
+    Example:
+      guppyforge personas
+      guppyforge new-persona mine --from cat   # start from one of them
+    """
+    from guppyforge.persona.report import list_builtin
+
+    click.echo(list_builtin())
+
+
+# --- generate (guppyforge/dataset/) ------------------------------------------------------------
+
+
+@click.command()
+@click.argument("persona")
+@click.option(
+    "-n", "n", type=int, default=60_000, show_default=True, help="Rows to write.", metavar="N"
+)
+@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same data.")
+@click.option(
+    "--test-size", type=float, default=0.05, show_default=True, help="Share held out, by prompt."
+)
+@click.option(
+    "--turns", default="1", show_default=True, help="User turns: N or A-B.", metavar="N|A-B"
+)
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Processes (same data).", metavar="N"
+)
+@click.option("--strict", is_flag=True, help="Fail, not warn, when the persona runs out.")
+@click.option("--out", "out_dir", required=True, help="Dataset folder to write.", metavar="DIR")
+@click.option("--force", is_flag=True, help="Replace an existing dataset folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force, quiet) -> None:
+    """Write a chat dataset (parquet splits, card, stats) from PERSONA.
+
+    PERSONA is a persona file, or the name of a built-in one (guppy, cat). The folder loads with
+    `datasets.load_dataset(OUT)`; no prompt of its test split appears in its train split.
+
+    \b
+    guppyforge generate personas/cat.yaml -n 60000 --seed 42 --out data/cat
+    """
+    import warnings
+
+    from guppyforge.dataset.generate import CapacityWarning, generate_dataset
+
+    # Values are checked by generate_dataset, so a bad one is a one-line GuppyError here too.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CapacityWarning)
+        result = generate_dataset(
+            persona,
+            out_dir,
+            n=n,
+            seed=seed,
+            test_size=test_size,
+            turns=turns,
+            workers=workers,
+            force=force,
+            strict=strict,
+            progress=not quiet,
+        )
+    for warning in caught:  # one line, rather than Python's "file:line: Category: ..." form
+        click.echo(f"warning: {warning.message}", err=True)
+    click.echo(result.summary())
+
+
+@click.command("import-card")
+@click.argument("card")
+@click.option("--out", help="Persona file to write.  [default: personas/NAME.yaml]")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def import_card_cmd(card, out, force) -> None:
+    """Turn a Character Card (V1, V2 or V3 JSON) into a persona skeleton that validates.
+
+    Card fields guppyforge does not use are kept under `extensions.character_card`.
+
+    \b
+    guppyforge import-card mochi.json --out personas/mochi.yaml
+    """
+    from guppyforge.persona.cards import import_card
+
+    path = import_card(card, out, force=force)
+    click.echo(f"wrote {path}. Check it: guppyforge validate {path}")
+
+
+@click.command("export-card")
+@click.argument("persona")
+@click.option("--out", required=True, help="Card file to write (JSON, Character Card V2).")
+def export_card_cmd(persona, out) -> None:
+    """Write PERSONA (a file, or a built-in's name) as a Character Card V2 JSON file.
+
+    Chat front-ends (SillyTavern...) import the card; the whole persona rides along in it, so
+    `guppyforge import-card` gives the very same file back.
+
+    \b
+    guppyforge export-card personas/cat.yaml --out cat.card.json
+    """
+    from guppyforge.persona.cards import export_card
+
+    click.echo(f"wrote {export_card(persona, out)}")

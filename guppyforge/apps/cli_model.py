@@ -1,0 +1,159 @@
+"""The model commands: train, presets, chat, eval, export, serve."""
+
+from __future__ import annotations
+
+import click
+
+from guppyforge import defaults
+
+DEVICES = click.Choice(defaults.DEVICES)
+
+
+# --- train (guppyforge/train/, guppyforge/model/presets.py) ------------------------------------
+
+
+@click.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out_dir", required=True, help="Run folder to write.")
+@click.option(
+    "--preset",
+    help=f"Model shape (see `guppyforge presets`).  [default: {defaults.DEFAULT_PRESET}]",
+)
+@click.option("--max-steps", type=int, help="Steps; fixes the schedule.  [default: 3 epochs]")
+@click.option("--epochs", type=float, help="Passes over the data when --max-steps is not given.")
+@click.option("--max-minutes", type=float, help="Time budget; stops with a checkpoint.")
+@click.option("--stop-after", type=int, help="Stop (with a checkpoint) after this step.")
+@click.option("--batch-size", type=int, help="Rows of `context` tokens per step.  [default: 16]")
+@click.option("--lr", type=float, help="Peak learning rate.  [default: 0.001]")
+@click.option("--eval-every", type=int, help="Steps between evals.  [default: max-steps / 10]")
+@click.option("--seed", type=int, help="Same seed, same run.  [default: 0]")
+@click.option("--device", type=DEVICES, help="[default: auto]")
+@click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="[default: auto]"
+)
+@click.option("--compile", "compile_", is_flag=True, default=None, help="Use torch.compile.")
+@click.option("--resume", is_flag=True, default=None, help="Continue from checkpoints/last.pt.")
+@click.option("--loss-on", type=click.Choice(["replies", "all"]), help="[default: replies]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def train(data_dir, out_dir, compile_, quiet, **options) -> None:
+    """Train a character model on DATA_DIR (written by `guppyforge generate`).
+
+    \b
+    guppyforge train data/cat --out runs/cat --preset tiny --max-steps 3000
+    """
+    from guppyforge.train.loop import train as train_run
+
+    options = {k: v for k, v in options.items() if v is not None}
+    if compile_:
+        options["compile"] = True
+    train_run(data_dir, out_dir, progress=not quiet, **options)
+
+
+@click.command()
+def presets() -> None:
+    """List the model shapes and where their parameters live.
+
+    \b
+    guppyforge presets
+    """
+    from guppyforge.model.presets import presets_table
+
+    click.echo(presets_table())
+
+
+# --- chat and eval (guppyforge/apps/chat.py, evaluate.py) ---------------------------------------
+
+
+@click.command("chat", context_settings={"show_default": True})
+@click.argument("run_dir")
+@click.option("--prompt", help="Print one reply to this message and exit (for scripts).")
+@click.option(
+    "--temperature", type=click.FloatRange(min=0), default=defaults.TEMPERATURE, help="0: greedy."
+)
+@click.option("--top-k", type=click.IntRange(min=0), default=defaults.TOP_K, help="0: no cut.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Nucleus.")
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=defaults.MAX_NEW_TOKENS,
+    help="Reply length cap.",
+)
+@click.option("--seed", type=int, help="Same seed, same replies.  [default: random]")
+@click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
+@click.option("--device", type=DEVICES, default="auto", help="Where to run.")
+@click.option("--int8", is_flag=True, help="Int8 weights: ~3x faster on a CPU, replies may differ.")
+def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
+    """Talk to the character in RUN_DIR (/reset starts over, /quit leaves).
+
+    \b
+    guppyforge chat runs/cat
+    guppyforge chat runs/cat --prompt "are you hungry" --temperature 0
+    """
+    from guppyforge.apps.chat import chat
+
+    chat(run_dir, prompt, device, show_probs, int8, **options)
+
+
+@click.command("eval", context_settings={"show_default": True})
+@click.argument("run_dir")
+@click.option("--persona", help="Persona with the probes.  [default: RUN_DIR/persona.yaml]")
+@click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
+@click.option("--samples", type=click.IntRange(min=1), default=5, help="Replies per probe.")
+@click.option("--json", "json_path", help="Also write the figures to this JSON file.")
+@click.option("--min-pass", type=click.FloatRange(0, 1), help="Exit 1 below this pass rate (0-1).")
+@click.option("--seed", type=int, default=0, help="Same seed, same replies.")
+@click.option(
+    "--temperature", type=click.FloatRange(min=0), default=defaults.TEMPERATURE, help="Sampling."
+)
+@click.option("--device", type=DEVICES, default="auto", help="Where to run.")
+def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
+    """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2.
+
+    \b
+    guppyforge eval runs/cat --samples 5 --json eval.json --min-pass 0.7
+    """
+    from guppyforge.apps.evaluate import run_eval
+
+    run_eval(run_dir, json_path, min_pass, **options)
+
+
+# --- sharing: export, cards, serve (apps/export/, persona/cards.py, apps/serve.py) -------------
+
+
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--to", "target", type=click.Choice(["hf", "onnx"]), required=True, help="Format to write."
+)
+@click.option("--out", "out_dir", required=True, help="Folder to write the export into.")
+@click.option("--int8", is_flag=True, help="onnx: also write a dynamic-int8 model.int8.onnx.")
+@click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
+def export_cmd(run_dir, target, out_dir, int8, force) -> None:
+    """Export RUN_DIR for other tools: a transformers GPT-2 folder (hf) or ONNX.
+
+    \b
+    guppyforge export runs/cat --to hf --out export/cat-hf
+    guppyforge export runs/cat --to onnx --out export/cat-onnx --int8
+    """
+    from guppyforge.apps.export import export_run
+
+    for path in export_run(run_dir, target, out_dir, force=force, int8=int8):
+        click.echo(f"wrote {path}")
+
+
+@click.command("serve")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free).")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+def serve_cmd(run_dir, host, port, device) -> None:
+    """Serve RUN_DIR over an OpenAI-compatible API (/v1/chat/completions, /v1/models).
+
+    \b
+    guppyforge serve runs/cat
+    # then, from any OpenAI client:
+    # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    """
+    from guppyforge.apps.serve import serve
+
+    serve(run_dir, host, port, device)
