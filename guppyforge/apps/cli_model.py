@@ -24,6 +24,9 @@ DEVICES = click.Choice(defaults.DEVICES)
 @click.option("--max-minutes", type=float, help="Time budget; stops with a checkpoint.")
 @click.option("--stop-after", type=int, help="Stop (with a checkpoint) after this step.")
 @click.option("--batch-size", type=int, help="Rows of `context` tokens per step.  [default: 16]")
+@click.option(
+    "--optimizer", type=click.Choice(["adamw", "muon"]), help="Update rule.  [default: adamw]"
+)
 @click.option("--lr", type=float, help="Peak learning rate.  [default: 0.001]")
 @click.option("--eval-every", type=int, help="Steps between evals.  [default: max-steps / 10]")
 @click.option("--seed", type=int, help="Same seed, same run.  [default: 0]")
