@@ -43,7 +43,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 STATE = "document.getElementById('status').dataset.state"
-PROMPTS = ["are you hungry", "hello", "where do you live"]
+PROMPTS = ["are you hungry", "hello", "hi there", "where do you live"]
 
 
 def _needs_browser() -> None:
@@ -191,8 +191,10 @@ def test_int8_page_replies_and_samples(browser, web_int8, micro_run):
         page = ChatPage(browser, url)
         assert "q8" in page.status
         page.set_temperature(0)
-        # Measured on this fixture: int8 in the browser gives the same greedy reply as chat;
-        # a near-tie could flip one day, so only a non-empty reply is required here.
+        # Greedy int8 replies need not equal chat's: measured on this fixture, 5 of 6 prompts
+        # agree, and "hi there" stops one sentence early in the browser (a near-tie between
+        # "." + more and the end token, where onnxruntime's CPU and WebAssembly int8 kernels
+        # part ways). fp32 is the exact one, tested above; here a reply must come at all.
         assert page.say(PROMPTS[0]).strip()
         page.new_chat()
         page.set_temperature(1.0)
