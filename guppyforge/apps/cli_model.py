@@ -126,22 +126,30 @@ def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
-    "--to", "target", type=click.Choice(["hf", "onnx"]), required=True, help="Format to write."
+    "--to",
+    "target",
+    type=click.Choice(["hf", "onnx", "web"]),
+    required=True,
+    help="Format to write.",
 )
 @click.option("--out", "out_dir", required=True, help="Folder to write the export into.")
 @click.option("--int8", is_flag=True, help="onnx: also write a dynamic-int8 model.int8.onnx.")
+@click.option("--fp32", is_flag=True, help="web: fp32 weights instead of int8 (larger).")
 @click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
-def export_cmd(run_dir, target, out_dir, int8, force) -> None:
-    """Export RUN_DIR for other tools: a transformers GPT-2 folder (hf) or ONNX.
+def export_cmd(run_dir, target, out_dir, int8, fp32, force) -> None:
+    """Export RUN_DIR: a transformers folder (hf), ONNX, or a page that chats in a browser (web).
 
     \b
     guppyforge export runs/cat --to hf --out export/cat-hf
     guppyforge export runs/cat --to onnx --out export/cat-onnx --int8
+    guppyforge export runs/cat --to web --out export/cat-web
     """
     from guppyforge.apps.export import export_run
 
-    for path in export_run(run_dir, target, out_dir, force=force, int8=int8):
+    for path in export_run(run_dir, target, out_dir, force=force, int8=int8, fp32=fp32):
         click.echo(f"wrote {path}")
+    if target == "web":
+        click.echo(f"open it: python -m http.server -d {out_dir}, then http://localhost:8000")
 
 
 @click.command("serve")

@@ -87,8 +87,12 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.length(self.layer)  # read before this layer adds the new tokens
             # The engine runs the prompt once on an empty cache, then one token at a time; one
-            # new token may look at everything cached, so neither case needs a mask.
-            assert past == 0 or T == 1, "after a prefill, feed the cache one token at a time"
+            # new token may look at everything cached, so neither case needs a mask. Any other
+            # shape (the ONNX graph's, whose lengths are symbolic) brings its own mask; it is
+            # tested first so that the symbolic lengths are never compared.
+            assert attn_mask is not None or past == 0 or T == 1, (
+                "after a prefill, feed the cache one token at a time (or pass a mask)"
+            )
             k, v = cache.update(self.layer, k, v)
         # The causal mask is what makes this a language model: a token may only look at tokens
         # before it, so predicting the next token is never cheating. With packed rows the mask
