@@ -18,6 +18,7 @@ import re
 import sys
 from pathlib import Path
 
+from guppyforge.apps.trace import words
 from guppyforge.dataset.read import load_splits
 from guppyforge.defaults import TEMPERATURE
 from guppyforge.errors import GuppyError
@@ -27,19 +28,8 @@ from guppyforge.model.engine import Engine
 from guppyforge.model.run import load_run, pick_device
 from guppyforge.persona.load import load_persona
 
-# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, CJK):
-# there each character counts as a word, so word matching works in every script.
-_NO_SPACES = (
-    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-)
-_WORD = re.compile(rf"[{_NO_SPACES}]|[^\W_{_NO_SPACES}]+(?:['’][^\W_{_NO_SPACES}]+)*")
 # The sentence ends `generate` cuts replies at (style.max_sentences), so both count alike.
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased words (`casefold`, so any case matches), punctuation dropped."""
-    return _WORD.findall(text.casefold())
 
 
 def has_phrase(text_words: list[str], phrase: str) -> bool:
