@@ -145,6 +145,7 @@ class TraceIndex:
         chosen = self._cover(runs, ranked, len(words))
         sources = [self.source(d, [(spans[a][0], spans[b - 1][1]) for a, b in runs[d]])
                    for d in chosen]  # fmt: skip
+        sources.sort(key=lambda s: s.spans[0])  # numbered in reading order
         if not sources and ranked:  # nothing shared: still show the nearest reply, with no spans
             sources = [self.source(ranked[0], [])]
         new, i = [], 0

@@ -248,7 +248,10 @@ def trace_json(run_dir: str | Path, reply: str) -> dict:
     """
     key = str(Path(run_dir).resolve())
     with _LOCK:
-        if key not in _LOADED:
-            _LOADED[key] = load_index(run_dir, note=lambda _: None)
+        try:
+            if key not in _LOADED:
+                _LOADED[key] = load_index(run_dir, note=lambda _: None)
+        except GuppyError as e:  # no dataset, no cache: the reply still goes out, with the reason
+            return {"error": str(e)}
         index = _LOADED[key]
     return index.trace(reply).to_dict()
