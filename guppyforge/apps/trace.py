@@ -177,8 +177,9 @@ class TraceIndex:
         hits = pc.indices_nonzero(pc.match_substring(self._norm, " " + " ".join(words) + " "))
         return hits.slice(0, limit).to_pylist()
 
-    def continuing(self, before: str, piece: str) -> int | None:
-        """A training reply that goes on from the end of `before` with `piece`, if any.
+    def continuing(self, before: str, piece: str) -> tuple[int, int] | None:
+        """(training reply, character where `piece` ends in it) for a training reply that goes
+        on from the end of `before` with `piece`, or None when none does.
 
         The longest tail of `before` that still matches wins: the whole reply so far, then its
         last three words, then its last word, so the answer is as specific as the data allows.
@@ -193,7 +194,9 @@ class TraceIndex:
             found = (pc.starts_with if k == 0 else pc.match_substring)(self._low, pattern)
             hits = pc.indices_nonzero(found)
             if len(hits):
-                return hits[0].as_py()
+                doc = hits[0].as_py()
+                # `_low` is " " + the text, so the pattern found at i ends at i + len - 1 there
+                return doc, (" " + self.texts[doc].lower()).find(pattern) + len(pattern) - 1
         return None
 
     def source(self, doc: int, spans: list[tuple[int, int]]) -> Source:

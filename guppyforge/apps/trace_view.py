@@ -19,6 +19,13 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _around(text: str, end: int, width: int = 34) -> str:
+    """The stretch of a training reply that leads up to `end` (and a little after it)."""
+    start = max(0, end - width + 8)
+    snippet = " ".join(text[start : start + width].split())
+    return ("…" if start else "") + snippet + ("…" if start + width < len(text) else "")
+
+
 def marks(trace: Trace) -> str:
     """One character under each character of the reply: the number of the first source that
     covers it, `*` where the reply is new, a blank elsewhere (spaces, punctuation between)."""
@@ -105,12 +112,12 @@ def format_choices(index: TraceIndex, decode, record: list[tuple[int, list]], po
         lines += ["", f"  after {('…' + before[-40:]) if len(before) > 40 else before!r}:"]
         for cid, p, _ in record[t][1]:
             piece = decode([cid])
-            doc = index.continuing(before, piece)
+            found = index.continuing(before, piece)
             mark = "<- picked" if cid == tokens[t] else ""
-            if doc is None:
+            if found is None:
                 origin = "(no training reply goes on this way)"
             else:
-                s = index.source(doc, [])
-                origin = f"{s.where}  {_cut(s.text, 36)!r}"
+                s = index.source(found[0], [])
+                origin = f"{s.where}  {_around(s.text, found[1])}"
             lines.append(f"    {p:5.2f}  {piece!r:12} {mark:9}  {origin}")
     return "\n".join(lines)
