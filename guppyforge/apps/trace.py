@@ -6,9 +6,10 @@ training reply points at a line of persona.yaml. To trace a reply the model wrot
 1. verbatim: is the exact reply one of the training replies?
 2. closest: BM25 (the `bm25s` library) ranks the training replies that share its words;
 3. spans: each candidate covers the stretches of the reply that it contains word for word
-   (at least MIN_SPAN words). A stretch that no candidate covers is looked up by exact phrase
-   over every training reply (pyarrow's substring kernel), so "new" means in no training reply
-   at all, not merely in none of the closest ones.
+   (at least MIN_SPAN words). A phrase that no candidate covers is checked against the hashes of
+   every MIN_SPAN-word phrase in training (a sorted numpy array): unseen, it is new; seen, the
+   replies holding it are found by exact substring search (pyarrow), and join the candidates.
+   So "new" means in no training reply at all, not merely in none of the closest ones.
 
 A reply is then `verbatim`, `recombined` (every span seen in training, never all together) or
 `novel` (some words are in no training reply). The index is built on first use and cached in
@@ -17,6 +18,7 @@ RUN/trace/, keyed by the dataset's fingerprint and persona, so an edited dataset
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -84,6 +86,24 @@ def word_spans(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return [m.group() for m in found], [m.span() for m in found]
 
 
+def _hash(phrase: list[str]) -> int:
+    """A stable 64-bit hash of a phrase (Python's own `hash` changes with every process)."""
+    return int.from_bytes(
+        hashlib.blake2b(" ".join(phrase).encode(), digest_size=8).digest(), "little"
+    )
+
+
+def gram_hashes(table):
+    """The sorted, distinct hashes of every MIN_SPAN-word phrase in the replies' `norm` column."""
+    import numpy as np
+
+    grams = set()
+    for norm in table.column("norm").to_pylist():
+        w = norm.split()
+        grams.update(_hash(w[i : i + MIN_SPAN]) for i in range(len(w) - MIN_SPAN + 1))
+    return np.array(sorted(grams), dtype=np.uint64)
+
+
 def _runs(reply: list[str], cand: list[str], least: int) -> list[tuple[int, int]]:
     """Maximal stretches [i, j) of `reply` that appear word for word in `cand`, >= least long."""
     at: dict[str, list[int]] = {}
@@ -106,10 +126,14 @@ def _runs(reply: list[str], cand: list[str], least: int) -> list[tuple[int, int]
 class TraceIndex:
     """The training replies of one dataset, searchable by words and by exact phrase."""
 
-    def __init__(self, table, bm25, meta: dict):
+    def __init__(self, table, bm25, meta: dict, grams=None):
+        import numpy as np
         import pyarrow.compute as pc
 
         self.table, self.bm25, self.meta = table, bm25, meta
+        # Every MIN_SPAN-word phrase of the training replies, hashed and sorted: a phrase not in
+        # here is new without scanning a single reply.
+        self.grams = np.asarray(grams if grams is not None else gram_hashes(self.table), np.uint64)
         self.texts = table.column("text").to_pylist()
         self._exact = {t: i for i, t in enumerate(self.texts)}
         self._norm = table.column("norm")  # " w1 w2 ... ": phrase search at word boundaries
@@ -138,7 +162,9 @@ class TraceIndex:
         covered = self._covered(runs, len(words))
         for i in range(len(words) - least + 1):
             if least and not all(covered[i : i + least]):
-                # A phrase the closest replies lack: ask every training reply for it exactly.
+                if least == MIN_SPAN and not self.seen(words[i : i + least]):
+                    continue  # in no training reply: new
+                # A phrase the closest replies lack: find the training replies that have it.
                 for doc in self.containing(words[i : i + least]):
                     consider(doc)
                 covered = self._covered(runs, len(words))
@@ -169,6 +195,14 @@ class TraceIndex:
         k = min(k, len(self.texts))
         docs, scores = self.bm25.retrieve([words], k=k, show_progress=False, n_threads=0)
         return [int(d) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
+
+    def seen(self, phrase: list[str]) -> bool:
+        """True when these MIN_SPAN words occur together, in order, in some training reply."""
+        import numpy as np
+
+        h = np.uint64(_hash(phrase))
+        at = int(np.searchsorted(self.grams, h))
+        return at < len(self.grams) and self.grams[at] == h
 
     def containing(self, words: list[str], limit: int = 3) -> list[int]:
         """Up to `limit` training replies that contain these words in this order, exactly."""

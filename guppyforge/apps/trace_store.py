@@ -3,6 +3,7 @@
     RUN/trace/replies.parquet   each distinct training reply: text, words, topic, template id,
                                 the persona line that made it, how many rows have it
     RUN/trace/bm25/             the bm25s index over those replies
+    RUN/trace/phrases.npy       the sorted hashes of every 3-word phrase in them
     RUN/trace/meta.json         the dataset key, the persona file, the template behind each line
 
 Why lazily and not at the end of `train`: the trainer's layer may not import the applications
@@ -159,6 +160,7 @@ def _assistant_messages(table) -> tuple[list[int], list[str]]:
 
 def save_index(index: TraceIndex, folder: Path) -> None:
     """Write the index as a folder, whole or not at all (built aside, then renamed into place)."""
+    import numpy as np
     import pyarrow.parquet as pq
 
     folder = Path(folder)
@@ -168,6 +170,7 @@ def save_index(index: TraceIndex, folder: Path) -> None:
     try:
         pq.write_table(index.table, tmp / "replies.parquet")
         index.bm25.save(str(tmp / "bm25"), show_progress=False)
+        np.save(tmp / "phrases.npy", index.grams)
         (tmp / "meta.json").write_text(json.dumps(index.meta, indent=1, ensure_ascii=False) + "\n")
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{threading.get_ident()}")
         if folder.exists():
@@ -181,6 +184,7 @@ def save_index(index: TraceIndex, folder: Path) -> None:
 def read_index(folder: Path) -> TraceIndex | None:
     """The cached index in `folder`, or None when there is none this version can read."""
     import bm25s
+    import numpy as np
     import pyarrow.parquet as pq
 
     try:
@@ -189,9 +193,10 @@ def read_index(folder: Path) -> TraceIndex | None:
             return None
         table = pq.read_table(folder / "replies.parquet")
         bm25 = bm25s.BM25.load(str(folder / "bm25"), mmap=True, show_progress=False)
+        grams = np.load(folder / "phrases.npy", mmap_mode="r")
     except Exception:  # missing, half-copied or foreign: build it again
         return None
-    return TraceIndex(table, bm25, meta)
+    return TraceIndex(table, bm25, meta, grams)
 
 
 def load_index(run_dir: str | Path, data: str | Path | None = None, note=print) -> TraceIndex:
