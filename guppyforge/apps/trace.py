@@ -22,7 +22,7 @@ import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 MIN_SPAN = 3  # words: shorter shared runs ("i am", "the") say nothing about where a reply came from
 CLOSEST = 10  # BM25 candidates per reply
 MAX_SOURCES = 4
@@ -128,7 +128,6 @@ class TraceIndex:
 
     def __init__(self, table, bm25, meta: dict, grams=None):
         import numpy as np
-        import pyarrow.compute as pc
 
         self.table, self.bm25, self.meta = table, bm25, meta
         # Every MIN_SPAN-word phrase of the training replies, hashed and sorted: a phrase not in
@@ -137,7 +136,7 @@ class TraceIndex:
         self.texts = table.column("text").to_pylist()
         self._exact = {t: i for i, t in enumerate(self.texts)}
         self._norm = table.column("norm")  # " w1 w2 ... ": phrase search at word boundaries
-        self._low = pc.utf8_lower(pc.binary_join_element_wise(" ", table.column("text"), ""))
+        self._low = table.column("low")  # " " + the text in lower case: `continuing` looks here
         self.templates = {int(k): v for k, v in meta["templates"].items()}
         self.file = meta["persona_file"]
 

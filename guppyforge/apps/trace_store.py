@@ -1,6 +1,6 @@
 """The trace index of a run: built from its training data on first use, cached in RUN/trace/.
 
-    RUN/trace/replies.parquet   each distinct training reply: text, words, topic, template id,
+    RUN/trace/replies.arrow     each distinct training reply: text, words, topic, template id,
                                 the persona line that made it, how many rows have it
     RUN/trace/bm25/             the bm25s index over those replies
     RUN/trace/phrases.npy       the sorted hashes of every 3-word phrase in them
@@ -95,7 +95,7 @@ def build_index(data_dir: Path, persona_in_run: bool = False) -> TraceIndex:
     )
     topics = table.column("topic").to_pylist() if "topic" in table.column_names else [""] * n
     first: dict[str, int] = {}
-    out = {"text": [], "norm": [], "topic": [], "id": [], "line": [], "rows": []}
+    out = {"text": [], "norm": [], "low": [], "topic": [], "id": [], "line": [], "rows": []}
     last, k = -1, 0
     for r, text in zip(*_assistant_messages(table), strict=True):
         k = k + 1 if r == last else 0  # the k-th reply of row r was made by its k-th say tag
@@ -109,6 +109,7 @@ def build_index(data_dir: Path, persona_in_run: bool = False) -> TraceIndex:
         line = int(says[k][1]) if k < len(says) else int(example[1]) if example else 0
         out["text"].append(text)
         out["norm"].append(" " + " ".join(words(text)) + " ")
+        out["low"].append(" " + text.lower())
         out["topic"].append(topics[r] or "")
         out["id"].append(tid)
         out["line"].append(line)
@@ -161,14 +162,18 @@ def _assistant_messages(table) -> tuple[list[int], list[str]]:
 def save_index(index: TraceIndex, folder: Path) -> None:
     """Write the index as a folder, whole or not at all (built aside, then renamed into place)."""
     import numpy as np
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        pq.write_table(index.table, tmp / "replies.parquet")
+        with (
+            pa.OSFile(str(tmp / "replies.arrow"), "wb") as f,
+            pa.ipc.new_file(f, index.table.schema) as w,
+        ):
+            w.write_table(index.table)
         index.bm25.save(str(tmp / "bm25"), show_progress=False)
         np.save(tmp / "phrases.npy", index.grams)
         (tmp / "meta.json").write_text(json.dumps(index.meta, indent=1, ensure_ascii=False) + "\n")
@@ -185,13 +190,15 @@ def read_index(folder: Path) -> TraceIndex | None:
     """The cached index in `folder`, or None when there is none this version can read."""
     import bm25s
     import numpy as np
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         if meta.get("version") != INDEX_VERSION:
             return None
-        table = pq.read_table(folder / "replies.parquet")
+        # Arrow's own file format, memory-mapped: no parsing, and no pandas (which reading
+        # parquet through pyarrow.dataset imports, a second or more before the first answer).
+        table = pa.ipc.open_file(pa.memory_map(str(folder / "replies.arrow"))).read_all()
         bm25 = bm25s.BM25.load(str(folder / "bm25"), mmap=True, show_progress=False)
         grams = np.load(folder / "phrases.npy", mmap_mode="r")
     except Exception:  # missing, half-copied or foreign: build it again
