@@ -1,6 +1,8 @@
-"""The model commands: train, presets, chat, eval, export, serve."""
+"""The model commands: train, presets, chat, eval, why, export, serve."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -83,10 +85,11 @@ def presets() -> None:
 )
 @click.option("--seed", type=int, help="Same seed, same replies.  [default: random]")
 @click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
+@click.option("--trace", is_flag=True, help="After each reply, the persona lines it came from.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 @click.option("--int8", is_flag=True, help="Int8 weights: ~3x faster on a CPU, replies may differ.")
-def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
-    """Talk to the character in RUN_DIR (/reset starts over, /quit leaves).
+def chat_cmd(run_dir, prompt, device, show_probs, int8, trace, **options) -> None:
+    """Talk to the character in RUN_DIR (/why traces the last reply, /reset, /quit).
 
     \b
     guppyforge chat runs/cat
@@ -94,7 +97,7 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
     """
     from guppyforge.apps.chat import chat
 
-    chat(run_dir, prompt, device, show_probs, int8, **options)
+    chat(run_dir, prompt, device, show_probs, int8, trace, **options)
 
 
 @click.command("eval", context_settings={"show_default": True})
@@ -102,6 +105,9 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
 @click.option("--persona", help="Persona with the probes.  [default: RUN_DIR/persona.yaml]")
 @click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
 @click.option("--samples", type=click.IntRange(min=1), default=5, help="Replies per probe.")
+@click.option(
+    "--topic-samples", type=click.IntRange(min=0), default=2, help="Test prompts per topic, traced."
+)
 @click.option("--json", "json_path", help="Also write the figures to this JSON file.")
 @click.option("--min-pass", type=click.FloatRange(0, 1), help="Exit 1 below this pass rate (0-1).")
 @click.option("--seed", type=int, default=0, help="Same seed, same replies.")
@@ -110,7 +116,7 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
 )
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
-    """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2.
+    """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2, composition.
 
     \b
     guppyforge eval runs/cat --samples 5 --json eval.json --min-pass 0.7
@@ -118,6 +124,27 @@ def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
     from guppyforge.apps.evaluate import run_eval
 
     run_eval(run_dir, json_path, min_pass, **options)
+
+
+@click.command("why")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("reply")
+@click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
+@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
+def why_cmd(run_dir, reply, data, as_json) -> None:
+    """Trace REPLY back to the training replies and persona lines that taught it.
+
+    \b
+    guppyforge why runs/cat "tuna? finally. i was wasting away on the sofa."
+    """
+    from guppyforge.apps.trace_store import why
+    from guppyforge.apps.trace_view import format_trace
+
+    trace = why(run_dir, reply, data, note=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps(trace.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_trace(trace))
 
 
 # --- sharing: export, cards, serve (apps/export/, persona/cards.py, apps/serve.py) -------------

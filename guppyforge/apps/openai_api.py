@@ -41,6 +41,7 @@ class ChatRequest:
     messages: list[dict]
     stream: bool = False
     include_usage: bool = False
+    trace: bool = False  # ours, not OpenAI's: add where the reply came from (apps/trace.py)
     stop: list[str] = field(default_factory=list)
     options: dict = field(default_factory=dict)  # keyword arguments for Engine.stream
 
@@ -103,6 +104,9 @@ def parse_chat_request(body: object) -> ChatRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(400, "'stream' must be true or false.", "stream")
+    trace = body.get("trace", False)
+    if not isinstance(trace, bool):
+        raise RequestError(400, "'trace' must be true or false.", "trace")
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise RequestError(400, "'stream_options' must be an object.", "stream_options")
@@ -127,6 +131,7 @@ def parse_chat_request(body: object) -> ChatRequest:
         messages=messages,
         stream=stream,
         include_usage=bool(stream_options.get("include_usage")),
+        trace=trace,
         stop=stop,
         # Fields left out keep chat's defaults (temperature 0.7, 64 new tokens).
         options={k: v for k, v in options.items() if v is not None},

@@ -7,7 +7,8 @@ Any OpenAI client can talk to the character:
     client.chat.completions.create(model="cat", messages=[{"role": "user", "content": "hi"}])
 
 Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (plain, or
-server-sent events with `"stream": true`). Built on the standard library's ThreadingHTTPServer:
+server-sent events with `"stream": true`; `"trace": true` adds where the reply came from,
+see apps/trace.py). Built on the standard library's ThreadingHTTPServer:
 one thread per connection, no framework to learn. Errors come back in OpenAI's shape,
 `{"error": {"message", "type", "param", "code"}}`, so clients raise their usual exceptions.
 """
@@ -84,7 +85,17 @@ class Reply:
         """The whole reply as one `chat.completion` object."""
         message = {"role": "assistant", "content": text}
         choice = {"index": 0, "message": message, "finish_reason": self.generation.finish_reason}
-        return self._envelope("chat.completion", [choice]) | {"usage": self.usage()}
+        return (
+            self._envelope("chat.completion", [choice]) | {"usage": self.usage()} | self.trace(text)
+        )
+
+    def trace(self, text: str) -> dict:
+        """`{"trace": ...}` when the request asked for it (`"trace": true`), else nothing."""
+        if not self.req.trace:
+            return {}
+        from guppyforge.apps.trace_store import trace_json
+
+        return {"trace": trace_json(self.server.run.path, text)}
 
     def chunks(self) -> Iterator[dict]:
         """The reply as `chat.completion.chunk` objects: role first, then text, then the end."""
@@ -94,9 +105,11 @@ class Reply:
             return self._envelope("chat.completion.chunk", [choice])
 
         yield chunk({"role": "assistant", "content": ""})
+        text = []
         for piece in self.pieces():
+            text.append(piece)
             yield chunk({"content": piece})
-        yield chunk({}, self.generation.finish_reason)
+        yield chunk({}, self.generation.finish_reason) | self.trace("".join(text))
         if self.req.include_usage:  # OpenAI's form: one last chunk, no choices, the usage
             yield self._envelope("chat.completion.chunk", []) | {"usage": self.usage()}
 
