@@ -281,21 +281,32 @@ def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
 @cli.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
-    "--to", "target", type=click.Choice(["hf", "onnx"]), required=True, help="Format to write."
+    "--to",
+    "target",
+    type=click.Choice(["hf", "onnx", "gguf"]),
+    required=True,
+    help="Format to write.",
 )
 @click.option("--out", "out_dir", required=True, help="Folder to write the export into.")
 @click.option("--int8", is_flag=True, help="onnx: also write a dynamic-int8 model.int8.onnx.")
+@click.option(
+    "--gguf-type",
+    type=click.Choice(["f16", "f32", "q8_0"]),
+    help="gguf: weight type.  [default: f16]",
+)
 @click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
-def export_cmd(run_dir, target, out_dir, int8, force) -> None:
-    """Export RUN_DIR for other tools: a transformers GPT-2 folder (hf) or ONNX.
+def export_cmd(run_dir, target, out_dir, int8, gguf_type, force) -> None:
+    """Export RUN_DIR for other tools: transformers GPT-2 (hf), ONNX, or GGUF (llama.cpp, Ollama).
 
     \b
     guppyforge export runs/cat --to hf --out export/cat-hf
     guppyforge export runs/cat --to onnx --out export/cat-onnx --int8
+    guppyforge export runs/cat --to gguf --out export/cat-gguf
     """
     from guppyforge.export import export_run
 
-    for path in export_run(run_dir, target, out_dir, force=force, int8=int8):
+    paths = export_run(run_dir, target, out_dir, force=force, int8=int8, gguf_type=gguf_type)
+    for path in paths:
         click.echo(f"wrote {path}")
 
 
@@ -307,12 +318,13 @@ def export_cmd(run_dir, target, out_dir, int8, force) -> None:
 @click.option("--out", help="Persona file to write.  [default: personas/NAME.yaml]")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def import_card_cmd(card, out, force) -> None:
-    """Turn a Character Card (V1, V2 or V3 JSON) into a persona skeleton that validates.
+    """Turn a Character Card (V1/V2/V3 JSON, a PNG card, a .charx) into a persona skeleton.
 
     Card fields guppyforge does not use are kept under `extensions.character_card`.
 
     \b
     guppyforge import-card mochi.json --out personas/mochi.yaml
+    guppyforge import-card mochi.png --out personas/mochi.yaml
     """
     from guppyforge.cards import import_card
 
@@ -322,19 +334,21 @@ def import_card_cmd(card, out, force) -> None:
 
 @cli.command("export-card")
 @click.argument("persona")
-@click.option("--out", required=True, help="Card file to write (JSON, Character Card V2).")
-def export_card_cmd(persona, out) -> None:
-    """Write PERSONA (a file, or a built-in's name) as a Character Card V2 JSON file.
+@click.option("--out", required=True, help="Card file to write (JSON V2, or PNG with --png).")
+@click.option("--png", "image", help="Picture for a PNG card (V2 and V3 chunks) at --out.")
+def export_card_cmd(persona, out, image) -> None:
+    """Write PERSONA (a file, or a built-in's name) as a Character Card: V2 JSON, or a PNG card.
 
     Chat front-ends (SillyTavern...) import the card; the whole persona rides along in it, so
     `guppyforge import-card` gives the very same file back.
 
     \b
     guppyforge export-card personas/cat.yaml --out cat.card.json
+    guppyforge export-card personas/cat.yaml --png cat.jpg --out cat.card.png
     """
     from guppyforge.cards import export_card
 
-    click.echo(f"wrote {export_card(persona, out)}")
+    click.echo(f"wrote {export_card(persona, out, png=image)}")
 
 
 # serve

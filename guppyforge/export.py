@@ -1,8 +1,9 @@
 """`guppyforge export`: turn a run folder into a folder other tools load.
 
-Two targets, one module each:
+Three targets, one module each:
 - `hf` (export_hf.py): a GPT-2 folder that `transformers` loads with `from_pretrained`.
 - `onnx` (export_onnx.py): model.onnx (+ model.int8.onnx) for onnxruntime and friends.
+- `gguf` (export_gguf.py): model.gguf + an Ollama Modelfile, for llama.cpp and Ollama.
 
 This module holds what both share: checking the output folder, and the tokenizer files.
 """
@@ -15,7 +16,7 @@ from guppyforge.errors import GuppyError
 from guppyforge.runs import Run, load_run
 from guppyforge.tokenizer import save_tokenizer
 
-TARGETS = ("hf", "onnx")
+TARGETS = ("hf", "onnx", "gguf")
 
 # Every file an export may write. With --force only these are replaced or removed, never the
 # rest of the folder: `--out .` by mistake must not wipe a user's working directory.
@@ -30,17 +31,31 @@ OUTPUT_FILES = (
     "model.onnx",
     "model.int8.onnx",
     "onnx_io.json",
+    "model.gguf",
+    "Modelfile",
 )
 
 
 def export_run(
-    run_dir: str | Path, to: str, out: str | Path, *, force: bool = False, int8: bool = False
+    run_dir: str | Path,
+    to: str,
+    out: str | Path,
+    *,
+    force: bool = False,
+    int8: bool = False,
+    gguf_type: str | None = None,
 ) -> list[Path]:
-    """Export the run in `run_dir` to `out` as `to` ("hf" or "onnx"); return the files written."""
+    """Export the run in `run_dir` to `out` as `to` (one of TARGETS); return the files written."""
     if to not in TARGETS:
         raise GuppyError(f"--to: unknown target '{to}'. Choose one of: {', '.join(TARGETS)}")
     if int8 and to != "onnx":
         raise GuppyError("--int8 only applies to --to onnx (transformers loads fp32 weights).")
+    if gguf_type is not None and to != "gguf":
+        raise GuppyError("--gguf-type only applies to --to gguf.")
+    if to == "gguf":  # before any folder is made: a missing package or a typo fails first
+        from guppyforge.export_gguf import check_gguf_type
+
+        check_gguf_type(gguf_type)
     run_dir, out = Path(run_dir), Path(out)
     run = load_run(run_dir)
     prepare_out_dir(run_dir, out, force)
@@ -48,6 +63,10 @@ def export_run(
         from guppyforge.export_hf import export_hf
 
         return export_hf(run, out)
+    if to == "gguf":
+        from guppyforge.export_gguf import DEFAULT_GGUF_TYPE, export_gguf
+
+        return export_gguf(run, out, gguf_type or DEFAULT_GGUF_TYPE)
     from guppyforge.export_onnx import export_onnx
 
     return export_onnx(run, out, int8=int8)
