@@ -88,7 +88,9 @@ def _png_card_json(path: Path, f) -> bytes:
     try:
         return base64.b64decode(b"".join(found[key].split()), validate=True)
     except (binascii.Error, ValueError):
-        raise GuppyError(f"{path}: its '{key}' chunk is not valid base64. Export it again") from None
+        raise GuppyError(
+            f"{path}: its '{key}' chunk is not valid base64. Export it again"
+        ) from None
 
 
 def _zip_entry_count(path: Path) -> int:
@@ -114,7 +116,9 @@ def _charx_card_json(path: Path) -> bytes:
             try:
                 info = z.getinfo("card.json")
             except KeyError:
-                raise GuppyError(f"{path}: a zip without card.json at its root. Not a .charx card") from None
+                raise GuppyError(
+                    f"{path}: a zip without card.json at its root. Not a .charx card"
+                ) from None
             if info.file_size > MAX_CARD_JSON:
                 raise GuppyError(f"{path}: card.json is {info.file_size:,} bytes, over the limit")
             with z.open(info) as member:
@@ -167,8 +171,14 @@ def write_png_card(card: dict[str, Any], image: Path, out: Path) -> None:
                 tmp.unlink(missing_ok=True)
     except FileNotFoundError:
         raise GuppyError(f"{image}: no such image. Check the --png path") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError:  # Pillow's own, far larger limit, hit while opening
+        raise GuppyError(
+            f"{image}: over the {MAX_IMAGE_PIXELS:,} pixel limit. Use a smaller picture"
+        ) from None
+    except (UnidentifiedImageError, SyntaxError, ValueError) as exc:
         why = type(exc).__name__
-        raise GuppyError(f"{image}: not an image Pillow can read ({why}). Give a PNG or JPEG") from None
+        raise GuppyError(
+            f"{image}: not an image Pillow can read ({why}). Give a PNG or JPEG"
+        ) from None
     except OSError as exc:  # truncated or damaged pixel data
         raise GuppyError(f"{image}: a damaged image ({exc}). Give another picture") from None
