@@ -120,7 +120,12 @@ def tokenizer_parts(run: Run) -> dict:
             "(the one `guppyforge train` writes). Retrain, or export --to hf instead"
         )
     vocab = run.tokenizer.get_vocab(with_added_tokens=True)
-    size = max(run.model.cfg.vocab_size, len(vocab))
+    size = run.model.cfg.vocab_size
+    if max(vocab.values()) >= size:  # an id with no embedding row: llama.cpp would refuse it
+        raise GuppyError(
+            f"{run.path / 'tokenizer.json'}: {len(vocab)} tokens for a model of {size}. "
+            "The tokenizer is not this run's: restore it, or retrain"
+        )
     tokens = [f"[PAD{i}]" for i in range(size)]  # rows the embedding has but the vocab lacks
     types = [5] * size  # UNUSED
     for text, i in vocab.items():
