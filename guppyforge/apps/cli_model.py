@@ -155,25 +155,30 @@ def why_cmd(run_dir, reply, data, as_json) -> None:
 @click.option(
     "--to",
     "target",
-    type=click.Choice(["hf", "onnx", "web"]),
+    type=click.Choice(["hf", "onnx", "gguf", "web"]),
     required=True,
     help="Format to write.",
 )
 @click.option("--out", "out_dir", required=True, help="Folder to write the export into.")
 @click.option("--int8", is_flag=True, help="onnx: also write a dynamic-int8 model.int8.onnx.")
 @click.option("--fp32", is_flag=True, help="web: fp32 weights instead of int8 (larger).")
+@click.option(
+    "--gguf-type", type=click.Choice(["f16", "f32", "q8_0"]), help="gguf: weights.  [default: f16]"
+)
 @click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
-def export_cmd(run_dir, target, out_dir, int8, fp32, force) -> None:
-    """Export RUN_DIR: a transformers folder (hf), ONNX, or a page that chats in a browser (web).
+def export_cmd(run_dir, target, out_dir, int8, fp32, gguf_type, force) -> None:
+    """Export RUN_DIR: transformers (hf), ONNX, GGUF (llama.cpp, Ollama), or a web page (web).
 
     \b
     guppyforge export runs/cat --to hf --out export/cat-hf
     guppyforge export runs/cat --to onnx --out export/cat-onnx --int8
+    guppyforge export runs/cat --to gguf --out export/cat-gguf
     guppyforge export runs/cat --to web --out export/cat-web
     """
     from guppyforge.apps.export import export_run
 
-    for path in export_run(run_dir, target, out_dir, force=force, int8=int8, fp32=fp32):
+    options = dict(force=force, int8=int8, fp32=fp32, gguf_type=gguf_type)
+    for path in export_run(run_dir, target, out_dir, **options):
         click.echo(f"wrote {path}")
     if target == "web":
         click.echo(f"open it: python -m http.server -d {out_dir}, then http://localhost:8000")
