@@ -29,7 +29,7 @@ from guppyforge.errors import GuppyError
 from guppyforge.files import text_table, write_atomic
 from guppyforge.model.batches import eval_loss, tokenize
 from guppyforge.model.engine import Engine
-from guppyforge.model.run import load_run, pick_device
+from guppyforge.model.run import dataset_dir, load_run, pick_device
 from guppyforge.persona.load import load_persona
 
 # The sentence ends `generate` cuts replies at (style.max_sentences), so both count alike.
@@ -77,21 +77,6 @@ def distinct_2(replies: list[str]) -> float:
     return len(set(pairs)) / len(pairs) if pairs else 0.0
 
 
-def _data_dir(run, data: str | Path | None) -> Path:
-    if data is not None:
-        return Path(data)
-    recorded = (run.config.get("dataset") or {}).get("path")
-    if not recorded:
-        raise GuppyError(
-            f"{run.path / 'config.json'}: no dataset.path recorded. Pass the dataset with --data DIR."
-        )
-    if not Path(recorded).is_dir():
-        raise GuppyError(
-            f"{recorded}: dataset folder not found (config.json dataset.path). Pass it with --data DIR."
-        )
-    return Path(recorded)
-
-
 def evaluate_run(
     run_dir: str | Path,
     persona: str | Path | None = None,
@@ -108,7 +93,7 @@ def evaluate_run(
     if not persona_path.is_file():
         raise GuppyError(f"{persona_path}: no persona file. Pass one with --persona FILE.")
     p = load_persona(persona_path)
-    data_dir = _data_dir(run, data)
+    data_dir = dataset_dir(run.path, run.config, data)
     splits = load_splits(data_dir)
 
     context = run.model.cfg.context

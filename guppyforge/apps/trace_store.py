@@ -27,24 +27,9 @@ from pathlib import Path
 
 from guppyforge.apps.trace import EXAMPLE_TAG, INDEX_VERSION, SAY_TAG, Trace, TraceIndex, words
 from guppyforge.errors import GuppyError
+from guppyforge.model.run import dataset_dir
 
 CACHE = "trace"
-
-
-def dataset_dir(run_dir: Path, config: dict, data: str | Path | None = None) -> Path:
-    """The dataset a run trained on (config.json `dataset.path`), or `data` when given."""
-    if data is not None:
-        return Path(data)
-    recorded = (config.get("dataset") or {}).get("path")
-    if not recorded:
-        raise GuppyError(
-            f"{run_dir / 'config.json'}: no dataset.path recorded. Pass the dataset with --data DIR."
-        )
-    if not Path(recorded).is_dir():
-        raise GuppyError(
-            f"{recorded}: dataset folder not found (config.json dataset.path). Pass it with --data DIR."
-        )
-    return Path(recorded)
 
 
 def dataset_key(data_dir: Path) -> str:
