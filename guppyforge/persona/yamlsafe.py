@@ -175,7 +175,10 @@ def _convert(doc: Doc, loader: Any, node: yaml.Node, path: Path_) -> Any:
         if node.tag not in _TYPED:
             return node.value  # strings, and timestamps kept as written (JSON-friendly)
         doc.texts[path] = node.value
-        return loader.construct_object(node)
+        try:
+            return loader.construct_object(node)
+        except ValueError:  # e.g. an int of 5,000 digits (past Python's limit): keep the text
+            return node.value
     if isinstance(node, yaml.SequenceNode):
         return [_convert(doc, loader, item, (*path, i)) for i, item in enumerate(node.value)]
     loader.flatten_mapping(node)  # applies `<<: *base` merge keys in place
