@@ -29,8 +29,8 @@ def test_new_persona_validates_and_previews_the_same_twice(tmp_path):
     assert len(persona.topics) >= 8 and len(persona.probes) == 15 and persona.examples
     assert any(t.follow_ups for t in persona.topics.values())
     first, second = (
-        run("preview", path, "-n", 5, "--seed", 3),
-        run("preview", path, "-n", 5, "--seed", 3),
+        run("preview", path, "-n", 5, "--seed", 3, "--turns", 1),
+        run("preview", path, "-n", 5, "--seed", 3, "--turns", 1),
     )
     assert first.exit_code == 0 and first.output == second.output
     assert first.output.count("\nCat: ") == 5 and first.output.startswith("# ")
