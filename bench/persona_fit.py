@@ -39,9 +39,11 @@ def main() -> None:
             for name in ("train", "test"):
                 s = tokenize(splits[name], tok, cfg.context)
                 total = len(s) + s.too_long
-                print(f"{path.stem:<11} {args.preset} {name:<5} {total:>6} conversations, longest "
-                      f"kept {int(s.lengths.max())} tokens, mean {s.lengths.mean():.1f}; past "
-                      f"{cfg.context}: {s.truncated} cut at a turn, {s.too_long} dropped")
+                print(
+                    f"{path.stem:<11} {args.preset} {name:<5} {total:>6} conversations, longest "
+                    f"kept {int(s.lengths.max())} tokens, mean {s.lengths.mean():.1f}; past "
+                    f"{cfg.context}: {s.truncated} cut at a turn, {s.too_long} dropped"
+                )
 
 
 if __name__ == "__main__":

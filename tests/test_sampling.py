@@ -52,7 +52,10 @@ def test_a_value_picked_in_the_question_is_reused_in_answer_and_follow_ups(mochi
         ask, say, ask2, say2 = texts(c)
         if ask.startswith("do you want some "):
             food = ask.removeprefix("do you want some ")
-            assert say.startswith(food + "?") or say in (f"i only eat {food}.", "always. feed me now.")
+            assert say.startswith(food + "?") or say in (
+                f"i only eat {food}.",
+                "always. feed me now.",
+            )
         else:  # format 1.1: a reply that echoes a food never answers a question naming none
             assert say == "always. feed me now."
         food = ask2.removeprefix("and after the ").removesuffix("?")

@@ -103,8 +103,7 @@ def turns_for(seed: int, index: int, mix: TurnMix) -> int:
 def draw_range(sampler, seed: int, start: int, stop: int, turns: TurnMix) -> list[Row]:
     """Conversations `start .. stop-1` as rows, duplicates included (the caller dedups)."""
     return [
-        to_row(sampler.conversation(i, turns=turns_for(seed, i, turns)))
-        for i in range(start, stop)
+        to_row(sampler.conversation(i, turns=turns_for(seed, i, turns))) for i in range(start, stop)
     ]
 
 

@@ -171,7 +171,8 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
     empty = _EMPTY.search(text)
     if empty:
         raise TemplateProblem(
-            f"empty {empty[0]!r}", "Put a symbol name inside, e.g. {{ food }}, or remove it",
+            f"empty {empty[0]!r}",
+            "Put a symbol name inside, e.g. {{ food }}, or remove it",
             text.count("\n", 0, empty.start()) + 1,
         )
     env = environment()

@@ -185,8 +185,10 @@ def train(
     say(f"{cfg.n_layer} layers, d_model {cfg.d_model}: {model.num_params() / 1e6:.2f}M parameters")
     say(f"{len(train_s)} train / {len(test_s)} test conversations, loss on {o.loss_on}")
     if info["truncated"] or info["too_long"]:
-        say(f"past the {cfg.context}-token context: {info['truncated']} conversations cut after "
-            f"their last whole turn that fits, {info['too_long']} dropped (first turn too long)")
+        say(
+            f"past the {cfg.context}-token context: {info['truncated']} conversations cut after "
+            f"their last whole turn that fits, {info['too_long']} dropped (first turn too long)"
+        )
     else:
         say(f"every conversation fits the {cfg.context}-token context")
     say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows of up to {cfg.context} tokens")
