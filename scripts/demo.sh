@@ -9,9 +9,10 @@ mkdir -p "$DEMO"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 start=$(date +%s)
 
-step "1. a new persona from the starter template: $DEMO/cat.yaml"
+step "1. a new persona, forked from the built-in cat: $DEMO/cat.yaml"
 rm -f "$DEMO/cat.yaml"
-guppyforge new-persona cat --dir "$DEMO"
+# (`guppyforge new-persona NAME` alone writes a neutral starter to fill in yourself.)
+guppyforge new-persona cat --from cat --dir "$DEMO"
 
 step "2. validate it and see how many conversations it can make"
 guppyforge validate "$DEMO/cat.yaml"

@@ -155,7 +155,7 @@ def micro_run(tmp_path_factory) -> Path:
 # --- persona engine: tiny persona files (test_persona*.py, test_sampling.py, test_cli_persona.py) -
 
 PERSONA_MOCHI = """\
-guppyforge: 1
+guppyforge: 1.1
 name: mochi
 display_name: Mochi
 summary: A house cat for tests.
@@ -171,8 +171,9 @@ topics:
       - are you hungry
       - "do you want some {{ food }}"
     say:
-      - "{{ food }}? finally. i was wasting away on {{ spot }}."
+      - "{{ food }}? finally. i was wasting away on {{ spot }}"
       - "i only eat {{ food }}."
+      - "always. feed me now."
     follow_ups:
       - ask: ["and after the {{ food }}?"]
         say: ["a nap on {{ spot }}. the {{ food }} made me sleepy."]

@@ -199,3 +199,15 @@ def test_batches_continue_exactly_from_a_position(toy):
     for (expected, _), (batch, _) in zip(first[6:], again, strict=False):
         assert torch.equal(expected.idx, batch.idx)
         assert np.array_equal(expected.targets.numpy(), batch.targets.numpy())
+
+
+def test_a_long_conversation_is_cut_after_its_last_whole_turn():
+    import numpy as np
+
+    from guppyforge.model.batches import turn_end
+
+    # user (0) and reply (1) tokens of a 3-turn conversation: turns end at 5, 10 and 15.
+    reply = np.array([0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0])
+    assert turn_end(reply, 12) == 10  # the third turn does not fit: cut after the second
+    assert turn_end(reply, 10) == 10
+    assert turn_end(reply, 4) == 0  # not even the first turn fits: the caller drops it

@@ -53,6 +53,8 @@ topics:
     follow_ups:
       - ask: ["and after the {{ food }}?"]
         say: ["after the {{ food }} i nap by {{ spot }}."]
+      - ask: ["do you dream when you nap?"]
+        say: ["i dream of more {{ food }}."]
   home:
     ask: [where do you live, where do you sleep, "what is near {{ spot }}"]
     say: ["i live by {{ spot }}. i am {{ mood }} there.", "{{ spot }}. it is {{ mood }}."]

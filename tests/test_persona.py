@@ -143,10 +143,12 @@ def test_duplicate_keys_and_yes_no_stay_text(write_persona_file, mochi_file):
 def test_capacity_is_exact_and_matches_what_sampling_makes(mochi_file):
     p = load_persona(mochi_file)
     table = capacity(p)
-    # food: asks "are you hungry" (1) + "do you want some X" (3). max_sentences: 2 cuts say[0] to
-    # "X? finally." so replies are 3 + "i only eat X." 3; a prompt naming X pairs with 2 replies.
-    assert (table["food"].prompts, table["food"].replies) == (4, 6)
-    assert table["food"].conversations == 1 * 6 + 3 * 2 and table["food"].exact
+    # food: asks "are you hungry" (1) + "do you want some X" (3). Replies: "X? finally. ... on S."
+    # 3 x 3 spots + "i only eat X." 3 + "always. feed me now." 1. Format 1.1 pairs a reply that
+    # echoes X only with a question naming X: "are you hungry" gets the last reply alone, and a
+    # prompt naming X gets 3 + 1 + 1.
+    assert (table["food"].prompts, table["food"].replies) == (4, 13)
+    assert table["food"].conversations == 1 * 1 + 3 * 5 and table["food"].exact
     assert (table["hello"].prompts, table["hello"].replies, table["hello"].conversations) == (
         2,
         1,

@@ -49,13 +49,19 @@ def test_a_value_picked_in_the_question_is_reused_in_answer_and_follow_ups(mochi
     sampler = Sampler(load_persona(mochi_file))
     for i in range(60):
         c = sampler.conversation(i, turns=3, topic="food")
-        ask, say, ask2, say2, ask3, say3 = texts(c)
+        ask, say, ask2, say2 = texts(c)
         if ask.startswith("do you want some "):
             food = ask.removeprefix("do you want some ")
-            assert say.startswith(food + "?") or say == f"i only eat {food}."
+            assert say.startswith(food + "?") or say in (
+                f"i only eat {food}.",
+                "always. feed me now.",
+            )
+        else:  # format 1.1: a reply that echoes a food never answers a question naming none
+            assert say == "always. feed me now."
         food = ask2.removeprefix("and after the ").removesuffix("?")
-        assert say2.endswith(f"the {food} made me sleepy.") and ask3 == ask2  # follow-ups cycle
-        assert c.turns == 3 and c.template_id.count("/f0:") == 2
+        assert say2.endswith(f"the {food} made me sleepy.")
+        # One follow-up: a third turn could only repeat it, and no line repeats in a conversation.
+        assert c.turns == 2 and c.template_id.count("/f0:") == 1
 
 
 def test_template_id_traces_yaml_lines_and_topics_without_follow_ups_stay_single(mochi_file):
@@ -64,10 +70,9 @@ def test_template_id_traces_yaml_lines_and_topics_without_follow_ups_stay_single
     food = persona.topics["food"]
     ids = {sampler.conversation(i, turns=2, topic="food").template_id for i in range(20)}
     follow = f"/f0:ask0@L{food.follow_ups[0].ask[0].line}/say0@L{food.follow_ups[0].say[0].line}"
-    assert ids == {
+    assert ids == {  # "are you hungry" (ask 0) names no food: only say 2 answers it
         f"food/ask{a}@L{food.ask[a].line}/say{s}@L{food.say[s].line}{follow}"
-        for a in range(2)
-        for s in range(2)
+        for a, s in ((0, 2), (1, 0), (1, 1), (1, 2))
     }
     hello = sampler.conversation(0, turns=4, topic="hello")
     assert hello.turns == 1 and len(hello.messages) == 2 and hello.template_id.count("/") == 2

@@ -50,23 +50,29 @@ def validate(files: tuple[str, ...], target: int) -> None:
               help="Conversations to show.")  # fmt: skip
 @click.option("--topic", default=None, help="Only this topic.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same text.")
-@click.option("--turns", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Turns per conversation.")  # fmt: skip
-def preview(file: str, count: int, topic: str | None, seed: int, turns: int) -> None:
+@click.option("--turns", default=None, metavar="N|A-B",
+              help="User turns.  [default: the persona's own mix, as generate uses]")  # fmt: skip
+def preview(file: str, count: int, topic: str | None, seed: int, turns: str | None) -> None:
     """Print sample conversations from a persona, with the YAML lines that made them.
+
+    The samples are spread over the indices of a 60,000-row dataset, so topics and openers
+    show up in the proportions `generate` gives them.
 
     \b
     Example:
       guppyforge preview personas/cat.yaml -n 5 --topic food --turns 2
     """
+    from guppyforge.dataset.draw import turn_mix, turns_for
     from guppyforge.persona.conversations import Sampler
     from guppyforge.persona.load import load_persona
-    from guppyforge.persona.report import format_conversation
+    from guppyforge.persona.report import format_conversation, spread
 
     persona = load_persona(file)
+    mix = turn_mix(turns, persona)
     sampler = Sampler(persona, seed=seed)
-    for i in range(count):
-        click.echo(format_conversation(sampler.conversation(i, turns, topic), persona.display_name))
+    for i in spread(count):
+        c = sampler.conversation(i, turns_for(seed, i, mix), topic)
+        click.echo(format_conversation(c, persona.display_name))
 
 
 @click.command("new-persona")
@@ -78,7 +84,7 @@ def new_persona(name: str, source: str | None, directory: str) -> None:
 
     \b
     Examples:
-      guppyforge new-persona mochi             # a starter cat called Mochi
+      guppyforge new-persona pip               # a neutral starter for a character Pip
       guppyforge new-persona goldie --from guppy --dir personas
     """
     from guppyforge.persona.starter import write_persona
@@ -114,12 +120,14 @@ def personas() -> None:
     "--test-size", type=float, default=0.05, show_default=True, help="Share held out, by prompt."
 )
 @click.option(
-    "--turns", default="1", show_default=True, help="User turns: N or A-B.", metavar="N|A-B"
-)
+    "--turns", default=None, metavar="N|A-B",
+    help="User turns: N or A-B.  [default: the persona's `turns:` mix, else 1]",
+)  # fmt: skip
 @click.option(
     "--workers", type=int, default=1, show_default=True, help="Processes (same data).", metavar="N"
 )
-@click.option("--strict", is_flag=True, help="Fail, not warn, when the persona runs out.")
+@click.option("--strict", is_flag=True,
+              help="Fail, not warn, when the persona runs out or a row holds template text.")  # fmt: skip
 @click.option("--out", "out_dir", required=True, help="Dataset folder to write.", metavar="DIR")
 @click.option("--force", is_flag=True, help="Replace an existing dataset folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -134,11 +142,16 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
     """
     import warnings
 
-    from guppyforge.dataset.generate import CapacityWarning, generate_dataset
+    from guppyforge.dataset.generate import (
+        CapacityWarning,
+        TemplateTextWarning,
+        generate_dataset,
+    )
 
     # Values are checked by generate_dataset, so a bad one is a one-line GuppyError here too.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CapacityWarning)
+        warnings.simplefilter("always", TemplateTextWarning)
         result = generate_dataset(
             persona,
             out_dir,

@@ -33,6 +33,22 @@ def fingerprint(splits: dict[str, Sequence[Row]]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def pair_counts(rows: Sequence[Row]) -> dict[str, int]:
+    """Rows per (ask template, say template), turn by turn: `"food/ask0@L57/say2@L63": 130`.
+
+    A pair far above its topic's others shows a reply the walk favours; one missing shows a
+    question that no reply answers. Hand-written examples are not pairs and are left out.
+    """
+    counts: Counter[str] = Counter()
+    for _messages, topic, template_id, _turns in rows:
+        parts = template_id.split("/")
+        if parts[0] == "examples" or len(parts) < 3:
+            continue
+        for i in range(1, len(parts) - 1, 2):
+            counts[f"{topic}/{parts[i]}/{parts[i + 1]}"] += 1
+    return dict(sorted(counts.items()))
+
+
 def diversity(rows: Sequence[Row]) -> dict[str, float | int]:
     """Variety figures of the character's replies (and how many distinct prompts there are).
 

@@ -31,6 +31,20 @@ from guppyforge.persona.load import load_persona
 CHUNK = 1000
 
 
+TurnMix = tuple[tuple[int, float], ...]  # (user turns, weight) pairs, e.g. ((1, 6), (2, 3))
+# Text a generated message must never hold: template syntax, or a `{name}` / `{pick(...)}` left
+# by a template that was meant to expand it (GuppyLM shipped 126 samples of `{pick(...)}`).
+TEMPLATE_TEXT = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}|\{[^\W\d]\w*(\([^)]*\))?\}")
+
+
+def turn_mix(text: str | int | None, persona) -> TurnMix:
+    """`--turns` as a mix: N, A-B (uniform), or None for the persona's own `turns:` mix."""
+    if text is None:
+        return persona.turns or ((1, 1.0),)
+    low, high = parse_turns(text)
+    return tuple((n, 1.0) for n in range(low, high + 1))
+
+
 def parse_turns(text: str | int) -> tuple[int, int]:
     """Parse `--turns`: `2` (every conversation has 2 user turns) or `1-3` (1 to 3, per sample)."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(text))
@@ -52,6 +66,8 @@ class DrawResult:
     unique: int  # how many of those were new, and kept
     examples: int  # hand-written examples kept
     capacity_spent: bool  # stopped before n rows: the persona makes too few distinct ones
+    refused: int = 0  # drawn rows left out because their text still held template syntax
+    refused_example: str = ""  # the first of them: "template id: text"
 
     @property
     def unique_pct(self) -> float:
@@ -65,23 +81,29 @@ def to_row(conversation) -> Row:
     return messages, conversation.topic, conversation.template_id, conversation.turns
 
 
-def turns_for(seed: int, index: int, low: int, high: int) -> int:
-    """The number of turns of conversation `index` for `--turns low-high`.
+def turns_for(seed: int, index: int, mix: TurnMix) -> int:
+    """The number of turns of conversation `index` for a turn mix.
 
     Drawn from its own RNG seeded by (seed, index), like everything else about the sample, so it
     does not depend on which process draws it or in which order.
     """
-    if low == high:
-        return low
-    return random.Random(f"turns:{seed}:{index}").randint(low, high)
+    if len(mix) == 1:
+        return mix[0][0]
+    rng = random.Random(f"turns:{seed}:{index}")
+    if len({w for _, w in mix}) == 1:  # a range A-B: uniform
+        return rng.randint(mix[0][0], mix[-1][0])
+    x = rng.random() * sum(w for _, w in mix)
+    for n, w in mix:
+        x -= w
+        if x < 0:
+            return n
+    return mix[-1][0]
 
 
-def draw_range(sampler, seed: int, start: int, stop: int, turns: tuple[int, int]) -> list[Row]:
+def draw_range(sampler, seed: int, start: int, stop: int, turns: TurnMix) -> list[Row]:
     """Conversations `start .. stop-1` as rows, duplicates included (the caller dedups)."""
-    low, high = turns
     return [
-        to_row(sampler.conversation(i, turns=turns_for(seed, i, low, high)))
-        for i in range(start, stop)
+        to_row(sampler.conversation(i, turns=turns_for(seed, i, turns))) for i in range(start, stop)
     ]
 
 
@@ -107,6 +129,7 @@ class _Collector:
         self.max_draws = 20 * n
         self.max_run = max(1_000, n // 10)
         self.capacity_spent = False
+        self.refused, self.refused_example = 0, ""
         self.bar = bar
         bar.update(self.examples)
 
@@ -124,7 +147,12 @@ class _Collector:
             # Dedup key: the whole conversation, i.e. (prompt, reply) for a single turn.
             # Topic and template id are left out: the same text from two templates is a repeat.
             key = row[0]
-            if key in self.seen:
+            bad = next((text for _, text in key if TEMPLATE_TEXT.search(text)), None)
+            if bad is not None:  # never written: a model would learn to print template code
+                self.refused += 1
+                self.refused_example = self.refused_example or f"{row[2]}: {bad!r}"
+                self.run += 1
+            elif key in self.seen:
                 self.run += 1
             else:
                 self.run = 0
@@ -143,6 +171,8 @@ class _Collector:
             unique=len(self.rows) - self.examples,
             examples=self.examples,
             capacity_spent=self.capacity_spent,
+            refused=self.refused,
+            refused_example=self.refused_example,
         )
 
 
@@ -164,7 +194,7 @@ def _init_worker(persona_path: str, seed: int) -> None:
     _worker_state = (Sampler(load_persona(persona_path), seed), seed)
 
 
-def _worker_draw(start: int, stop: int, turns: tuple[int, int]) -> list[Row]:
+def _worker_draw(start: int, stop: int, turns: TurnMix) -> list[Row]:
     sampler, seed = _worker_state
     return draw_range(sampler, seed, start, stop, turns)
 
@@ -199,7 +229,7 @@ def draw_unique(
     persona,
     seed: int,
     n: int,
-    turns: tuple[int, int] = (1, 1),
+    turns: TurnMix = ((1, 1.0),),
     workers: int = 1,
     progress: bool = True,
 ) -> DrawResult:

@@ -22,8 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from guppyforge import __version__
-from guppyforge.dataset.card import diversity, fingerprint, render_card, topic_counts
-from guppyforge.dataset.draw import DrawResult, draw_unique, parse_turns
+from guppyforge.dataset.card import (
+    diversity,
+    fingerprint,
+    pair_counts,
+    render_card,
+    topic_counts,
+)
+from guppyforge.dataset.draw import DrawResult, draw_unique, turn_mix
 from guppyforge.dataset.split import prompt_key, split_by_prompt
 from guppyforge.dataset.write import atomic_folder, check_destination, write_parquet
 from guppyforge.errors import GuppyError
@@ -33,6 +39,10 @@ from guppyforge.resources import builtin_persona
 
 class CapacityWarning(UserWarning):
     """The persona cannot make as many distinct conversations as were asked for."""
+
+
+class TemplateTextWarning(UserWarning):
+    """Some generated rows still held template syntax and were left out."""
 
 
 @dataclass
@@ -67,7 +77,7 @@ def generate_dataset(
     n: int = 60_000,
     seed: int = 42,
     test_size: float = 0.05,
-    turns: str | int = "1",
+    turns: str | int | None = None,
     workers: int = 1,
     force: bool = False,
     strict: bool = False,
@@ -76,7 +86,9 @@ def generate_dataset(
 ) -> GenerateResult:
     """Generate `n` unique conversations from a persona file and write them as a dataset folder.
 
-    `turns` is `1`, `N` or a range `A-B`. Same persona + seed give identical rows (and parquet
+    `turns` is `N` or a range `A-B`; None uses the persona's `turns:` mix (one turn if it has
+    none). Rows whose text still holds template syntax are left out with a TemplateTextWarning
+    (with `strict`, a GuppyError). Same persona + seed give identical rows (and parquet
     bytes) whatever `workers` is. `command` is quoted in the card; by default the equivalent
     `guppyforge generate` command line is written there. Raises GuppyError on bad input, and with
     `strict` when the persona cannot fill `n` rows (otherwise a CapacityWarning is issued).
@@ -90,7 +102,8 @@ def generate_dataset(
         raise GuppyError(f"--workers {workers}: must be at least 1.")
     if not 0 <= test_size < 1:
         raise GuppyError(f"--test-size {test_size}: must be at least 0 and below 1. Try 0.05.")
-    turn_range = parse_turns(turns)
+    if turns is not None:
+        turn_mix(turns, None)  # a bad --turns fails before anything is read
     check_destination(out_dir, force)  # fail before the work, not after it
 
     persona = load_persona(persona_path)
@@ -100,8 +113,9 @@ def generate_dataset(
     if hashlib.sha256(persona_bytes).hexdigest() != persona.sha256:
         raise GuppyError(f"{persona_path}: the file changed while it was read. Run again.")
 
+    mix = turn_mix(turns, persona)
     generation_started = time.perf_counter()
-    draw = draw_unique(persona_path, persona, seed, n, turn_range, workers, progress)
+    draw = draw_unique(persona_path, persona, seed, n, mix, workers, progress)
     generation_seconds = time.perf_counter() - generation_started
     if draw.capacity_spent:
         message = (
@@ -112,13 +126,23 @@ def generate_dataset(
         if strict:
             raise GuppyError(message)
         warnings.warn(message, CapacityWarning, stacklevel=2)
+    if draw.refused:
+        message = (
+            f"{persona_path}: {draw.refused:,} generated rows still held template syntax and were "
+            f"left out, e.g. {draw.refused_example}. Fix that template (quote it, close its "
+            "{{ }}, or write {{ name }} rather than {name})"
+        )
+        if strict:
+            raise GuppyError(message)
+        warnings.warn(message, TemplateTextWarning, stacklevel=2)
 
     train_at, test_at = split_by_prompt([prompt_key(row[0]) for row in draw.rows], test_size, seed)
     splits = {"train": [draw.rows[i] for i in train_at]}
     if test_at:
         splits["test"] = [draw.rows[i] for i in test_at]
 
-    stats = _stats(persona, draw, splits, n=n, seed=seed, turns=turns, test_size=test_size)
+    shown = turns if turns is not None else ",".join(f"{k}:{w:g}" for k, w in mix)
+    stats = _stats(persona, draw, splits, n=n, seed=seed, turns=shown, test_size=test_size)
     if command is None:
         command = _command(given, out_dir, n, seed, test_size, turns, workers, strict)
 
@@ -182,7 +206,9 @@ def _stats(persona, draw: DrawResult, splits: dict, **settings) -> dict:
         "unique_generated": draw.unique,
         "unique_pct": draw.unique_pct,
         "capacity_spent": draw.capacity_spent,
+        "refused_template_text": draw.refused,
         "topics": topic_counts(splits, weights),
+        "pairs": pair_counts(draw.rows),
         "diversity": diversity(draw.rows),
         "fingerprint": fingerprint(splits),
     }
@@ -191,7 +217,8 @@ def _stats(persona, draw: DrawResult, splits: dict, **settings) -> dict:
 def _command(persona_path, out_dir, n, seed, test_size, turns, workers, strict) -> str:
     """The `guppyforge generate` command line that makes this same dataset."""
     args = ["guppyforge", "generate", str(persona_path), "-n", str(n), "--seed", str(seed)]
-    args += ["--test-size", str(test_size), "--turns", str(turns)]
+    args += ["--test-size", str(test_size)]
+    args += ["--turns", str(turns)] if turns is not None else []
     if workers != 1:
         args += ["--workers", str(workers)]
     if strict:

@@ -39,7 +39,8 @@ class Samples:
     reply: np.ndarray  # 1 where the token belongs to a character reply (see encode_conversations)
     starts: np.ndarray  # conversation i is tokens[starts[i] : starts[i] + lengths[i]]
     lengths: np.ndarray
-    too_long: int  # conversations longer than the context: dropped, and reported
+    too_long: int  # conversations whose first turn alone is past the context: dropped
+    truncated: int = 0  # multi-turn conversations cut at the last turn that fits the context
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -48,8 +49,9 @@ class Samples:
 def tokenize(split, tok: Tokenizer, context: int) -> Samples:
     """Encode every conversation with `datasets.map` (batched), then flatten to arrays.
 
-    Conversations longer than `context` are dropped and counted, never cut: a cut reply would
-    teach the model to stop mid-sentence.
+    A conversation longer than `context` is cut after its last whole turn that fits (counted
+    in `truncated`), never inside a reply: a cut reply would teach the model to stop
+    mid-sentence. One whose first turn alone does not fit is dropped (counted in `too_long`).
     """
 
     def encode(batch):
@@ -71,14 +73,32 @@ def tokenize(split, tok: Tokenizer, context: int) -> Samples:
     reply = encoded.data.column("reply").combine_chunks()
     offsets = ids.offsets.to_numpy().astype(np.int64)
     lengths = np.diff(offsets)
+    reply_mask = reply.values.to_numpy().astype(np.int8)
+    truncated = 0
+    for i in np.flatnonzero(lengths > context).tolist():  # few: a loop is fine
+        start = offsets[i]
+        fit = turn_end(reply_mask[start : start + lengths[i]], context)
+        if fit:
+            lengths[i], truncated = fit, truncated + 1
     keep = lengths <= context
     return Samples(
         tokens=ids.values.to_numpy().astype(np.int64),
-        reply=reply.values.to_numpy().astype(np.int8),
+        reply=reply_mask,
         starts=offsets[:-1][keep],
         lengths=lengths[keep],
         too_long=int((~keep).sum()),
+        truncated=truncated,
     )
+
+
+def turn_end(reply: np.ndarray, context: int) -> int:
+    """Tokens up to the end of the last whole turn within `context` (0: not even the first).
+
+    A turn ends where a reply's tokens (its closing <|im_end|> included) stop.
+    """
+    ends = np.flatnonzero((reply[:-1] == 1) & (reply[1:] == 0)) + 1
+    ends = ends[ends <= context]
+    return int(ends[-1]) if len(ends) else 0
 
 
 def pack(lengths: np.ndarray, order: np.ndarray, context: int, open_rows: int = 16) -> list:

@@ -55,30 +55,36 @@ class _Counter:
 
     def topic(self, t: CompiledTopic) -> TopicCapacity:
         self.exact = True
+        first = t.stages[0]
         replies_for: dict[tuple, set[str]] = {}
 
-        def replies(key: tuple) -> set[str]:
-            if key not in replies_for:
+        def replies(key: tuple, says: tuple[int, ...]) -> set[str]:
+            if (key, says) not in replies_for:
                 fixed, out = dict(key), set()
-                for _, c in t.say:
-                    out.update(self.outputs(c, {s: v for s, v in fixed.items() if s in c.symbols}))
-                replies_for[key] = out
-            return replies_for[key]
+                for s in says:
+                    c = first.says[s][1]
+                    out.update(self.outputs(c, {n: v for n, v in fixed.items() if n in c.symbols}))
+                replies_for[key, says] = out
+            return replies_for[key, says]
 
         # The budget is split in three phases (replies, prompts, pairs) and within a phase
         # between its calls, so no template or phase starves the others.
+        everything = tuple(range(len(first.says)))
         self._phase(len(t.say))
-        all_replies = len(replies(()))
+        all_replies = len(replies((), everything))
         asked = set().union(*(c.symbols for _, c in t.ask))
         shared = sorted(asked & set().union(*(c.symbols for _, c in t.say)))
-        plans = [(c, [s for s in shared if s in c.symbols]) for _, c in t.ask]
-        self._phase(sum(min(ASSIGNMENT_CAP, self._combinations(mine)) for _, mine in plans))
-        keys_of: dict[str, set[tuple]] = {}  # prompt -> values of the shared symbols it implies
-        for c, mine in plans:
+        plans = []
+        for a, (_, c) in enumerate(t.ask):  # format 1.1: only the replies that fit the question
+            says = tuple(first.replies_for(dict.fromkeys(first.ask_bind[a])))
+            plans.append((c, [s for s in shared if s in c.symbols], says))
+        self._phase(sum(min(ASSIGNMENT_CAP, self._combinations(mine)) for _, mine, _ in plans))
+        keys_of: dict[str, set[tuple]] = {}  # prompt -> (shared values it implies, its replies)
+        for c, mine, says in plans:
             for fixed in self._assignments(mine):
                 key = tuple(sorted(fixed.items()))
                 for prompt in self.outputs(c, fixed, reply=False):
-                    keys_of.setdefault(prompt, set()).add(key)
+                    keys_of.setdefault(prompt, set()).add((key, says))
         self._phase(len(t.say) * len(set().union(*keys_of.values())))
         pairs, single = 0, {}
         for keys in keys_of.values():
@@ -86,8 +92,8 @@ class _Counter:
                 key = next(iter(keys))
                 single[key] = single.get(key, 0) + 1
             else:  # one prompt, made with several shared values: union its possible replies
-                pairs += len(set().union(*(replies(k) for k in keys)))
-        pairs += sum(n * len(replies(key)) for key, n in single.items())
+                pairs += len(set().union(*(replies(*k) for k in keys)))
+        pairs += sum(n * len(replies(*key)) for key, n in single.items())
         return TopicCapacity(len(keys_of), all_replies, pairs, self.exact)
 
     def _phase(self, calls: int) -> None:

@@ -148,7 +148,7 @@ def card_to_persona(card: dict[str, Any]) -> dict[str, Any]:
     words = [*dict.fromkeys(re.findall(r"[^\W\d_]{4,}", (greetings or [char])[0].lower()))]
     notes = [description, f"Personality: {personality}" if personality else ""]
     persona = {
-        "guppyforge": limits.SPEC_VERSION,
+        "guppyforge": 1,  # a card uses nothing newer than format 1
         "name": slugify(display),
         "display_name": display,
         "summary": summary or f"{display}, imported from a Character Card.",

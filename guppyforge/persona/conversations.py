@@ -13,12 +13,13 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from guppyforge.errors import GuppyError
 from guppyforge.persona import limits
 from guppyforge.persona.grammar import Draw, Grammar, Rule
-from guppyforge.persona.templating import Compiled, TemplateProblem, compile_text
+from guppyforge.persona.pairing import Stage, first_pairs, make_stage, stated
+from guppyforge.persona.templating import Compiled, TemplateProblem, compile_text, did_you_mean
 from guppyforge.persona.types import Persona, Template
 
 # Ranks 0, 1, 2... -> u = frac(u0 + rank / golden ratio): the most evenly spread sequence in [0, 1)
@@ -45,6 +46,7 @@ class CompiledTopic:
     ask: list[tuple[Template, Compiled]]
     say: list[tuple[Template, Compiled]]
     follow_ups: list[tuple[list, list]]  # per follow-up: (ask, say) like the two above
+    stages: list[Stage] = field(default_factory=list)  # [first step, *follow-ups], paired
 
 
 @dataclass
@@ -88,6 +90,11 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
                       [(templates(f.ask), templates(f.say)) for f in t.follow_ups])
         for t in persona.topics.values()
     ]  # fmt: skip
+    strict = persona.spec >= (1, 1)
+    for t in topics:
+        first = make_stage(t.ask, t.say, set(), strict)
+        asked = set().union(*(stated(c) for _, c in t.ask))
+        t.stages = [first] + [make_stage(a, s, asked, strict) for a, s in t.follow_ups]
     return CompiledPersona(grammar, topics, used)
 
 
@@ -116,8 +123,10 @@ class Sampler:
         rng = random.Random(f"{seed}:schedule")
         self._quota, self._slots = _schedule([t.weight for t in self._topic_list], rng)
         self._shift, self._u0 = rng.randrange(len(self._slots)), rng.random()
-        self._cell_offsets = {t.name: (rng.randrange(len(t.ask)), rng.randrange(len(t.say)))
-                              for t in self._topic_list}  # fmt: skip
+        offsets = {t.name: (rng.randrange(len(t.ask)), rng.randrange(len(t.say)))
+                   for t in self._topic_list}  # fmt: skip
+        self._pairs = {t.name: first_pairs(t.stages[0], offsets[t.name]) or [(0, 0)]
+                       for t in self._topic_list}  # fmt: skip
         style = persona.style
         self._case = {"lower": str.lower, "upper": str.upper}.get(style.case)
         self._max_sentences = style.max_sentences
@@ -126,7 +135,12 @@ class Sampler:
         self._never = re.compile(never).search if never else None
 
     def conversation(self, index: int, turns: int = 1, topic: str | None = None) -> Conversation:
-        """The conversation number `index`: the same arguments always give the same text."""
+        """The conversation number `index`: the same arguments always give the same text.
+
+        Later turns use the topic's follow-ups in order; a turn that cannot avoid repeating a
+        line of the conversation (or a topic without follow-ups) ends it early, so `turns` is
+        a most: no user line and no reply ever repeats within one conversation.
+        """
         if topic is None:  # slot in the weighted schedule -> topic, and its rank in that topic
             cycle, slot = divmod(index + self._shift, len(self._slots))
             i, k = self._slots[slot]
@@ -134,37 +148,51 @@ class Sampler:
         elif topic in self.topics:
             t, rank = self.topics[topic], index
         else:
-            raise GuppyError(f"{self.persona.path}: topics: no topic '{topic}'. Use one of: "
-                             f"{', '.join(self.topics)}")  # fmt: skip
-        # Rank -> (ask, say) cell, visiting every pair in turn; the rank also drives the
-        # grammar's quasi-random first draws, so conversations of one cell differ.
-        n_ask, n_say = len(t.ask), len(t.say)
-        cell = rank % (n_ask * n_say)
-        off_ask, off_say = self._cell_offsets[t.name]
-        first = ((cell + off_ask) % n_ask, (cell // n_ask + off_say) % n_say)
+            hint = did_you_mean(topic, self.topics) or f"Use one of: {', '.join(self.topics)}"
+            raise GuppyError(f"{self.persona.path}: topics: no topic '{topic}'. {hint}")
+        # Rank -> (ask, say) cell, visiting every pair that answers in turn; the rank also drives
+        # the grammar's quasi-random first draws, so conversations of one cell differ.
+        pairs = self._pairs[t.name]
+        a, s = pairs[rank % len(pairs)]
         # The topic rank, not the rank within the cell, drives u: cells that share an ask
         # template must not replay the same sequence of values, or prompts would repeat.
         draw = Draw(self.grammar, f"{self.seed}:{index}", (self._u0 + rank * _GOLDEN) % 1.0)
         bound: dict[str, str] = {}
-        messages: list[dict] = []
-        ids = [t.name]
-        stages = [(t.ask, t.say)]
-        for k in range(1, turns if t.follow_ups else 1):
-            stages.append(t.follow_ups[(k - 1) % len(t.follow_ups)])
-        for k, (asks, says) in enumerate(stages):
-            if k == 0:
-                a, s = first
-            else:
-                a, s = draw.rng().randrange(len(asks)), draw.rng().randrange(len(says))
-            prompt = self._render(*asks[a], bound, draw)
-            s, reply = self._reply(says, s, bound, draw)
-            messages += [
-                {"role": "user", "content": prompt},
-                {"role": "assistant", "content": reply},
-            ]
-            tag = f"ask{a}@L{asks[a][0].line}/say{s}@L{says[s][0].line}"
-            ids.append(tag if k == 0 else f"f{(k - 1) % len(t.follow_ups)}:{tag}")
-        return Conversation(messages, t.name, "/".join(ids), len(stages))
+        first = t.stages[0]
+        prompt = self._render(*first.asks[a], bound, draw, first.ask_bind[a])
+        s, reply = self._reply(first, s, bound, draw)
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+        ids = [t.name, f"ask{a}@L{first.asks[a][0].line}/say{s}@L{first.says[s][0].line}"]
+        seen = {prompt, reply}
+        for k in range(1, turns if len(t.stages) > 1 else 1):
+            j = 1 + (k - 1) % (len(t.stages) - 1)
+            turn = self._later_turn(t.stages[j], bound, draw, seen)
+            if turn is None:
+                break
+            a, s, prompt, reply = turn
+            seen.update((prompt, reply))
+            messages += [{"role": "user", "content": prompt},
+                         {"role": "assistant", "content": reply}]  # fmt: skip
+            st = t.stages[j]
+            ids.append(f"f{j - 1}:ask{a}@L{st.asks[a][0].line}/say{s}@L{st.says[s][0].line}")
+        return Conversation(messages, t.name, "/".join(ids), len(messages) // 2)
+
+    def _later_turn(self, st: Stage, bound: dict, draw: Draw, seen: set):
+        """A follow-up (ask, say, prompt, reply) repeating no line in `seen`, or None."""
+        rng = draw.rng()
+        for _ in range(limits.MAX_TURN_REDRAWS):
+            draw.work = 0  # the work limit holds per message rendered, redraws included
+            trial = dict(bound)  # a refused draw must not leave its values bound
+            a = rng.randrange(len(st.asks))
+            prompt = self._render(*st.asks[a], trial, draw, st.ask_bind[a])
+            options = st.replies_for(trial)
+            if prompt in seen or not options:
+                continue
+            s, reply = self._reply(st, options[rng.randrange(len(options))], trial, draw)
+            if reply not in seen:
+                bound.update(trial)
+                return a, s, prompt, reply
+        return None
 
     def examples(self) -> list[Conversation]:
         """The persona's hand-written example conversations, as they are written."""
@@ -186,10 +214,7 @@ class Sampler:
         if limit and (
             text.count(".") + text.count("!") + text.count("?") > limit or not text.isascii()
         ):
-            for n, m in enumerate(_SENTENCE_END.finditer(text), 1):
-                if n == limit:
-                    text = text[: m.end()]
-                    break
+            text = keep_sentences(text, limit)
         return text
 
     def banned(self, reply: str) -> bool:
@@ -197,17 +222,22 @@ class Sampler:
         low = reply if self._case is str.lower else reply.lower()
         return self._never is not None and self._never(low) is not None
 
-    def _reply(self, says, s: int, bound: dict, draw: Draw):
+    def _reply(self, st: Stage, s: int, bound: dict, draw: Draw):
+        options = None
         for _ in range(limits.MAX_NEVER_SAY_REDRAWS):
-            reply = self.style(self._render(*says[s], bound, draw))
+            reply = self.style(self._render(*st.says[s], bound, draw, st.say_bind[s]))
             if self._never is None or not self.banned(reply):
                 return s, reply
-            s = draw.rng().randrange(len(says))  # draw again: another template, fresh grammar picks
-        raise GuppyError(f"{says[s][0].where}: {limits.MAX_NEVER_SAY_REDRAWS} replies in a row "
-                         "contained a style.never_say phrase. Reword the templates or grammar")  # fmt: skip
+            options = options or st.replies_for(bound)
+            # Draw again: another reply that fits the question, fresh grammar picks.
+            s = options[draw.rng().randrange(len(options))]
+        raise GuppyError(f"{st.says[s][0].where}: {limits.MAX_NEVER_SAY_REDRAWS} replies in a "
+                         "row contained a style.never_say phrase. Reword the templates or "
+                         "grammar")  # fmt: skip
 
-    def _render(self, t: Template, c: Compiled, bound: dict, draw: Draw) -> str:
-        for name in c.symbols:
+    def _render(self, t: Template, c: Compiled, bound: dict, draw: Draw, bind=None) -> str:
+        """Render one template; `bind`: the symbols it may bind (default: all it reads)."""
+        for name in c.symbols if bind is None else bind:
             if name not in bound:
                 bound[name] = draw.expand(name)
         if c.parts is not None:
@@ -254,34 +284,23 @@ def _schedule(weights: list[float], rng: random.Random, size: int = 10_000):
     return quota, [(i, k) for _, i, k in slots]
 
 
+def keep_sentences(text: str, limit: int) -> str:
+    """The `limit` sentences of `text` with the most words (ties: the earlier), in their order.
+
+    A reply over the cap loses its fillers ("sorry.", "beep.") rather than its main clause.
+    """
+    cuts = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if cuts and cuts[-1] < len(text.rstrip()):
+        cuts.append(len(text))  # an unfinished last sentence counts too
+    pieces = [text[a:b] for a, b in zip([0, *cuts], cuts, strict=False)]
+    if len(pieces) <= limit:
+        return text
+    longest = sorted(range(len(pieces)), key=lambda i: (-len(pieces[i].split()), i))[:limit]
+    return "".join(pieces[i] for i in sorted(longest)).strip()
+
+
 def tidy(text: str) -> str:
     """Collapse the double spaces an empty alternative or a skipped {% if %} leaves; strip."""
     if "  " in text:
         text = _SPACES.sub(" ", text)
     return text.strip()
-
-
-def smoke_test(persona: Persona, tries: int = 3) -> list[str]:
-    """Render every template a few times, and make a few conversations per topic, to surface
-    what only sampling shows: a message past the length limit, unavoidable never_say phrases."""
-    try:
-        sampler = Sampler(persona)
-    except GuppyError as exc:
-        return [str(exc)]
-    errors = []
-    for t in sampler.compiled.topics:
-        steps = [(t.ask, t.say), *t.follow_ups]
-        for k, (template, compiled) in enumerate(
-            x for pair in steps for side in pair for x in side
-        ):
-            try:
-                for i in range(tries):  # u=None: plain random draws, a different mix each time
-                    sampler._render(template, compiled, {}, Draw(sampler.grammar, f"{k}:{i}"))
-            except GuppyError as exc:
-                errors.append(str(exc))
-        try:
-            for i in range(tries):
-                sampler.conversation(i, turns=len(steps), topic=t.name)
-        except GuppyError as exc:
-            errors.append(str(exc))
-    return list(dict.fromkeys(errors))  # a template's error once, even if a conversation hit it

@@ -6,7 +6,8 @@ is capped here, in one place the docs can quote. A file past a limit is refused 
 
 from __future__ import annotations
 
-SPEC_VERSION = 1  # the persona format version this code reads and writes
+SPEC_VERSION = "1.1"  # the newest persona format this code reads (and new-persona writes)
+SPEC_VERSIONS = {"1": (1, 0), "1.0": (1, 0), "1.1": (1, 1)}  # `guppyforge:` values as written
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: far above any hand-written persona
 MAX_YAML_DEPTH = 20  # nested mappings/lists
@@ -20,4 +21,6 @@ MAX_GRAMMAR_WORK = 2_000  # symbol expansions per conversation
 MAX_MESSAGE_CHARS = 2_000  # one rendered message (and one expanded symbol value)
 
 MAX_NEVER_SAY_REDRAWS = 20  # attempts to draw a reply free of never_say phrases
+MAX_TURNS = 16  # user turns in one generated conversation
+MAX_TURN_REDRAWS = 8  # attempts to draw a later turn that repeats no line of the conversation
 DEFAULT_TARGET = 60_000  # conversations `validate` checks a persona can fill without repeats

@@ -12,7 +12,13 @@ from pathlib import Path
 from guppyforge.errors import GuppyError
 from guppyforge.persona import limits
 from guppyforge.persona.capacity import capacity
-from guppyforge.persona.conversations import compile_persona, smoke_test
+from guppyforge.persona.checks import (
+    pairing_problems,
+    placeholder_warnings,
+    sentence_warnings,
+    smoke_test,
+)
+from guppyforge.persona.conversations import Sampler, compile_persona
 from guppyforge.persona.schema import Reader
 from guppyforge.persona.types import Persona, Report
 from guppyforge.persona.yamlsafe import read_yaml
@@ -37,6 +43,8 @@ def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> R
     errors += smoke_test(persona)
     if errors:
         return Report(errors, warnings)
+    sampler = Sampler(persona)
+    warnings += sentence_warnings(sampler) + placeholder_warnings(persona)
     table = capacity(persona)
     total = sum(c.conversations for c in table.values())
     if total < target:
@@ -58,6 +66,10 @@ def _load(path: str | Path) -> tuple[Persona, list[str], list[str]]:
     persona = r.persona()
     # Templates are checked even after other schema errors, so one run reports every problem.
     compiled = compile_persona(persona, r.errors.append if r.grammar_ok else lambda e: None)
+    if not r.errors:  # pairing only means something once every template compiled
+        errors, warnings = pairing_problems(compiled, persona.spec >= (1, 1))
+        r.errors += errors
+        r.warnings += warnings
     if not r.errors:  # after an error, "unused" is likely noise (a refused template uses nothing)
         used = set(compiled.used_symbols)
         for name, sym in persona.grammar.items():

@@ -24,6 +24,15 @@ def capacity_table(table: dict) -> str:
     return text_table(rows, indent="  ")
 
 
+_GOLDEN = (5**0.5 - 1) / 2
+
+
+def spread(count: int, span: int = 60_000) -> list[int]:
+    """`count` conversation indices spread evenly over `span` (a golden-ratio walk), so a
+    preview shows topics and openers in the proportions of a dataset, not its first rows."""
+    return [0] + [int((i * _GOLDEN) % 1.0 * span) for i in range(1, count)]
+
+
 def format_conversation(conversation, display_name: str) -> str:
     """A conversation as `user:` / `Name:` lines under a `# template id` header."""
     lines = [f"# {conversation.template_id}"]

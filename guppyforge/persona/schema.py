@@ -29,7 +29,7 @@ from guppyforge.persona.yamlsafe import Doc
 _KEYS = {
     (): {"guppyforge", "name", "display_name", "summary", "author", "license", "version",
          "language", "tags", "notes", "extensions", "style", "grammar", "topics", "examples",
-         "probes"},
+         "probes", "turns"},
     ("style",): {"case", "max_sentences", "never_say"},
     ("alternative",): {"text", "weight"},
     ("topic",): {"weight", "ask", "say", "follow_ups"},
@@ -39,6 +39,7 @@ _KEYS = {
     ("probe",): {"ask", "expect_any", "forbid"},
 }  # fmt: skip
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_NUMBER = re.compile(r"\d{1,6}(\.\d{1,6})?")
 
 
 class Reader:
@@ -107,7 +108,7 @@ class Reader:
         data = self.doc.data
         for dup in self.doc.duplicates:
             self.error(dup, f"key '{dup[-1]}' appears twice", "Merge or rename one", key=True)
-        self._version(data.get("guppyforge"))
+        spec = self._version(data.get("guppyforge"))
         if self.errors:  # a file of another version may use keys we do not know: stop here
             raise GuppyError(self.errors[0])
         d = self.mapping((), data, (), required=("name", "summary", "topics"))
@@ -133,18 +134,53 @@ class Reader:
             version=t["version"], language=t["language"] or "en",
             tags=self.texts(("tags",), d.get("tags")), notes=t["notes"],
             extensions=extensions if isinstance(extensions, dict) else {},
-            path=self.doc.path, sha256=self.doc.sha256, raw=data,
+            path=self.doc.path, sha256=self.doc.sha256, raw=data, spec=spec,
+            turns=self._turns(d.get("turns"), spec),
         )  # fmt: skip
 
-    def _version(self, v: Any) -> None:
-        fix = f"Add `guppyforge: {limits.SPEC_VERSION}` as the first line"
+    def _version(self, v: Any) -> tuple[int, int]:
+        """The declared format as (major, minor); "1.1" is read as written, not as a float."""
+        path = ("guppyforge",)
         if v is None:
-            self.error((), "missing the spec version key 'guppyforge'", fix)
-        elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            self.error(("guppyforge",), f"spec version must be a whole number, not {v!r}", fix)
-        elif v > limits.SPEC_VERSION:
-            self.error(("guppyforge",), f"this file uses persona format {v}; this guppyforge "
-                       f"reads up to {limits.SPEC_VERSION}", "Upgrade: pip install -U guppyforge")  # fmt: skip
+            self.error((), "missing the spec version key 'guppyforge'", "Add `guppyforge: 1` "
+                       f"as the first line (`{limits.SPEC_VERSION}` for the newest features)")  # fmt: skip
+            return (1, 0)
+        text = self.doc.texts.get(path, v) if not isinstance(v, str) else v
+        text = text.strip() if isinstance(text, str) else None
+        if text in limits.SPEC_VERSIONS:
+            return limits.SPEC_VERSIONS[text]
+        known = " or ".join(dict.fromkeys(k for k in limits.SPEC_VERSIONS if k != "1.0"))
+        if text and _NUMBER.fullmatch(text) and float(text) > float(limits.SPEC_VERSION):
+            self.error(path, f"this file uses persona format {text}; this guppyforge reads up "
+                       f"to {limits.SPEC_VERSION}", "Upgrade: pip install -U guppyforge")  # fmt: skip
+        else:  # a long or odd value is shortened: the error must stay one readable line
+            shown = repr(v if text is None else text)
+            shown = shown if len(shown) <= 24 else f"{shown[:20]}...' ({len(str(text)):,} chars)"
+            self.error(path, f"spec version must be {known}, not {shown}",
+                       f"Write `guppyforge: {limits.SPEC_VERSION}`")  # fmt: skip
+        return (1, 0)
+
+    def _turns(self, value: Any, spec: tuple[int, int]) -> tuple[tuple[int, float], ...]:
+        """`turns: {1: 6, 2: 3, 3: 1}`: how often a conversation has 1, 2, 3... user turns."""
+        path = ("turns",)
+        if value is None:
+            return ()
+        if spec < (1, 1):
+            self.error(path, "`turns` needs persona format 1.1", "Write `guppyforge: 1.1` as "
+                       "the first line", key=True)  # fmt: skip
+            return ()
+        if not isinstance(value, dict) or not value:
+            self.error(path, "must be a mapping of turns: weight", "Write e.g. {1: 6, 2: 3, 3: 1}")
+            return ()
+        out = []
+        for k, w in value.items():
+            n = int(k) if str(k).isdigit() and len(str(k)) <= 3 else 0
+            if not 1 <= n <= limits.MAX_TURNS:
+                self.error((*path, k), f"'{k}' is not a number of turns from 1 to "
+                           f"{limits.MAX_TURNS}", "Use keys 1, 2, 3...", key=True)  # fmt: skip
+                continue
+            out.append((n, self.weight((*path, k), w)))
+        return tuple(sorted(out))
 
     def _style(self, value: Any) -> Style:
         s = self.mapping(("style",), value, ("style",))

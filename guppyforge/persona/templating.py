@@ -9,6 +9,7 @@ of them) compile to a list of parts that Python joins directly: no Jinja call pe
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -139,6 +140,7 @@ class Compiled:
     jinja: Any  # a compiled jinja2.Template when parts is None
     symbols: tuple[str, ...]  # symbols bound by this template, in first-use order
     picks: tuple[str, ...]  # symbols drawn fresh, once per occurrence
+    tested: tuple[str, ...] = ()  # symbols under `is defined`/`is undefined`: optional in 1.1
 
 
 _ALLOWED = (
@@ -166,6 +168,13 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
         )
     if "{" not in text:  # plain text: the common case, no parsing needed
         return Compiled(text, (text,) if text else (), None, (), ())
+    empty = _EMPTY.search(text)
+    if empty:
+        raise TemplateProblem(
+            f"empty {empty[0]!r}",
+            "Put a symbol name inside, e.g. {{ food }}, or remove it",
+            text.count("\n", 0, empty.start()) + 1,
+        )
     env = environment()
     try:
         tree = env.parse(text)
@@ -187,7 +196,10 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
     bound = () if grammar else tuple(checker.free)  # first-use order: sets would vary by process
     picks = tuple(checker.picks) + (tuple(checker.free) if grammar else ())
     jinja = env.from_string(tree) if parts is None else None
-    return Compiled(text, parts, jinja, bound, picks)
+    return Compiled(text, parts, jinja, bound, picks, tuple(checker.tested))
+
+
+_EMPTY = re.compile(r"\{\{[\s-]*\}\}|\{%[\s-]*%\}")
 
 
 def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:
@@ -220,6 +232,7 @@ class _Checker:
         self.assigned: set[str] = set()
         self.free: list[str] = []  # symbols read, in first-use order
         self.picks: list[str] = []
+        self.tested: list[str] = []
         self.first_line = 0
 
     def refuse(self, node: nodes.Node, problem: str, fix: str) -> None:
@@ -249,6 +262,9 @@ class _Checker:
                 self.refuse(node, f"filter '{node.name}' is not allowed", f"Use one of: {allowed}")
         elif isinstance(node, nodes.Test) and node.name not in _TESTS:
             self.refuse(node, f"test '{node.name}' is not allowed", f"Use one of: {sorted(_TESTS)}")
+        elif isinstance(node, nodes.Test) and node.name in ("defined", "undefined"):
+            if isinstance(node.node, nodes.Name) and node.node.name not in self.tested:
+                self.tested.append(node.node.name)
         if isinstance(node, (nodes.Filter, nodes.Test, nodes.Call)) and (
             node.kwargs or node.dyn_args or node.dyn_kwargs
         ):

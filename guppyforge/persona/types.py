@@ -99,6 +99,8 @@ class Persona:
     path: Path = Path("persona.yaml")
     sha256: str = ""
     raw: dict = field(default_factory=dict)
+    spec: tuple[int, int] = (1, 0)  # the format version the file declares: (1, 0) or (1, 1)
+    turns: tuple[tuple[int, float], ...] = ()  # 1.1: (user turns, weight) mix; () = one turn
 
 
 @dataclass

@@ -7,6 +7,7 @@ then is the node tree composed and turned into Python data, recording where each
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,8 @@ def read_yaml(path: str | Path) -> Doc:
         if "nesting depth" in problem:  # libyaml's own cap (1000) can fire before ours
             raise fail(path, f"nesting deeper than {limits.MAX_YAML_DEPTH} levels",
                        "Flatten the file", line, col) from None  # fmt: skip
-        raise fail(
-            path, f"YAML syntax: {problem}", "Fix the YAML at this spot", line, col
-        ) from None
+        source = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
+        raise fail(path, f"YAML syntax: {problem}", _syntax_fix(source), line, col) from None
     except yaml.YAMLError as exc:
         raise fail(path, f"YAML syntax: {exc}".rstrip("."), "Fix the YAML") from None
     if doc.data is None:
@@ -109,6 +109,19 @@ def read_yaml(path: str | Path) -> Doc:
         kind = "a list" if isinstance(doc.data, list) else "a single value"
         raise fail(path, f"top level is {kind}, not a mapping", "Start with `guppyforge: 1`", 1, 1)
     return doc
+
+
+def _syntax_fix(line: str) -> str:
+    """The likely fix for a YAML syntax error on `line`: the two mistakes persona authors make."""
+    if "\t" in line[: len(line) - len(line.lstrip())] or line.lstrip().startswith("\t"):
+        return "Indent with spaces, not tabs"
+    if _UNQUOTED_TEMPLATE.match(line):
+        return 'Quote a template that starts with `{`: write "{{ name }} ..." in quotes'
+    return "Fix the YAML at this spot"
+
+
+# A list item or value that starts with `{{` or `{%` unquoted: YAML reads `{` as a mapping.
+_UNQUOTED_TEMPLATE = re.compile(r"\s*(-\s+|[^\s#'\"][^:#]*:\s+)?\{[{%]")
 
 
 def _check_events(path: Path, text: str) -> None:
@@ -175,7 +188,10 @@ def _convert(doc: Doc, loader: Any, node: yaml.Node, path: Path_) -> Any:
         if node.tag not in _TYPED:
             return node.value  # strings, and timestamps kept as written (JSON-friendly)
         doc.texts[path] = node.value
-        return loader.construct_object(node)
+        try:
+            return loader.construct_object(node)
+        except ValueError:  # e.g. an int of 5,000 digits (past Python's limit): keep the text
+            return node.value
     if isinstance(node, yaml.SequenceNode):
         return [_convert(doc, loader, item, (*path, i)) for i, item in enumerate(node.value)]
     loader.flatten_mapping(node)  # applies `<<: *base` merge keys in place
@@ -183,12 +199,15 @@ def _convert(doc: Doc, loader: Any, node: yaml.Node, path: Path_) -> Any:
     for key_node, value_node in node.value:
         if not isinstance(key_node, yaml.ScalarNode):
             mark = key_node.start_mark
+            template = isinstance(key_node, yaml.MappingNode) and key_node.flow_style
             raise fail(
                 doc.path,
-                "a key must be plain text",
-                "Use `name: value`",
+                "an unquoted template: YAML reads `{{` as a mapping"
+                if template
+                else "a key must be plain text",
+                'Quote it: write "{{ name }} ..." in quotes' if template else "Use `name: value`",
                 mark.line + 1,
-                mark.column + 1,
+                mark.column,  # the `{` that opened it
             )
         key = key_node.value  # as written: `no:` stays "no", `1:` stays "1"
         child = (*path, key)

@@ -63,14 +63,13 @@ def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
     train_s = tokenize(splits["train"], tok, cfg.context)
     test_s = tokenize(splits["test"], tok, cfg.context)
     info["too_long"] = train_s.too_long + test_s.too_long
+    info["truncated"] = train_s.truncated + test_s.truncated
     share = train_s.too_long / max(1, len(train_s) + train_s.too_long)
     if share > 0.01:  # a few odd ones can go; more means the wrong preset for this data
         raise GuppyError(
             f"{data_dir}: {train_s.too_long} train conversations ({share:.0%}) are longer than "
             f"the {cfg.context}-token context. Use --preset guppy-9m-long, or fewer --turns."
         )
-    if info["too_long"]:
-        tqdm.write(f"dropped {info['too_long']} conversations longer than {cfg.context} tokens")
     prompts = sample_prompts(persona, splits["test"])
     # The conversations are tokens now: let the tables go, and have Arrow's allocator (which
     # keeps freed memory for reuse) hand it back, so training's peak memory stays lower.
@@ -147,6 +146,13 @@ def train(
     pad = padding_share(train_s, plan0, cfg.context)
     say(f"{cfg.n_layer} layers, d_model {cfg.d_model}: {model.num_params() / 1e6:.2f}M parameters")
     say(f"{len(train_s)} train / {len(test_s)} test conversations, loss on {o.loss_on}")
+    if info["truncated"] or info["too_long"]:
+        say(
+            f"past the {cfg.context}-token context: {info['truncated']} conversations cut after "
+            f"their last whole turn that fits, {info['too_long']} dropped (first turn too long)"
+        )
+    else:
+        say(f"every conversation fits the {cfg.context}-token context")
     say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows of up to {cfg.context} tokens")
     say(f"packed: {pad:.1%} of the positions computed are padding")
     say(f"device: {device}; {precision.describe()}; optimizer {o.optimizer}")
