@@ -149,13 +149,23 @@ def test_stalled_clients_time_out_without_blocking_others(server, run):
 
 
 def test_a_client_that_hangs_up_mid_stream_frees_its_slot_at_once(server, run, monkeypatch):
-    monkeypatch.setattr(server.decoder, "on_step", lambda rows: time.sleep(0.01))
+    # Slow steps: every reply is still being written when its client goes.
+    monkeypatch.setattr(server.decoder, "on_step", lambda rows: time.sleep(0.1))
     body = chat(stream=True)
     head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Length: {len(body)}\r\n\r\n"
     socks = [socket.create_connection(server.server_address) for _ in range(LIMITS.max_batch)]
     for sock in socks:  # every batch row taken...
+        sock.settimeout(10)
         sock.sendall(head.encode() + body)
-        assert b"data: " in sock.recv(4096)
+        received = b""
+        while b"data: " not in received:
+            chunk = sock.recv(4096)
+            assert chunk, received
+            received += chunk
+    deadline = time.monotonic() + 10
+    while send(server, "GET", "/health")[1]["active"] < LIMITS.max_batch:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     for sock in socks:  # ...then every client gone mid-reply
         sock.close()
     time.sleep(0.2)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 
 from guppyforge.apps.serve import make_server
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import load_run
+from guppyforge.resources import builtin_persona
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -26,8 +26,12 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 
 
 @pytest.fixture(scope="module")
-def run(micro_run):
-    return load_run(Path(micro_run))
+def run(micro_run, tmp_path_factory):
+    """The micro run with the built-in cat persona beside it: a persona with a greeting."""
+    folder = tmp_path_factory.mktemp("cat") / "run"
+    shutil.copytree(micro_run, folder)
+    shutil.copy(builtin_persona("cat"), folder / "persona.yaml")
+    return load_run(folder)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +55,10 @@ def page(server):
 
 
 def test_the_page_shows_the_persona_and_streams_a_reply(page, server, run):
-    assert page.locator("#name").inner_text() == "Finn"
-    assert page.locator("#summary").inner_text() == "A tiny fish for tests."
+    assert page.locator("#name").inner_text() == "Marmalade"
+    assert page.locator("#summary").inner_text().startswith("A ")
     greeting = page.locator(".msg.assistant").first.inner_text()
-    assert greeting  # the persona card's first message
+    assert greeting == "You're back. The bowl is empty, in case you wondered."  # its card's first_mes
     page.locator("#temperature").fill("0")
     page.locator("#top-k").fill("7")
     with page.expect_request("**/v1/chat/completions") as request:
@@ -62,6 +66,7 @@ def test_the_page_shows_the_persona_and_streams_a_reply(page, server, run):
         page.locator("#send").click()
     sent = json.loads(request.value.post_data)
     assert sent["stream"] is True and sent["temperature"] == 0 and sent["top_k"] == 7
+    assert sent["model"] == server.model_id
     assert sent["messages"] == [{"role": "user", "content": "are you hungry"}]
     reply = page.locator(".msg.assistant[data-done]")
     reply.wait_for(timeout=20_000)

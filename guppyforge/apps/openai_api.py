@@ -143,6 +143,8 @@ class _Sampling(_Strict):
             raise ValueError("stop must be a string or a list of up to 4 non-empty strings")
         return stop
 
+    _cap: int = MAX_NEW_TOKENS  # the server's --max-tokens, set by parse_request
+
     def reply_cap(self) -> int | None:
         return self.max_tokens
 
@@ -152,7 +154,7 @@ class _Sampling(_Strict):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
-            "max_new_tokens": self.reply_cap() or MAX_NEW_TOKENS,
+            "max_new_tokens": self.reply_cap() or min(MAX_NEW_TOKENS, self._cap),
             "seed": self.seed,
             "stop": self.stop,
         }
@@ -253,6 +255,7 @@ def parse_request(kind: type[_Sampling], body: bytes, model_id: str, limits: Lim
         )
         message = f"'{param}' is {cap}; this server's limit is {limits.max_tokens} (--max-tokens)."
         raise ApiError(400, message, param, "max_tokens_too_large")
+    req._cap = limits.max_tokens
     return req
 
 
@@ -341,8 +344,9 @@ class Health(BaseModel):
 
 
 class PersonaInfo(BaseModel):
-    """What the chat page shows before the first message."""
+    """What the chat page shows before the first message, and the model to ask."""
 
+    model: str
     name: str
     display_name: str
     summary: str

@@ -121,7 +121,10 @@ def create_app(server: Server) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_, e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status)
+        # After a body that was cut short or left unread, the connection cannot carry another
+        # request: say so, and uvicorn closes it once the answer is out.
+        close = {"Connection": "close"} if e.status in (408, 413) else None
+        return JSONResponse(e.body(), status_code=e.status, headers=close)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):
@@ -291,10 +294,11 @@ def _persona_info(run: Run, model_id: str) -> api.PersonaInfo:
 
         persona = load_persona(run.persona_path)
         first = persona_to_card(persona)["data"]["first_mes"]
-        return api.PersonaInfo(name=persona.name, display_name=persona.display_name,
+        return api.PersonaInfo(model=model_id, name=persona.name, display_name=persona.display_name,
                                summary=persona.summary, first_message=first)  # fmt: skip
     except (GuppyError, OSError):  # no persona.yaml, or one this version cannot read
-        return api.PersonaInfo(name=model_id, display_name=model_id, summary="", first_message="")
+        return api.PersonaInfo(model=model_id, name=model_id, display_name=model_id, summary="",
+                               first_message="")  # fmt: skip
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",

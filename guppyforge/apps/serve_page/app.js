@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const HISTORY = 40; // messages sent with each request; the server keeps what fits the context
-let persona = { name: "", display_name: "", summary: "", first_message: "" };
+let persona = { model: "", name: "", display_name: "", summary: "", first_message: "" };
 let history = []; // {role, content} of this chat, sent with each request
 let busy = false;
 
@@ -54,7 +54,7 @@ async function send(text) {
   const headers = { "Content-Type": "application/json" };
   if ($("api-key").value) headers.Authorization = `Bearer ${$("api-key").value}`;
   const body = {
-    model: persona.name,
+    model: persona.model || undefined,
     messages: history.slice(-HISTORY),
     stream: true,
     temperature: Number($("temperature").value),
