@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -280,3 +282,44 @@ def test_stop_filter_holds_back_a_stop_string_split_across_pieces():
     f = StopFilter(["</s>"])
     sent = [f.feed(p) for p in ["hi <", "/", "s> more"]]
     assert sent == ["hi ", "", ""] and f.stopped
+
+
+def test_text_completions_continue_a_raw_prompt(client, server, run):
+    prompt = "<|im_start|>user\nare you hungry<|im_end|>\n<|im_start|>assistant\n"
+    response = client.completions.create(
+        model=server.model_id, prompt=prompt, temperature=0, max_tokens=64
+    )
+    assert response.choices[0].text == Engine.from_run(run).reply(HUNGRY, temperature=0)
+    assert response.object == "text_completion" and response.choices[0].finish_reason == "stop"
+    stream = client.completions.create(
+        model=server.model_id, prompt=prompt, temperature=0, max_tokens=3, stream=True
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert response.choices[0].text.startswith("".join(c.choices[0].text for c in chunks))
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_curl_gets_a_reply_and_a_stream(server, run):
+    url = server.url + "/chat/completions"
+    body = json.dumps({"messages": HUNGRY, "temperature": 0})
+    plain = subprocess.run(
+        ["curl", "-sS", url, "-d", body], capture_output=True, text=True, timeout=60
+    )
+    expected = Engine.from_run(run).reply(HUNGRY, temperature=0)
+    assert json.loads(plain.stdout)["choices"][0]["message"]["content"] == expected
+    stream_body = json.dumps({"messages": HUNGRY, "temperature": 0, "stream": True})
+    streamed = subprocess.run(
+        ["curl", "-sSN", url, "-d", stream_body], capture_output=True, text=True, timeout=60
+    )
+    events = [line.removeprefix("data: ") for line in streamed.stdout.splitlines() if line]
+    assert events[-1] == "[DONE]"
+    deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1]]
+    assert "".join(d.get("content", "") for d in deltas) == expected
+
+
+def test_unknown_model_is_refused_not_answered_as_the_character(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4", messages=HUNGRY)
+    with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
+        client.chat.completions.create(model="finn", messages=HUNGRY, frequency_penalty=1.0)
