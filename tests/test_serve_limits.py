@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from guppyforge.apps.openai_api import Limits
 from guppyforge.apps.serve import make_server, serve
+from guppyforge.apps.serve_http import Limits
 from guppyforge.errors import GuppyError
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import load_run

@@ -170,8 +170,8 @@ def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
     # then open http://127.0.0.1:8000/ or, from any OpenAI client:
     # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     """
-    from guppyforge.apps.openai_api import Limits
     from guppyforge.apps.serve import serve
+    from guppyforge.apps.serve_http import Limits
 
     limits = Limits(**limits, body_timeout=timeout, head_timeout=timeout)
     serve(run_dir, host, port, device, api_key=api_key, limits=limits)

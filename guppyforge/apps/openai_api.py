@@ -9,26 +9,14 @@ except plain metadata (`user`, `metadata`, `service_tier`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guppyforge.defaults import MAX_NEW_TOKENS
 
-
-@dataclass
-class Limits:
-    """What one request may ask of the server; each is a `guppyforge serve` option."""
-
-    max_body: int = 1 << 20  # bytes; a whole conversation at these contexts is a few KB
-    max_messages: int = 256
-    max_prompt_chars: int = 32_000  # all messages' text together: bounds tokenizing work
-    max_tokens: int = 512  # a reply's cap; the model's context cuts it earlier anyway
-    max_batch: int = 32  # replies decoded together
-    max_waiting: int = 256  # replies waiting for a free batch row; more get a 503
-    body_timeout: float = 10.0  # seconds to receive a request body: a stalled client gets 408
-    head_timeout: float = 10.0  # seconds to receive a request's head, or the connection closes
+if TYPE_CHECKING:  # serve_http.py imports this module
+    from guppyforge.apps.serve_http import Limits
 
 
 class ApiError(Exception):
@@ -82,7 +70,7 @@ class Message(_Strict):
 
 
 class StreamOptions(_Strict):
-    include_usage: bool = False
+    include_usage: bool = False  # anything else in it is refused (extra="forbid")
 
 
 # Parameters OpenAI clients may send that change what this model cannot do: accepted only at
@@ -161,7 +149,7 @@ class _Sampling(_Strict):
         return {k: v for k, v in options.items() if v is not None}
 
     @property
-    def include_usage(self) -> bool:
+    def include_usage(self) -> bool:  # OpenAI's last chunk with the usage, when streaming
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
@@ -177,7 +165,6 @@ class ChatRequest(_Sampling):
     response_format: Any = None
     modalities: Any = None
     store: Any = None
-    reasoning_effort: None = None  # a reasoning model's option: any value is refused
 
     def reply_cap(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -343,9 +330,7 @@ class Health(BaseModel):
     waiting: int  # replies waiting for a free batch row
 
 
-class PersonaInfo(BaseModel):
-    """What the chat page shows before the first message, and the model to ask."""
-
+class PersonaInfo(BaseModel):  # what the chat page shows first, and the model it asks
     model: str
     name: str
     display_name: str

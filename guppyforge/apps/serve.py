@@ -38,8 +38,8 @@ except ImportError as e:  # the optional extra is not installed
     ) from None
 
 from guppyforge.apps import openai_api as api
-from guppyforge.apps.openai_api import ApiError, Limits
-from guppyforge.apps.serve_http import HeadTimeoutH11, check_key, is_loopback, read_body
+from guppyforge.apps.openai_api import ApiError
+from guppyforge.apps.serve_http import HeadTimeoutH11, Limits, check_key, is_loopback, read_body
 from guppyforge.errors import GuppyError
 from guppyforge.model.batching import BatchDecoder, Busy
 from guppyforge.model.engine import Engine

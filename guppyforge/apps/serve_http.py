@@ -11,12 +11,27 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+from dataclasses import dataclass
 
 import h11
 from fastapi import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from guppyforge.apps.openai_api import ApiError, Limits
+from guppyforge.apps.openai_api import ApiError
+
+
+@dataclass
+class Limits:
+    """What one request may ask of the server; each is a `guppyforge serve` option."""
+
+    max_body: int = 1 << 20  # bytes; a whole conversation at these contexts is a few KB
+    max_messages: int = 256
+    max_prompt_chars: int = 32_000  # all messages' text together: bounds tokenizing work
+    max_tokens: int = 512  # a reply's cap; the model's context cuts it earlier anyway
+    max_batch: int = 32  # replies decoded together
+    max_waiting: int = 256  # replies waiting for a free batch row; more get a 503
+    body_timeout: float = 10.0  # seconds to receive a request body: a stalled client gets 408
+    head_timeout: float = 10.0  # seconds to receive a request's head, or the connection closes
 
 
 def is_loopback(host: str) -> bool:
