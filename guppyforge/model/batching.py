@@ -11,10 +11,10 @@ active reply in one batch:
 
 Each reply is a `Row`: one row of a batched KV cache (its own length: the cache is filled left
 to right per row, and a mask hides each row's unused slots), its own sampling options and random
-generator, its own stop strings. Rows join and leave between steps. The prompt is run alone
-(prefill, exactly as `Engine.tokens` does), then the row decodes with the others. The rules are
-the engine's own (`sample_next`, `StopStrings`, `TextDecoder`, the same length and context
-limits), so a greedy reply here equals `Engine.reply(..., temperature=0)`.
+generator, its own stop strings. Rows join and leave between steps: the prompts that arrived
+since the last step are run together (prefill), then each row decodes with the others. The
+rules are the engine's own (`sample_next`, `StopStrings`, `TextDecoder`, the same length and
+context limits), so a greedy reply here equals `Engine.reply(..., temperature=0)`.
 """
 
 from __future__ import annotations
@@ -101,12 +101,11 @@ class BatchCache:
                 else:
                     store.append(new)
 
-    def put(self, slot: int, prefill: KVCache) -> None:
-        """Copy a prefilled (one-row) cache into row `slot`."""
+    def put(self, slot: int, prefill: KVCache, row: int, n: int) -> None:
+        """Copy the first `n` positions of a prefill's row `row` into row `slot`."""
         for layer in range(self.n_layer):
-            n = prefill.keys[layer].shape[2]
-            self.keys[layer][slot, :, :n] = prefill.keys[layer][0]
-            self.values[layer][slot, :, :n] = prefill.values[layer][0]
+            self.keys[layer][slot, :, :n] = prefill.keys[layer][row, :, :n]
+            self.values[layer][slot, :, :n] = prefill.values[layer][row, :, :n]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         rows = torch.arange(k.shape[0], device=k.device)
@@ -200,13 +199,16 @@ class BatchDecoder:
                 self.rows[slot] = None
         while self.rows and self.rows[-1] is None:
             self.rows.pop()  # rows past the last active one are never computed
-        while self.waiting and self.active < self.max_rows:
+        joining: list[Row] = []
+        while self.waiting and self.active + len(joining) < self.max_rows:
             with self.wake:
                 row = self.waiting.popleft()
             if row.cancelled:
                 self._finish(row, "stop", flush=False)
             else:
-                self._prefill(row)
+                joining.append(row)
+        if joining:
+            self._prefill(joining)
         live = [r for r in self.rows if r is not None and not r.done]
         if not live:
             return
@@ -230,21 +232,28 @@ class BatchDecoder:
                 row.length += 1
                 self._take(row, logits[slot], greedy[slot])
 
-    def _prefill(self, row: Row) -> None:
-        """Run the prompt alone (as Engine.tokens does), store its cache, take its first token."""
-        slot = next((i for i, r in enumerate(self.rows) if r is None), len(self.rows))
+    def _prefill(self, joining: list[Row]) -> None:
+        """Run the new prompts in one pass, store their caches in free rows, take first tokens.
+
+        Prompts are padded on the right: attention is causal, so padding after a prompt never
+        changes it, and each prompt's next token comes from its own last position.
+        """
+        longest = max(len(r.ids) for r in joining)
+        x = [r.ids + [0] * (longest - len(r.ids)) for r in joining]
         prefill = KVCache(self.cfg.n_layer)
-        x = torch.tensor([row.ids], device=self.engine.device)
-        logits = self.model(x, cache=prefill)[0][0, -1]
-        if slot >= self.cache.capacity:
-            rows = min(max(2 * self.cache.capacity, 4), self.max_rows)
-            self.cache.grow(max(rows, slot + 1), prefill.keys[0], self.cfg.context)
-        self.cache.put(slot, prefill)
-        if slot == len(self.rows):
-            self.rows.append(None)
-        self.rows[slot] = row
-        row.slot, row.length = slot, len(row.ids)
-        self._take(row, logits, int(logits.argmax()))
+        logits = self.model(torch.tensor(x, device=self.engine.device), cache=prefill)[0]
+        for i, row in enumerate(joining):
+            slot = next((j for j, r in enumerate(self.rows) if r is None), len(self.rows))
+            if slot >= self.cache.capacity:
+                rows = min(max(2 * self.cache.capacity, 4), self.max_rows)
+                self.cache.grow(max(rows, slot + 1), prefill.keys[0], self.cfg.context)
+            self.cache.put(slot, prefill, i, len(row.ids))
+            if slot == len(self.rows):
+                self.rows.append(None)
+            self.rows[slot] = row
+            row.slot, row.length = slot, len(row.ids)
+            last = logits[i, len(row.ids) - 1]
+            self._take(row, last, int(last.argmax()))
 
     def _take(self, row: Row, logits: torch.Tensor, greedy: int) -> None:
         """Pick the row's next token and apply the engine's stop rules to it."""
