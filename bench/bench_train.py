@@ -1,26 +1,28 @@
-"""Benchmark guppyforge's training loop against GuppyLM's recipe, side by side (run by hand).
+"""Quality per minute: guppyforge's training recipe against GuppyLM's, same CPU, one run.
 
-    python bench/bench_train.py                        # built-in guppy data, 60 s each
-    python bench/bench_train.py --seconds 20 --preset tiny
-    python bench/bench_train.py --data data/cat --steps 200
+    python bench/bench_train.py --seconds 600                  # budgets of 1, 2, 5 and 10 minutes
+    python bench/bench_train.py --seconds 300 --precision fp32 --preset tiny
+    python bench/bench_train.py --recipes adamw muon --seconds 240    # the optimizer study
 
-Both recipes train the same model shape (`--preset`) on the same conversations with the same
-tokenizer, one after the other, each in its own process (so each has its own peak memory):
+Every recipe trains the same model shape (`--preset`) on the same conversations with the same
+tokenizer, one after the other, each in its own process, for `--seconds` of wall time, its
+learning-rate schedule fitted to that time (fully decayed at the end, as `train --max-minutes`
+does). Twenty times along the way the clock stops and the model is scored on a fixed set of
+test conversations: the loss on the character's replies (the same measure for every recipe,
+one conversation per row). At the budgets (10, 20, 50 and 100 % of --seconds) it also answers
+the persona's probes, greedily, and the share that pass `eval`'s checks is recorded.
 
-  guppylm     GuppyLM's recipe, re-implemented faithfully: explicit attention (QK^T, softmax
-              with a -inf causal mask), dropout 0.1 on attention, residuals and embeddings,
-              ReLU MLP, batches of 32 conversations padded to the longest, loss on every
-              non-pad token, AdamW (lr 3e-4 -> 3e-5, betas 0.9/0.95, decay 0.1 on all weights),
-              fp32 on a CPU, fp16 autocast + GradScaler on CUDA.
-  guppyforge  guppyforge's inner loop: packed rows with a block-diagonal mask, SDPA, loss on the
-              replies, precision auto, AdamW on its own schedule.
+  guppylm   GuppyLM's recipe, re-implemented faithfully: explicit attention (QK^T, softmax with
+            a -inf causal mask), dropout 0.1, ReLU MLP, batches of 32 conversations padded to the
+            longest, loss on every non-pad token, AdamW 3e-4 -> 3e-5 on all weights, fp32 on a
+            CPU (fp16 autocast + GradScaler on CUDA).
+  adamw     guppyforge's loop with --optimizer adamw: packed rows, block-diagonal mask, SDPA,
+            loss on the replies, AdamW on matrices + decay on matrices only.
+  muon      the same with --optimizer muon: Muon for the blocks' matrices, AdamW for the rest.
 
-Each trains for --seconds of wall time (or --steps); its cosine schedule is sized to the steps
-that fit, from a short timing probe. Reported: conversation tokens per second (real tokens of
-the conversations processed, padding not counted), the share of computed positions that were
-padding, the loss on the test split's replies (the same measure for both: one conversation per
-row, each model's own forward), and peak RSS.
-Targets (DESIGN.md): >= 3x conversation tokens/s over GuppyLM's recipe, padding < 5 %.
+The headline is time to quality: the time GuppyLM's recipe needs to reach its final loss (the
+whole budget) divided by the time each guppyforge recipe needs to reach that same loss
+(interpolated between scores). Target (DESIGN.md): >= 3x in fp32 with a 10-minute budget.
 """
 
 from __future__ import annotations
@@ -40,14 +42,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from guppyforge.apps.evaluate import check_reply
 from guppyforge.dataset.read import load_splits
 from guppyforge.model.batches import Samples, batches, tokenize
+from guppyforge.model.engine import build_prompt, sample_next
 from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
 from guppyforge.model.presets import get_preset
 from guppyforge.model.run import pick_device
-from guppyforge.model.tokenizer import load_tokenizer
-from guppyforge.train.loop import TrainOptions, lr_at, make_optimizer, train_step
+from guppyforge.model.tokenizer import END, load_tokenizer
+from guppyforge.persona.load import load_persona
+from guppyforge.train.optim import lr_scale, make_optimizer, train_step
+from guppyforge.train.options import TrainOptions
 from guppyforge.train.precision import pick_precision
+
+BUDGETS = (0.1, 0.2, 0.5, 1.0)  # shares of --seconds reported in the table
+CHECKS = 20  # scores along the way, for the time-to-quality curve
+EVAL_CONVERSATIONS = 600  # a fixed subset of the test split: every score uses the same ones
 
 # --- GuppyLM's model and recipe (arman-bd/guppylm: model.py, train.py, config.py) -------------
 
@@ -109,13 +119,13 @@ class GuppyLM(nn.Module):
         return self.lm_head(self.norm(x))
 
 
-def guppylm_lr(step: int, max_steps: int) -> float:
-    # GuppyLM: warm-up 200 of 10,000 steps (2 %), cosine from 3e-4 to 3e-5; sized to max_steps.
-    warmup = max(1, max_steps // 50)
-    if step < warmup:
-        return 3e-4 * step / warmup
-    progress = (step - warmup) / max(1, max_steps - warmup)
-    return 3e-5 + (3e-4 - 3e-5) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def guppylm_lr(progress: float) -> float:
+    # GuppyLM: warm-up over the first 2 % (200 of 10,000 steps), cosine from 3e-4 to 3e-5;
+    # here fitted to the time budget like guppyforge's own schedule.
+    if progress < 0.02:
+        return 3e-4 * max(progress, 1e-3) / 0.02
+    p = (progress - 0.02) / 0.98
+    return 3e-5 + (3e-4 - 3e-5) * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
 
 def padded_batches(samples: Samples, batch_size: int, seed: int):
@@ -143,22 +153,22 @@ def spans(samples: Samples, picked):
     return samples.starts[picked], samples.lengths[picked]
 
 
-# --- the two inner loops -----------------------------------------------------------------
+# --- the recipes: each returns (model, logits_of, step) -------------------------------------
 
 
-def run_guppylm(cfg, train_s, device, seconds, steps, seed):
-    torch.manual_seed(seed)
+def guppylm_recipe(cfg, train_s, device, args):
+    torch.manual_seed(args.seed)
     model = GuppyLM(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95))
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    stream = padded_batches(train_s, 32, seed)
+    stream = padded_batches(train_s, 32, args.seed)
 
-    def step(i: int, max_steps: int):
-        x, y, conv_tokens, real = next(stream)
+    def step(i: int, progress: float) -> int:
+        x, y, conv_tokens, _ = next(stream)
         x, y = x.to(device), y.to(device)
         for group in opt.param_groups:
-            group["lr"] = guppylm_lr(i, max_steps)
+            group["lr"] = guppylm_lr(progress)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             logits = model(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=0)
@@ -169,56 +179,37 @@ def run_guppylm(cfg, train_s, device, seconds, steps, seed):
         scaler.update()
         opt.zero_grad(set_to_none=True)
         loss.item()  # GuppyLM logs every step's loss, which waits for the device
-        return conv_tokens, real, x.numel()
+        return conv_tokens
 
-    return model, timed_loop(step, seconds, steps, device)
+    return model, model, step, "fp16" if amp else "fp32"
 
 
-def run_guppyforge(cfg, train_s, device, seconds, steps, seed):
-    torch.manual_seed(seed)
+def guppyforge_recipe(cfg, train_s, device, args):
+    torch.manual_seed(args.seed)
     model = GPT(cfg).to(device).train()
-    precision = pick_precision(device, "auto")
-    o = TrainOptions(seed=seed)
+    precision = pick_precision(device, args.precision)
+    o = TrainOptions(seed=args.seed, optimizer=args.worker, warmup_steps=args.warmup)
+    for key in ("lr", "muon_lr", "batch_size"):
+        if getattr(args, key) is not None:
+            setattr(o, key, getattr(args, key))
     opt, scaler = make_optimizer(model, o, device), precision.scaler()
-    stream = batches(train_s, cfg.context, o.batch_size, seed, "replies")
+    stream = batches(train_s, cfg.context, o.batch_size, args.seed, "replies")
 
-    def step(i: int, max_steps: int):
-        o.max_steps, o.warmup_steps = max_steps, max(1, min(100, max_steps // 20))
+    def step(i: int, progress: float) -> int:
         batch = next(stream)[0]
-        train_step(model, batch.to(device), opt, scaler, precision, lr_at(i, o), o.grad_clip)
-        return batch.tokens, batch.tokens, batch.idx.numel()
+        scale = lr_scale(i, progress, o)
+        train_step(model, batch.to(device), opt, scaler, precision, scale, o.grad_clip)
+        return batch.tokens
 
-    return model, timed_loop(step, seconds, steps, device) | {"precision": precision.name}
+    return model, lambda x: model(x)[0], step, precision.name
 
 
-def timed_loop(step, seconds: float, steps: int | None, device) -> dict:
-    """Run `step` for `seconds` (or `steps`); size the schedule from a 3-step timing probe."""
-    probe = []
-    for i in range(4):
-        t = time.perf_counter()
-        step(i, 10_000)
-        probe.append(time.perf_counter() - t)
-    max_steps = steps or max(10, int(seconds / min(probe[1:])))
-    conv = real = computed = 0
-    started, i = time.perf_counter(), 0
-    while i < max_steps and (steps or time.perf_counter() - started < seconds):
-        c, r, n = step(i, max_steps)
-        conv, real, computed, i = conv + c, real + r, computed + n, i + 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
-    return {
-        "steps": i,
-        "seconds": elapsed,
-        "tokens_per_s": conv / elapsed,
-        "padding": 1 - real / computed,
-    }
+# --- scoring ---------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def reply_loss(model, test_s: Samples, device) -> float:
-    """Mean loss on the reply tokens of the test split, one conversation per row."""
-    model.eval()
+def reply_loss(logits_of, test_s: Samples, device) -> float:
+    """Mean loss on the reply tokens of the test conversations, one conversation per row."""
     total, count = 0.0, 0
     for i in range(0, len(test_s), 64):
         picked = np.arange(i, min(i + 64, len(test_s)))
@@ -229,44 +220,92 @@ def reply_loss(model, test_s: Samples, device) -> float:
             x[b, :n] = torch.from_numpy(test_s.tokens[s : s + n])
             reply = torch.from_numpy(test_s.reply[s + 1 : s + n] == 1)
             y[b, : n - 1] = torch.where(reply, x[b, 1:n], IGNORE)
-        out = model(x.to(device))  # pads only follow a conversation: causal is enough
-        logits = (out[0] if isinstance(out, tuple) else out).float()  # GPT gives (logits, loss)
+        logits = logits_of(
+            x.to(device)
+        ).float()  # pads only follow a conversation: causal is enough
         y = y.to(device)
-        total += float(
-            F.cross_entropy(
-                logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE, reduction="sum"
-            )
-        )
+        total += float(F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1),
+                                       ignore_index=IGNORE, reduction="sum"))  # fmt: skip
         count += int((y != IGNORE).sum())
     return total / count
 
 
+@torch.no_grad()
+def probe_pass_rate(logits_of, tok, persona, context: int, device) -> float:
+    """Greedy replies to the persona's probes (no cache: works for both models alike)."""
+    end, passed = tok.token_to_id(END), 0
+    for probe in persona.probes:
+        ids, _ = build_prompt(tok, [{"role": "user", "content": probe.ask}], context, 48)
+        new = []
+        while len(new) < 48 and len(ids) + len(new) < context:
+            token = sample_next(logits_of(torch.tensor([ids + new], device=device))[0, -1], 0)
+            if token == end:
+                break
+            new.append(token)
+        passed += not check_reply(tok.decode(new).strip(), probe, persona.style)
+    return passed / max(1, len(persona.probes))
+
+
 def worker(args) -> None:
-    """One recipe in this process: train, evaluate, print one JSON line."""
+    """One recipe in this process: train with the clock stopped for each score; print JSON."""
     cfg = get_preset(args.preset)
     device = pick_device(args.device)
     splits, tok = load_splits(args.data), load_tokenizer(args.tokenizer)
+    persona = load_persona(Path(args.data) / "persona.yaml")
     train_s = tokenize(splits["train"], tok, cfg.context)
-    test_s = tokenize(splits["test"], tok, cfg.context)
-    run = run_guppylm if args.worker == "guppylm" else run_guppyforge
-    model, result = run(cfg, train_s, device, args.seconds, args.steps, args.seed)
-    result["eval_loss"] = reply_loss(model, test_s, device)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result.setdefault("precision", "fp16" if device.type == "cuda" else "fp32")
-    print(json.dumps(result))
+    test = splits["test"].select(range(min(EVAL_CONVERSATIONS, splits["test"].num_rows)))
+    test_s = tokenize(test, tok, cfg.context)
+    recipe = guppylm_recipe if args.worker == "guppylm" else guppyforge_recipe
+    model, logits_of, step, precision = recipe(cfg, train_s, device, args)
+    checks = sorted({round(k / CHECKS, 4) for k in range(1, CHECKS + 1)} | set(BUDGETS))
+    curve, clock, i, tokens = [], 0.0, 0, 0
+    for check in checks:
+        started = time.perf_counter()
+        while clock + time.perf_counter() - started < check * args.seconds:
+            tokens += step(i, (clock + time.perf_counter() - started) / args.seconds)
+            i += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        clock += time.perf_counter() - started
+        model.eval()
+        point = {"seconds": round(clock, 2), "steps": i, "tokens": tokens}
+        point["eval_loss"] = reply_loss(logits_of, test_s, device)
+        if check in BUDGETS:
+            point["probes"] = probe_pass_rate(logits_of, tok, persona, cfg.context, device)
+        model.train()
+        curve.append(point)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"precision": precision, "curve": curve, "peak_rss_mib": rss}))
+
+
+def time_to(curve: list[dict], loss: float) -> float | None:
+    """Seconds until the curve first reaches `loss`, interpolated between its two scores."""
+    before = {"seconds": 0.0, "eval_loss": float("inf")}
+    for point in curve:
+        if point["eval_loss"] <= loss:
+            if math.isinf(before["eval_loss"]):
+                return point["seconds"]
+            share = (before["eval_loss"] - loss) / (before["eval_loss"] - point["eval_loss"])
+            return before["seconds"] + share * (point["seconds"] - before["seconds"])
+        before = point
+    return None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--data", type=Path, help="dataset folder (default: generate the guppy persona)"
-    )
+    ap.add_argument("--data", type=Path, help="dataset folder (default: generate guppy)")
     ap.add_argument("--preset", default="guppy-9m")
-    ap.add_argument("--seconds", type=float, default=60.0, help="wall time of training, each")
-    ap.add_argument("--steps", type=int, help="a fixed step count instead of --seconds")
+    ap.add_argument("--seconds", type=float, default=600.0, help="wall time of each recipe")
+    ap.add_argument("--recipes", nargs="+", default=["guppylm", "adamw", "muon"],
+                    choices=["guppylm", "adamw", "muon"])  # fmt: skip
+    ap.add_argument("--precision", default="fp32", help="guppyforge's: fp32 (default) or auto")
+    ap.add_argument("--lr", type=float, help="guppyforge's peak AdamW rate (default: its own)")
+    ap.add_argument("--muon-lr", type=float, help="guppyforge's peak Muon rate")
+    ap.add_argument("--batch-size", type=int, help="guppyforge's rows per step")
+    ap.add_argument("--warmup", type=int, default=50, help="guppyforge's warm-up steps")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--worker", choices=["guppylm", "guppyforge"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -276,40 +315,60 @@ def main() -> None:
     if args.data is None:
         args.data = tmp / "guppy"
         print("generating the guppy dataset ...", flush=True)
-        subprocess.run(
-            ["guppyforge", "generate", "guppy", "--out", str(args.data), "-q"], check=True
-        )
+        subprocess.run(["guppyforge", "generate", "guppy", "--out", str(args.data), "-q"],
+                       check=True)  # fmt: skip
     from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
 
     cfg = get_preset(args.preset)
     splits = load_splits(args.data)
     save_tokenizer(train_tokenizer(chat_texts(splits["train"]), cfg.vocab_size), tmp, cfg.context)
     rows = {}
-    for name in ("guppylm", "guppyforge"):
-        print(
-            f"training {name} ({args.steps or args.seconds} {'steps' if args.steps else 's'}) ...",
-            flush=True,
-        )
-        cmd = [sys.executable, __file__, "--worker", name, "--data", str(args.data)]
-        cmd += ["--tokenizer", str(tmp), "--preset", args.preset, "--seconds", str(args.seconds)]
-        cmd += ["--device", args.device, "--seed", str(args.seed)]
-        cmd += ["--steps", str(args.steps)] if args.steps else []
+    for name in args.recipes:
+        print(f"training {name} for {args.seconds:g} s ...", flush=True)
+        cmd = [sys.executable, __file__, "--worker", name, "--tokenizer", str(tmp)]
+        for key, value in vars(args).items():
+            if key not in ("worker", "tokenizer", "recipes") and value is not None:
+                cmd += [f"--{key.replace('_', '-')}", str(value)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows[name] = json.loads(out.strip().splitlines()[-1])
+        with open(tmp / "curves.jsonl", "a") as f:
+            f.write(json.dumps({"recipe": name, **rows[name]}) + "\n")
+    report(args, rows, tmp, pick_device(args.device))
 
-    head = f"{'recipe':<11} {'precision':>9} {'steps':>6} {'conv tok/s':>11} {'padding %':>9}"
-    head += f" {'eval loss (replies)':>19} {'peak RSS MiB':>12}"
-    print(
-        f"\npreset {args.preset}, {len(splits['train']):,} train conversations, device {pick_device(args.device)}"
-    )
-    print(head)
+
+def report(args, rows: dict, tmp: Path, device) -> None:
+    cpu = "bf16" if "avx512_bf16" in Path("/proc/cpuinfo").read_text() else "no bf16"
+    print(f"\npreset {args.preset}, device {device} ({cpu}), {torch.get_num_threads()} threads, "
+          f"{args.seconds:g} s per recipe; curves in {tmp / 'curves.jsonl'}")  # fmt: skip
+    head = f"{'recipe':<8} {'precision':>9}"
+    for b in BUDGETS:
+        head += f" {f'{b * args.seconds:g} s: loss / probes':>24}"
+    print(head + f" {'tok/s':>7} {'peak MiB':>8}")
     for name, r in rows.items():
-        print(
-            f"{name:<11} {r['precision']:>9} {r['steps']:>6} {r['tokens_per_s']:>11,.0f}"
-            f" {100 * r['padding']:>9.1f} {r['eval_loss']:>19.3f} {r['peak_rss_mib']:>12.0f}"
-        )
-    ratio = rows["guppyforge"]["tokens_per_s"] / rows["guppylm"]["tokens_per_s"]
-    print(f"\nguppyforge / guppylm conversation tokens/s: {ratio:.2f}x (target >= 3x)")
+        line = f"{name:<8} {r['precision']:>9}"
+        for b in BUDGETS:
+            p = next(
+                p
+                for p in r["curve"]
+                if "probes" in p and abs(p["seconds"] - b * args.seconds) < 0.2 * args.seconds
+            )
+            line += f" {p['eval_loss']:>14.3f} / {p['probes']:>6.1%}"
+        last = r["curve"][-1]
+        print(line + f" {last['tokens'] / last['seconds']:>7,.0f} {r['peak_rss_mib']:>8.0f}")
+    if "guppylm" in rows:
+        target = rows["guppylm"]["curve"][-1]["eval_loss"]
+        print(f"\ntime to GuppyLM's final loss ({target:.3f}): guppylm {args.seconds:g} s")
+        for name, r in rows.items():
+            if name != "guppylm":
+                t = time_to(r["curve"], target)
+                print(
+                    f"  {name}: "
+                    + (
+                        f"{t:.0f} s -> {args.seconds / t:.2f}x (target >= 3x)"
+                        if t
+                        else "not reached"
+                    )
+                )
 
 
 if __name__ == "__main__":

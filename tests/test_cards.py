@@ -247,7 +247,7 @@ def test_parse_examples_keeps_blocks_that_are_not_exchanges() -> None:
         (b"[1, 2]", "not a Character Card"),
         (b'{"hello": "world"}', "not a Character Card"),
         (b'{"spec": "chara_card_v2", "data": "oops"}', "not a Character Card"),
-        (b"\x89PNG\r\n\x1a\n....", "a PNG card?"),
+        (b"\x89PNG\r\n\x1a\n....", "a truncated PNG"),
         (b'{"name": "\xc3\x28"}', "not UTF-8 JSON"),
     ],
 )

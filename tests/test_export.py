@@ -142,27 +142,39 @@ def test_hf_maps_every_activation(activation, tmp_path):
 # --- ONNX --------------------------------------------------------------------------------------
 
 
+def onnx_feed(session, ids: np.ndarray, past: list | None = None) -> dict:
+    """The inputs for new tokens `ids` after `past` (a previous run's present.* outputs)."""
+    caches = [i for i in session.get_inputs() if i.name.startswith("past_key_values.")]
+    if past is None:  # the prompt: an empty cache (past length 0)
+        past = [np.zeros((ids.shape[0], i.shape[1], 0, i.shape[3]), np.float32) for i in caches]
+    total = past[0].shape[2] + ids.shape[1]
+    feed = {"input_ids": ids, "attention_mask": np.ones((ids.shape[0], total), np.int64)}
+    return feed | {i.name: p for i, p in zip(caches, past, strict=True)}
+
+
 def onnx_logits(path: Path, ids: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"input_ids": ids})[0]
+    return session.run(["logits"], onnx_feed(session, ids))[0]
 
 
 def onnx_greedy(path: Path, tokenizer, prompt_ids: list[int], context: int, max_new: int = 64):
-    """Greedy decoding with the ONNX graph: no KV cache, so each step feeds the whole sequence."""
+    """Greedy decoding with the ONNX graph: the prompt once, then one token per step (KV cache)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ids, end = list(prompt_ids), tokenizer.token_to_id(END)
+    x, past = np.array([ids], dtype=np.int64), None
     for _ in range(max_new):
-        if len(ids) >= context:
-            break
-        logits = session.run(["logits"], {"input_ids": np.array([ids], dtype=np.int64)})[0]
+        logits, *past = session.run(None, onnx_feed(session, x, past))
         token = int(logits[0, -1].argmax())
         if token == end:
             break
         ids.append(token)
+        if len(ids) > context:  # as `chat`: a token is fed only while positions remain
+            break
+        x = np.array([[token]], dtype=np.int64)
     return tokenizer.decode(ids[len(prompt_ids) :])
 
 

@@ -14,7 +14,8 @@ from guppyforge.errors import GuppyError
 from guppyforge.model.batches import collate, pack
 from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import PRESETS
-from guppyforge.train.loop import TrainOptions, make_optimizer, train_step
+from guppyforge.train.optim import make_optimizer, train_step
+from guppyforge.train.options import TrainOptions
 from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
 
 
@@ -69,8 +70,8 @@ def test_fp16_with_grad_scaler_trains(tmp_path):
     fp16 = Precision("fp16", "cpu", "test")
     scaler = fp16.scaler()
     assert scaler.is_enabled() and scaler.get_scale() == 2.0**16
-    optimizer = make_optimizer(model, TrainOptions(), torch.device("cpu"))
-    losses = [float(train_step(model, batch, optimizer, scaler, fp16, 3e-3, 1.0)) for _ in range(8)]
+    optimizer = make_optimizer(model, TrainOptions(lr=3e-3), torch.device("cpu"))
+    losses = [float(train_step(model, batch, optimizer, scaler, fp16, 1.0, 1.0)) for _ in range(8)]
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     # The scaler's state is part of a checkpoint, so resume continues with the same scale.
     assert set(scaler.state_dict()) >= {"scale", "_growth_tracker"}
@@ -82,7 +83,7 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)  # the scaled loss cannot fit fp16
     optimizer = make_optimizer(model, TrainOptions(), torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train_step(model, batch, optimizer, scaler, fp16, 1e-3, 1.0)
+    train_step(model, batch, optimizer, scaler, fp16, 1.0, 1.0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert scaler.get_scale() == 2.0**99
     assert all(p.grad is None for p in model.parameters())  # ready for the next step
@@ -94,7 +95,7 @@ def test_bf16_and_fp32_steps_need_no_scaler():
         p = Precision(name, "cpu", "test")
         assert not p.scaler().is_enabled()
         optimizer = make_optimizer(model, TrainOptions(), torch.device("cpu"))
-        loss = train_step(model, batch, optimizer, p.scaler(), p, 1e-3, 1.0)
+        loss = train_step(model, batch, optimizer, p.scaler(), p, 1.0, 1.0)
         assert torch.isfinite(loss)
 
 

@@ -58,15 +58,27 @@ PROBS_LEGEND = (
 )
 
 
-def repl(engine: Engine, name: str, where: Path, options: dict, show_probs: bool = False) -> None:
+def repl(
+    engine: Engine,
+    name: str,
+    where: Path,
+    options: dict,
+    show_probs: bool = False,
+    trace: bool = False,
+) -> None:
     """Chat in the terminal until /quit, Ctrl-D or Ctrl-C."""
     context = engine.cfg.context
-    print(f"Chatting with {name} ({where}). Commands: /reset starts over, /quit leaves.")
+    print(
+        f"Chatting with {name} ({where}). Commands: /why traces the last reply to the persona, "
+        "/reset starts over, /quit leaves."
+    )
     if show_probs:
         print(PROBS_LEGEND.format(t=options["temperature"]))
     with contextlib.suppress(ImportError):  # arrow keys and history for input(), where available
         import readline  # noqa: F401
     history: list[dict] = []
+    tracer = Tracer(where)
+    record: list = []  # the last reply's tokens and their top candidates, for /why
     try:
         while True:
             try:
@@ -76,6 +88,10 @@ def repl(engine: Engine, name: str, where: Path, options: dict, show_probs: bool
                 break
             if text in ("/quit", "/exit"):
                 break
+            if text == "/why":
+                last = history[-1]["content"] if history else None
+                print(tracer.explain(last, record, engine.tokenizer.decode))
+                continue
             if text == "/reset":
                 history = []
                 print("(a fresh conversation: earlier turns are forgotten)")
@@ -88,25 +104,44 @@ def repl(engine: Engine, name: str, where: Path, options: dict, show_probs: bool
                 # The model only sees `context` tokens, so the oldest turns must go.
                 history = history[dropped:]
                 print(f"({dropped} older messages no longer fit in {context} tokens: dropped)")
-            text = answer(engine, history, options, f"{name}> ", show_probs)
+            record = []
+            text = answer(engine, history, options, f"{name}> ", show_probs, record)
             history.append({"role": "assistant", "content": text})
+            if trace:
+                print(tracer.short(text))
     except KeyboardInterrupt:
         print()
     print("bye")
 
 
-def answer(engine: Engine, history: list[dict], options: dict, prefix: str, show_probs: bool):
-    """Print the reply as it streams (or, with --show-probs, a table per token) and return it."""
+def answer(
+    engine: Engine,
+    history: list[dict],
+    options: dict,
+    prefix: str,
+    show_probs: bool,
+    record: list | None = None,
+):
+    """Print the reply as it streams (or, with --show-probs, a table per token) and return it.
+
+    `record`, when given, receives each token with its top candidates (for `/why`)."""
+
+    def keep(token: int, logits: torch.Tensor) -> None:
+        record.append((token, candidates(logits, options["temperature"])))
+
     if not show_probs:
         print(prefix, end="", flush=True)
         pieces = []
-        for piece in engine.stream(history, **options):
+        on_token = keep if record is not None else None
+        for piece in engine.stream(history, on_token=on_token, **options):
             pieces.append(piece)
             print(piece, end="", flush=True)
         print()
         return "".join(pieces)
 
     def show(token: int, logits: torch.Tensor) -> None:
+        if record is not None:
+            keep(token, logits)
         print(f"  next token {engine.tokenizer.decode([token])!r}")
         print(format_candidates(engine.tokenizer, token, logits, options["temperature"]))
 
@@ -115,8 +150,48 @@ def answer(engine: Engine, history: list[dict], options: dict, prefix: str, show
     return text
 
 
+class Tracer:
+    """The run's trace index, loaded on the first `/why` or `--trace` (the first may build it)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self._index = run_dir, None
+
+    def index(self):
+        from guppyforge.apps.trace_store import load_index
+
+        if self._index is None:
+            self._index = load_index(self.run_dir)
+        return self._index
+
+    def short(self, text: str) -> str:
+        from guppyforge.apps.trace_view import format_short
+
+        return format_short(self.index().trace(text))
+
+    def explain(self, text: str | None, record: list, decode) -> str:
+        """`/why`: the last reply's trace, then where its likeliest next tokens come from."""
+        from guppyforge.apps.trace_view import format_choices, format_trace
+
+        if text is None:
+            return "(no reply yet: /why explains the last reply)"
+        try:
+            index = self.index()
+        except GuppyError as e:
+            return f"(cannot trace: {e})"
+        parts = [format_trace(index.trace(text))]
+        if record:
+            parts.append(format_choices(index, decode, record))
+        return "\n\n".join(parts)
+
+
 def chat(
-    run_dir, prompt: str | None, device: str, show_probs: bool, int8: bool = False, **options
+    run_dir,
+    prompt: str | None,
+    device: str,
+    show_probs: bool,
+    int8: bool = False,
+    trace: bool = False,
+    **options,
 ) -> None:
     """`guppyforge chat`: one reply to `prompt` (just the reply, for scripts), or the REPL."""
     if not Path(run_dir).is_dir():
@@ -125,8 +200,13 @@ def chat(
     engine = Engine.from_run(run, int8=int8)
     if prompt is None:
         name = (run.config.get("persona") or {}).get("name") or run.path.name
-        repl(engine, name, run.path, options, show_probs)
+        repl(engine, name, run.path, options, show_probs, trace)
     else:
         if show_probs:
             print(PROBS_LEGEND.format(t=options["temperature"]))
-        answer(engine, [{"role": "user", "content": prompt}], options, "", show_probs)
+        text = answer(engine, [{"role": "user", "content": prompt}], options, "", show_probs)
+        if trace:
+            from guppyforge.apps.trace_store import why
+            from guppyforge.apps.trace_view import format_trace
+
+            print(format_trace(why(run.path, text)))

@@ -161,12 +161,13 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 @click.option("--out", help="Persona file to write.  [default: personas/NAME.yaml]")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def import_card_cmd(card, out, force) -> None:
-    """Turn a Character Card (V1, V2 or V3 JSON) into a persona skeleton that validates.
+    """Turn a Character Card (V1/V2/V3 JSON, a PNG card, a .charx) into a persona skeleton.
 
     Card fields guppyforge does not use are kept under `extensions.character_card`.
 
     \b
     guppyforge import-card mochi.json --out personas/mochi.yaml
+    guppyforge import-card mochi.png --out personas/mochi.yaml
     """
     from guppyforge.persona.cards import import_card
 
@@ -176,16 +177,18 @@ def import_card_cmd(card, out, force) -> None:
 
 @click.command("export-card")
 @click.argument("persona")
-@click.option("--out", required=True, help="Card file to write (JSON, Character Card V2).")
-def export_card_cmd(persona, out) -> None:
-    """Write PERSONA (a file, or a built-in's name) as a Character Card V2 JSON file.
+@click.option("--out", required=True, help="Card file to write (JSON V2, or PNG with --png).")
+@click.option("--png", "image", help="Picture for a PNG card (V2 and V3 chunks) at --out.")
+def export_card_cmd(persona, out, image) -> None:
+    """Write PERSONA (a file, or a built-in's name) as a Character Card: V2 JSON, or a PNG card.
 
     Chat front-ends (SillyTavern...) import the card; the whole persona rides along in it, so
     `guppyforge import-card` gives the very same file back.
 
     \b
     guppyforge export-card personas/cat.yaml --out cat.card.json
+    guppyforge export-card personas/cat.yaml --png cat.jpg --out cat.card.png
     """
     from guppyforge.persona.cards import export_card
 
-    click.echo(f"wrote {export_card(persona, out)}")
+    click.echo(f"wrote {export_card(persona, out, png=image)}")

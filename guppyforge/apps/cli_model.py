@@ -1,6 +1,8 @@
-"""The model commands: train, presets, chat, eval, export, serve."""
+"""The model commands: train, presets, chat, eval, why, export, serve."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -24,6 +26,9 @@ DEVICES = click.Choice(defaults.DEVICES)
 @click.option("--max-minutes", type=float, help="Time budget; stops with a checkpoint.")
 @click.option("--stop-after", type=int, help="Stop (with a checkpoint) after this step.")
 @click.option("--batch-size", type=int, help="Rows of `context` tokens per step.  [default: 16]")
+@click.option(
+    "--optimizer", type=click.Choice(["adamw", "muon"]), help="Update rule.  [default: adamw]"
+)
 @click.option("--lr", type=float, help="Peak learning rate.  [default: 0.001]")
 @click.option("--eval-every", type=int, help="Steps between evals.  [default: max-steps / 10]")
 @click.option("--seed", type=int, help="Same seed, same run.  [default: 0]")
@@ -80,10 +85,11 @@ def presets() -> None:
 )
 @click.option("--seed", type=int, help="Same seed, same replies.  [default: random]")
 @click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
+@click.option("--trace", is_flag=True, help="After each reply, the persona lines it came from.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 @click.option("--int8", is_flag=True, help="Int8 weights: ~3x faster on a CPU, replies may differ.")
-def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
-    """Talk to the character in RUN_DIR (/reset starts over, /quit leaves).
+def chat_cmd(run_dir, prompt, device, show_probs, int8, trace, **options) -> None:
+    """Talk to the character in RUN_DIR (/why traces the last reply, /reset, /quit).
 
     \b
     guppyforge chat runs/cat
@@ -91,7 +97,7 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
     """
     from guppyforge.apps.chat import chat
 
-    chat(run_dir, prompt, device, show_probs, int8, **options)
+    chat(run_dir, prompt, device, show_probs, int8, trace, **options)
 
 
 @click.command("eval", context_settings={"show_default": True})
@@ -99,6 +105,9 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
 @click.option("--persona", help="Persona with the probes.  [default: RUN_DIR/persona.yaml]")
 @click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
 @click.option("--samples", type=click.IntRange(min=1), default=5, help="Replies per probe.")
+@click.option(
+    "--topic-samples", type=click.IntRange(min=0), default=2, help="Test prompts per topic, traced."
+)
 @click.option("--json", "json_path", help="Also write the figures to this JSON file.")
 @click.option("--min-pass", type=click.FloatRange(0, 1), help="Exit 1 below this pass rate (0-1).")
 @click.option("--seed", type=int, default=0, help="Same seed, same replies.")
@@ -107,7 +116,7 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
 )
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
-    """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2.
+    """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2, composition.
 
     \b
     guppyforge eval runs/cat --samples 5 --json eval.json --min-pass 0.7
@@ -117,28 +126,62 @@ def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
     run_eval(run_dir, json_path, min_pass, **options)
 
 
+@click.command("why")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("reply")
+@click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
+@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
+def why_cmd(run_dir, reply, data, as_json) -> None:
+    """Trace REPLY back to the training replies and persona lines that taught it.
+
+    \b
+    guppyforge why runs/cat "tuna? finally. i was wasting away on the sofa."
+    """
+    from guppyforge.apps.trace_store import why
+    from guppyforge.apps.trace_view import format_trace
+
+    trace = why(run_dir, reply, data, note=lambda line: click.echo(line, err=True))
+    if as_json:
+        click.echo(json.dumps(trace.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_trace(trace))
+
+
 # --- sharing: export, cards, serve (apps/export/, persona/cards.py, apps/serve.py) -------------
 
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option(
-    "--to", "target", type=click.Choice(["hf", "onnx"]), required=True, help="Format to write."
+    "--to",
+    "target",
+    type=click.Choice(["hf", "onnx", "gguf", "web"]),
+    required=True,
+    help="Format to write.",
 )
 @click.option("--out", "out_dir", required=True, help="Folder to write the export into.")
 @click.option("--int8", is_flag=True, help="onnx: also write a dynamic-int8 model.int8.onnx.")
+@click.option("--fp32", is_flag=True, help="web: fp32 weights instead of int8 (larger).")
+@click.option(
+    "--gguf-type", type=click.Choice(["f16", "f32", "q8_0"]), help="gguf: weights.  [default: f16]"
+)
 @click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
-def export_cmd(run_dir, target, out_dir, int8, force) -> None:
-    """Export RUN_DIR for other tools: a transformers GPT-2 folder (hf) or ONNX.
+def export_cmd(run_dir, target, out_dir, int8, fp32, gguf_type, force) -> None:
+    """Export RUN_DIR: transformers (hf), ONNX, GGUF (llama.cpp, Ollama), or a web page (web).
 
     \b
     guppyforge export runs/cat --to hf --out export/cat-hf
     guppyforge export runs/cat --to onnx --out export/cat-onnx --int8
+    guppyforge export runs/cat --to gguf --out export/cat-gguf
+    guppyforge export runs/cat --to web --out export/cat-web
     """
     from guppyforge.apps.export import export_run
 
-    for path in export_run(run_dir, target, out_dir, force=force, int8=int8):
+    options = dict(force=force, int8=int8, fp32=fp32, gguf_type=gguf_type)
+    for path in export_run(run_dir, target, out_dir, **options):
         click.echo(f"wrote {path}")
+    if target == "web":
+        click.echo(f"open it: python -m http.server -d {out_dir}, then http://localhost:8000")
 
 
 @click.command("serve")

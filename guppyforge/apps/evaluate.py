@@ -7,7 +7,10 @@
 - memorised rate: the share of sampled replies copied verbatim from the training replies (a
   model can pass probes by reciting; this says how much of that it does);
 - distinct-2: unique word pairs over all word pairs in the sampled replies (1.0: never repeats
-  itself; near 0: says the same thing every time).
+  itself; near 0: says the same thing every time);
+- composition, per topic: replies to test prompts (phrasings never trained on) traced back to the
+  training data (apps/trace.py): verbatim, recombined (every span seen, never together) or novel,
+  so a user sees whether the model memorises or composes.
 """
 
 from __future__ import annotations
@@ -18,28 +21,19 @@ import re
 import sys
 from pathlib import Path
 
+from guppyforge.apps.trace import words
+from guppyforge.apps.trace_store import load_index
 from guppyforge.dataset.read import load_splits
 from guppyforge.defaults import TEMPERATURE
 from guppyforge.errors import GuppyError
 from guppyforge.files import text_table, write_atomic
 from guppyforge.model.batches import eval_loss, tokenize
 from guppyforge.model.engine import Engine
-from guppyforge.model.run import load_run, pick_device
+from guppyforge.model.run import dataset_dir, load_run, pick_device
 from guppyforge.persona.load import load_persona
 
-# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, CJK):
-# there each character counts as a word, so word matching works in every script.
-_NO_SPACES = (
-    "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-)
-_WORD = re.compile(rf"[{_NO_SPACES}]|[^\W_{_NO_SPACES}]+(?:['’][^\W_{_NO_SPACES}]+)*")
 # The sentence ends `generate` cuts replies at (style.max_sentences), so both count alike.
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased words (`casefold`, so any case matches), punctuation dropped."""
-    return _WORD.findall(text.casefold())
 
 
 def has_phrase(text_words: list[str], phrase: str) -> bool:
@@ -83,21 +77,6 @@ def distinct_2(replies: list[str]) -> float:
     return len(set(pairs)) / len(pairs) if pairs else 0.0
 
 
-def _data_dir(run, data: str | Path | None) -> Path:
-    if data is not None:
-        return Path(data)
-    recorded = (run.config.get("dataset") or {}).get("path")
-    if not recorded:
-        raise GuppyError(
-            f"{run.path / 'config.json'}: no dataset.path recorded. Pass the dataset with --data DIR."
-        )
-    if not Path(recorded).is_dir():
-        raise GuppyError(
-            f"{recorded}: dataset folder not found (config.json dataset.path). Pass it with --data DIR."
-        )
-    return Path(recorded)
-
-
 def evaluate_run(
     run_dir: str | Path,
     persona: str | Path | None = None,
@@ -106,6 +85,7 @@ def evaluate_run(
     seed: int = 0,
     temperature: float = TEMPERATURE,
     device: str = "cpu",
+    topic_samples: int = 2,
 ) -> dict:
     """Score a run folder; the result is what `eval --json` writes."""
     run = load_run(_existing(run_dir), device=device)
@@ -113,7 +93,7 @@ def evaluate_run(
     if not persona_path.is_file():
         raise GuppyError(f"{persona_path}: no persona file. Pass one with --persona FILE.")
     p = load_persona(persona_path)
-    data_dir = _data_dir(run, data)
+    data_dir = dataset_dir(run.path, run.config, data)
     splits = load_splits(data_dir)
 
     context = run.model.cfg.context
@@ -155,6 +135,10 @@ def evaluate_run(
         replies += [t for t, _ in got]
 
     total = sum(r["samples"] for r in rows)
+    index = load_index(run.path, data, note=lambda _: None)
+    composition = composition_by_topic(
+        engine, index, splits["test"], topic_samples, seed, temperature
+    )
     return {
         "run": str(run.path),
         "persona": str(persona_path),
@@ -168,10 +152,32 @@ def evaluate_run(
         "memorized_rate": sum(t in seen for t in replies) / len(replies) if replies else 0.0,
         "distinct_2": distinct_2(replies),
         "probes": rows,
+        "composition": composition,
     }
 
 
-def _sample_seed(seed: int, probe: int, sample: int) -> int:
+def composition_by_topic(engine, index, test, per_topic: int, seed: int, temperature: float):
+    """Per topic: the share of replies to its first `per_topic` test prompts that are verbatim,
+    recombined or novel (see apps/trace.py). The test prompts are phrasings never trained on."""
+    columns = [c for c in ("messages", "topic") if c in test.column_names]
+    rows = test.select_columns(columns).to_dict()
+    asks: dict[str, list[str]] = {}
+    for i, messages in enumerate(rows["messages"]):
+        mine = asks.setdefault(rows["topic"][i] if "topic" in rows else "all", [])
+        if len(mine) < per_topic:
+            mine.append(messages[0]["content"])
+    out = {}
+    for topic in sorted(t for t, mine in asks.items() if mine):
+        kinds = [
+            index.trace(engine.reply([{"role": "user", "content": ask}], temperature=temperature,
+                                     seed=_sample_seed(seed, f"topic:{topic}", s))).kind
+            for s, ask in enumerate(asks[topic])
+        ]  # fmt: skip
+        out[topic] = {"replies": len(kinds)} | {k: kinds.count(k) / len(kinds) for k in KINDS}
+    return out
+
+
+def _sample_seed(seed: int, probe: int | str, sample: int) -> int:
     """Each reply's own seed, from (seed, probe, sample) alone: adding a probe to the persona or
     asking for more samples leaves the replies already sampled unchanged."""
     digest = hashlib.sha256(f"{seed}:{probe}:{sample}".encode()).digest()
@@ -219,7 +225,30 @@ def format_report(result: dict) -> str:
         f"memorised        {result['memorized_rate']:7.1%}  (sampled replies found verbatim in train)",
         f"distinct-2       {result['distinct_2']:7.3f}  (unique word pairs / all word pairs)",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _composition(result.get("composition") or {}))
+
+
+KINDS = ("verbatim", "recombined", "novel")
+
+
+def _composition(topics: dict) -> list[str]:
+    """Per topic, how the replies to unseen test prompts relate to the training replies."""
+    if not topics:
+        return []
+    table = [("topic", "replies", *KINDS)]
+    for name, c in topics.items():
+        table.append((name, c["replies"], *(f"{c[k]:.0%}" for k in KINDS)))
+    n = sum(c["replies"] for c in topics.values())
+    table.append(
+        ("all", n, *(f"{sum(c[k] * c['replies'] for c in topics.values()) / n:.0%}" for k in KINDS))
+    )
+    return [
+        "",
+        "where replies to unseen test prompts come from (`guppyforge why RUN REPLY` shows one):",
+        "verbatim = a training reply; recombined = every 3-word span seen, never together;",
+        "novel = some words in no training reply",
+        text_table(table, indent="  "),
+    ]
 
 
 def run_eval(run_dir, json_path: str | None, min_pass: float | None, **options) -> None:

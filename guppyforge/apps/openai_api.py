@@ -156,6 +156,7 @@ class _Sampling(_Strict):
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    trace: bool = False  # ours, not OpenAI's: add where the reply came from (apps/trace.py)
     top_logprobs: Any = None
     tools: Any = None
     functions: Any = None
@@ -285,6 +286,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    trace: dict | None = None  # with "trace": true in the request
 
 
 class Delta(BaseModel):
@@ -305,6 +307,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None
+    trace: dict | None = None  # on the last chunk with a choice, when asked for
 
 
 class TextChoice(BaseModel):

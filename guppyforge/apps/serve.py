@@ -7,7 +7,8 @@ Any OpenAI client can talk to the character, and a browser can at `http://127.0.
     client.chat.completions.create(model="cat", messages=[{"role": "user", "content": "hi"}])
 
 Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (plain, or server-sent events
-with `"stream": true`), `GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/`.
+with `"stream": true`; `"trace": true` adds where a chat reply came from, see apps/trace.py),
+`GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/`.
 Built on FastAPI and uvicorn (the `serve` extra): they parse HTTP, route and frame events;
 requests are checked by the typed models in openai_api.py. Every reply is decoded by one
 BatchDecoder thread (model/batching.py), so concurrent requests share each forward pass.
@@ -152,7 +153,16 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(404, message, "model", "model_not_found")
         return card
 
-    @app.post("/v1/chat/completions", dependencies=auth, response_model=api.ChatCompletion)
+    async def trace(req: api.ChatRequest, text: str) -> dict | None:
+        """`guppyforge why --json`'s trace of the reply, when the request asked for it."""
+        if not req.trace:
+            return None
+        from guppyforge.apps.trace_store import trace_json
+
+        return await asyncio.to_thread(trace_json, server.run.path, text)
+
+    @app.post("/v1/chat/completions", dependencies=auth, response_model=api.ChatCompletion,
+              response_model_exclude_none=True)  # fmt: skip
     async def chat_completions(request: Request):
         body = await read_body(request, limits)
         req = api.parse_request(api.ChatRequest, body, model_id, limits)
@@ -169,9 +179,13 @@ def create_app(server: Server) -> FastAPI:
                     return api.ChatCompletionChunk(**envelope, choices=[choice])
 
                 yield chunk(api.Delta(role="assistant", content=""))
+                text = []
                 async for piece in reply.pieces():
+                    text.append(piece)
                     yield chunk(api.Delta(content=piece))
-                yield chunk(api.Delta(), reply.row.finish_reason)
+                last = chunk(api.Delta(), reply.row.finish_reason)
+                last.trace = await trace(req, "".join(text))
+                yield last
                 if req.include_usage:  # OpenAI's form: one last chunk, no choices, the usage
                     yield api.ChatCompletionChunk(**envelope, choices=[], usage=reply.usage())
 
@@ -179,7 +193,8 @@ def create_app(server: Server) -> FastAPI:
         text = await reply.text(request)
         message = api.ChatMessage(content=text or "")
         choice = api.ChatChoice(message=message, finish_reason=reply.row.finish_reason or "stop")
-        return api.ChatCompletion(**envelope, choices=[choice], usage=reply.usage())
+        traced = await trace(req, text or "")
+        return api.ChatCompletion(**envelope, choices=[choice], usage=reply.usage(), trace=traced)
 
     @app.post("/v1/completions", dependencies=auth, response_model=api.TextCompletion)
     async def completions(request: Request):

@@ -68,6 +68,15 @@ class KVCache:
         return k, v
 
 
+def textbook_attention(q: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
+    """Whether two matmuls and a softmax beat SDPA's fused kernel for this input.
+
+    Measured with whole training steps (bench/bench_step.py): on a CPU with an explicit mask, in
+    bf16 (1.3x faster steps on 2 AVX512-BF16 cores). Everywhere else SDPA wins or ties.
+    """
+    return q.device.type == "cpu" and attn_mask is not None and q.dtype == torch.bfloat16
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -87,17 +96,20 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.length(self.layer)  # read before this layer adds the new tokens
             # The engine runs the prompt once on an empty cache, then one token at a time; one
-            # new token may look at everything cached, so neither case needs a mask.
-            assert past == 0 or T == 1, "after a prefill, feed the cache one token at a time"
+            # new token may look at everything cached, so neither case needs a mask. Any other
+            # shape (the ONNX graph's, whose lengths are symbolic) brings its own mask; it is
+            # tested first so that the symbolic lengths are never compared.
+            assert attn_mask is not None or past == 0 or T == 1, (
+                "after a prefill, feed the cache one token at a time (or pass a mask)"
+            )
             k, v = cache.update(self.layer, k, v)
         # The causal mask is what makes this a language model: a token may only look at tokens
         # before it, so predicting the next token is never cheating. With packed rows the mask
         # is block-diagonal too (built by the caller), so samples sharing a row never see each
         # other. SDPA picks the fastest kernel for the device (flash / memory-efficient / math).
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and attn_mask is not None:
-            # Except one case: PyTorch's fused CPU kernel is slow in bf16 on rows this short;
-            # the textbook form, two matmuls and a softmax, trains ~1.3x faster there (measured
-            # on 2 AVX512-BF16 cores, whole training steps).
+        if textbook_attention(q, attn_mask):
+            # Except where PyTorch's fused CPU kernel is slow on rows this short: there the
+            # textbook form, two matmuls and a softmax, trains faster (see textbook_attention).
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
             att = att.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1).to(v.dtype)
             if self.training and self.dropout > 0:

@@ -81,6 +81,22 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     return Run(run_dir, model, tok, config)
 
 
+def dataset_dir(run_dir: Path, config: dict, data: str | Path | None = None) -> Path:
+    """The dataset a run trained on (config.json `dataset.path`), or `data` when given."""
+    if data is not None:
+        return Path(data)
+    recorded = (config.get("dataset") or {}).get("path")
+    if not recorded:
+        raise GuppyError(
+            f"{run_dir / 'config.json'}: no dataset.path recorded. Pass the dataset with --data DIR."
+        )
+    if not Path(recorded).is_dir():
+        raise GuppyError(
+            f"{recorded}: dataset folder not found (config.json dataset.path). Pass it with --data DIR."
+        )
+    return Path(recorded)
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` means CUDA if present, then Apple's MPS, else the CPU."""
     if name == "auto":

@@ -24,6 +24,7 @@ from jinja2 import TemplateError
 from guppyforge.errors import GuppyError, where
 from guppyforge.files import write_atomic
 from guppyforge.persona import limits
+from guppyforge.persona.card_png import read_packed_card, write_png_card
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.load import load_persona
 from guppyforge.persona.templating import environment
@@ -47,14 +48,16 @@ _PERSONALITY = re.compile(r"^Personality:[ \t]*", re.MULTILINE)  # where notes' 
 
 
 def read_card(path: Path) -> dict[str, Any]:
-    """Read a card JSON file as `{spec, spec_version, data, ...}` (a V1 card becomes `data`)."""
+    """Read a card (JSON, PNG or .charx) as `{spec, spec_version, data, ...}` (V1 -> `data`)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CARD_BYTES + 1)
+        raw = read_packed_card(path)  # the JSON inside a PNG card or a .charx; None otherwise
+        if raw is None:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CARD_BYTES + 1)
     except OSError as exc:
         raise GuppyError(f"{path}: cannot read the card ({exc.strerror}). Check the path") from None
-    if raw.startswith(b"\x89PNG") or len(raw) > MAX_CARD_BYTES:
-        raise GuppyError(f"{path}: not a JSON file (a PNG card?). Export the card as JSON")
+    if len(raw) > MAX_CARD_BYTES:
+        raise GuppyError(f"{path}: over {MAX_CARD_BYTES >> 20} MiB, not a card. Check the path")
     try:
         card = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -274,13 +277,18 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     return out
 
 
-def export_card(persona_path: str | Path, out: str | Path) -> Path:
-    """Write a persona (a file, or a built-in's name) as a Character Card V2 JSON file."""
+def export_card(persona_path: str | Path, out: str | Path, png: str | Path | None = None) -> Path:
+    """Write a persona (a file, or a built-in's name) as a Character Card V2 JSON file, or,
+    given a picture `png`, as a PNG card (V2 `chara` and V3 `ccv3` chunks; card_png.py)."""
     path = Path(persona_path)
     persona = load_persona(path if path.exists() else builtin_persona(str(path)) or path)
+    card = persona_to_card(persona)
     try:  # persona files hold JSON's types only (see yamlsafe), except NaN and infinity
-        text = json.dumps(persona_to_card(persona), ensure_ascii=False, indent=2, allow_nan=False)
+        text = json.dumps(card, ensure_ascii=False, indent=2, allow_nan=False)
     except ValueError:
         raise GuppyError(f"{persona_path}: holds NaN or infinity, not JSON. Remove it") from None
+    if png is not None:
+        write_png_card(card, Path(png), Path(out))
+        return Path(out)
     write_atomic(Path(out), text + "\n")
     return Path(out)

@@ -31,8 +31,9 @@ from guppyforge.model.presets import get_preset
 from guppyforge.model.run import pick_device
 from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
 from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from guppyforge.train.optim import lr_scale, make_optimizer, step_progress, train_step
 from guppyforge.train.options import TrainOptions, resolve_options
-from guppyforge.train.precision import Precision, pick_precision
+from guppyforge.train.precision import pick_precision
 from guppyforge.train.run_files import (
     dataset_info,
     finish_run,
@@ -40,49 +41,9 @@ from guppyforge.train.run_files import (
     read_metrics,
     sample_prompts,
 )
-from guppyforge.train.stopping import steps_that_fit, stop_on_ctrl_c
+from guppyforge.train.stopping import stop_on_ctrl_c, time_a_step
 
 EVAL_ROWS = 128  # rows evaluated at each interval (about 16K tokens); the final eval uses all
-
-
-def lr_at(step: int, o: TrainOptions) -> float:
-    """Linear warm-up, then a cosine decay from `lr` to `min_lr` at `max_steps`."""
-    # Warm-up: Adam's moment estimates are noise for the first steps; full-size updates on
-    # them can knock a fresh model into a bad region it never leaves.
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    progress = (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
-    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_optimizer(model: GPT, o: TrainOptions, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on the weight matrices only."""
-    # Decay pulls weights toward zero, a brake on memorising. On matrices (and embeddings) that
-    # helps; on biases and LayerNorm gains it only fights the scale the model needs.
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": o.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    # Fused: one kernel updates every tensor, instead of a dozen small ops per tensor.
-    cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
-    fused = device.type == "cuda" or (device.type == "cpu" and cpu_fused)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(0.9, 0.95), fused=fused)
-
-
-def train_step(model, batch, optimizer, scaler, precision: Precision, lr: float, clip: float):
-    """One optimizer step on one batch; returns the loss (a tensor, so CUDA need not wait)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with precision.autocast():
-        _, loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
-    scaler.scale(loss).backward()  # the scaler is a no-op unless precision is fp16
-    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    scaler.step(optimizer)  # skipped when fp16 gradients overflowed
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
 
 
 def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
@@ -153,22 +114,17 @@ def train(
     model = GPT(cfg).to(device)
     optimizer = make_optimizer(model, o, device)
     scaler = precision.scaler()
-    position, step, loss_sum, loss_n = (0, 0), 0, 0.0, 0
+    position, step, loss_sum, loss_n, clock = (0, 0), 0, 0.0, 0, 0.0
     deadline = started + 60 * o.max_minutes if o.max_minutes else None
     if o.max_steps is None:
         o.max_steps = max(1, round(o.epochs * steps_per_epoch))
-        if deadline and not ckpt:  # fit the schedule to the time budget
-            probe = batches(train_s, cfg.context, o.batch_size, o.seed, o.loss_on)
-            # At lr 0 AdamW changes nothing (its decay is scaled by lr too): timing is free.
-            probe_opt, probe_scaler = make_optimizer(model, o, device), precision.scaler()
-
-            def time_step() -> None:
-                batch = next(probe)[0].to(device)
-                float(train_step(model, batch, probe_opt, probe_scaler, precision, 0.0, 1.0))
-
-            evals = 10 * math.ceil(EVAL_ROWS / o.batch_size) / 3  # forward only: ~1/3 a step
-            fit = steps_that_fit(time_step, deadline - time.monotonic(), evals)
-            o.max_steps = min(o.max_steps, fit)
+        if deadline and not ckpt:  # the schedule follows the clock; steps are an estimate
+            step_s = time_a_step(model, o, train_s, cfg.context, device, precision)
+            # Keep back what the final eval on the whole test split and the run files take.
+            final_eval = len(test_s) * 40 / (o.batch_size * cfg.context) * step_s / 3
+            o.schedule_seconds = max(1.0, deadline - time.monotonic() - final_eval - 5)
+            evals = 10 * math.ceil(EVAL_ROWS / o.batch_size) * step_s / 3  # forward: ~1/3 a step
+            o.max_steps = max(1, min(o.max_steps, int((o.schedule_seconds - evals) / step_s)))
     o.warmup_steps = o.warmup_steps or max(1, min(100, o.max_steps // 20))
     o.eval_every = o.eval_every or max(1, o.max_steps // 10)
     if ckpt:
@@ -177,7 +133,13 @@ def train(
         scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
         step, position = ckpt["step"], tuple(ckpt["position"])
-        loss_sum, loss_n = ckpt["loss_sum"], ckpt["loss_n"]
+        loss_sum, loss_n, clock = ckpt["loss_sum"], ckpt["loss_n"], ckpt.get("clock", 0.0)
+
+    def progress() -> float:
+        """The share of the schedule done: by the clock for a time budget, else by steps."""
+        if o.schedule_seconds:
+            return (clock + time.monotonic() - t0) / o.schedule_seconds
+        return step_progress(step, o)
 
     metrics_path = run / "metrics.jsonl"
     records = [r for r in read_metrics(metrics_path) if r["step"] <= step] if ckpt else []
@@ -187,7 +149,10 @@ def train(
     say(f"{len(train_s)} train / {len(test_s)} test conversations, loss on {o.loss_on}")
     say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows of up to {cfg.context} tokens")
     say(f"packed: {pad:.1%} of the positions computed are padding")
-    say(f"device: {device}; {precision.describe()}")
+    say(f"device: {device}; {precision.describe()}; optimizer {o.optimizer}")
+    if o.schedule_seconds:
+        say(f"schedule fitted to --max-minutes {o.max_minutes:g}: {o.schedule_seconds:.0f} s of "
+            f"training, about {o.max_steps} steps")  # fmt: skip
     say(f"{'resuming at' if ckpt else 'training for'} step {step} of {o.max_steps}")
 
     def checkpoint() -> None:
@@ -200,6 +165,7 @@ def train(
             position=list(position),
             loss_sum=float(loss_sum),  # the losses since the last log line, so it averages
             loss_n=loss_n,  # the same steps whether or not the run stopped in between
+            clock=clock + time.monotonic() - t0,  # seconds of schedule spent (time budgets)
             train=asdict(o),
             dataset=info,
         )
@@ -234,28 +200,31 @@ def train(
     t0, tokens, last_log = time.monotonic(), 0, (time.monotonic(), 0)
     model.train()
     with stop_on_ctrl_c(state), metrics_path.open("a") as metrics:
-        while step < o.max_steps:
+        while progress() < 1 if o.schedule_seconds else step < o.max_steps:
             if o.stop_after is not None and step >= o.stop_after:
                 state["stop"] = f"--stop-after {o.stop_after}"
-            elif deadline and time.monotonic() > deadline:
+            elif deadline and time.monotonic() > deadline and not o.schedule_seconds:
                 state["stop"] = f"--max-minutes {o.max_minutes:g} ran out"
             if state["stop"]:
                 break
             batch, next_position = next(stream)
+            scale = lr_scale(step, progress(), o)
             loss = train_step(
-                stepper, batch.to(device), optimizer, scaler, precision, lr_at(step, o), o.grad_clip
+                stepper, batch.to(device), optimizer, scaler, precision, scale, o.grad_clip
             )
             step, position = step + 1, next_position
             loss_sum, loss_n = loss_sum + loss, loss_n + 1  # a tensor: no wait for the GPU
             tokens += batch.tokens
             bar.update()
-            if step % o.log_every == 0 or step % o.eval_every == 0 or step == o.max_steps:
+            ending = progress() >= 1 if o.schedule_seconds else step == o.max_steps
+            if step % o.log_every == 0 or step % o.eval_every == 0 or ending:
                 now = time.monotonic()
                 speed = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)
                 record = {"step": step, "train_loss": float(loss_sum) / loss_n}
-                record.update(lr=lr_at(step - 1, o), tokens_per_s=round(speed))
+                record.update(lr=o.lr * scale, tokens_per_s=round(speed))
+                record["seconds"] = round(clock + now - t0, 1)
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{speed:,.0f}")
-                if step % o.eval_every == 0 and step < o.max_steps:
+                if step % o.eval_every == 0 and not ending:  # the final eval follows
                     record.update(eval_and_show(EVAL_ROWS))
                     checkpoint()  # so a crash loses at most one eval interval
                 records.append(record)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from guppyforge.defaults import DEFAULT_PRESET, DEVICES
 from guppyforge.errors import GuppyError
 from guppyforge.model.batches import LOSS_ON
+from guppyforge.train.optim import OPTIMIZERS
 
 
 @dataclass
@@ -16,12 +17,15 @@ class TrainOptions:
     preset: str = DEFAULT_PRESET
     max_steps: int | None = None  # fixes the schedule; default: `epochs` passes over the data
     epochs: float = 3.0
-    max_minutes: float | None = None  # a time budget: stop with a checkpoint when it runs out
+    max_minutes: float | None = None  # a time budget: the schedule is fitted to it
+    schedule_seconds: float | None = None  # set from max_minutes: the schedule's length in seconds
     stop_after: int | None = None  # stop (with a checkpoint) after this step: for tests, demos
     # Rows of up to `context` tokens per step: ~2,000 tokens, ~60 conversations with guppy-9m.
     # 32 rows train no faster on a CPU and peak ~0.3 GiB higher (guppy-9m: ~1.4 vs ~1.1 GiB).
     batch_size: int = 16
+    optimizer: str = "adamw"  # adamw | muon (see optim.py)
     lr: float = 1e-3
+    muon_lr: float = 1e-3  # Muon's peak rate for the blocks' matrices (AdamW-matched scale)
     min_lr: float = 1e-4
     warmup_steps: int | None = None  # default: 5 % of max_steps, at most 100
     weight_decay: float = 0.1
@@ -39,6 +43,7 @@ class TrainOptions:
 
 # What decides the numbers a run computes: on --resume these come from the checkpoint.
 SCHEDULE = ("preset", "max_steps", "epochs", "batch_size", "lr", "min_lr", "warmup_steps")
+SCHEDULE += ("optimizer", "muon_lr", "schedule_seconds")
 SCHEDULE += ("weight_decay", "grad_clip", "eval_every", "log_every", "seed", "loss_on")
 
 
@@ -48,16 +53,21 @@ def resolve_options(o: TrainOptions, saved: dict | None) -> TrainOptions:
     if saved is not None:
         for key in SCHEDULE:
             mine = getattr(o, key)
-            if mine not in (None, defaults[key], saved[key]):
+            theirs = saved.get(key, defaults[key])  # a key an older checkpoint lacks: default
+            if mine not in (None, defaults[key], theirs):
                 raise GuppyError(
                     f"--{key.replace('_', '-')} {mine}: the run being resumed used "
-                    f"{saved[key]}. Drop the option to continue it, or start a new --out."
+                    f"{theirs}. Drop the option to continue it, or start a new --out."
                 )
-            setattr(o, key, saved[key])
+            setattr(o, key, theirs)
         # Precision changes the numbers too, so a resumed run keeps it unless told otherwise
         # (e.g. a run moved from a GPU to a CPU).
         if o.precision == defaults["precision"]:
             o.precision = saved["precision"]
+    if o.optimizer not in OPTIMIZERS:
+        raise GuppyError(
+            f"--optimizer: unknown '{o.optimizer}'. Use one of: {', '.join(OPTIMIZERS)}."
+        )
     if o.loss_on not in LOSS_ON:
         raise GuppyError(f"--loss-on: unknown '{o.loss_on}'. Use replies or all.")
     for key in ("max_steps", "batch_size", "eval_every", "log_every", "stop_after"):

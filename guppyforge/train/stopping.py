@@ -1,4 +1,4 @@
-"""When a run stops early: Ctrl-C, a time budget, and fitting the schedule to that budget.
+"""When a run stops early: Ctrl-C, a time budget, and timing a step to fit the schedule to it.
 
 Stopping is always clean: the loop finishes the step it is in, writes a checkpoint, and prints
 how to resume. A step cut in half would leave weights and optimizer state out of step.
@@ -9,7 +9,12 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+
+import torch
+
+from guppyforge.model.batches import Samples, batches
+from guppyforge.train.optim import make_optimizer, train_step
+from guppyforge.train.precision import Precision
 
 
 @contextlib.contextmanager
@@ -31,16 +36,19 @@ def stop_on_ctrl_c(state: dict):
         signal.signal(signal.SIGINT, previous)
 
 
-def steps_that_fit(time_step: Callable[[], None], seconds_left: float, eval_steps: float) -> int:
-    """How many steps fit in `seconds_left`, timed on a few real ones.
+def time_a_step(
+    model, o, samples: Samples, context: int, device: torch.device, precision: Precision
+) -> float:
+    """Seconds one training step takes on this machine, timed on a few real ones.
 
-    `time_step` runs one step that changes nothing (the trainer passes one at learning rate 0);
-    `eval_steps` is what the evals will cost, counted in steps.
+    The steps run at learning rate 0 with their own optimizer, so they change nothing: AdamW's
+    and Muon's weight decay are scaled by the learning rate too.
     """
+    probe = batches(samples, context, o.batch_size, o.seed, o.loss_on)
+    optimizer, scaler = make_optimizer(model, o, device), precision.scaler()
     times = []
     for _ in range(4):
         t = time.perf_counter()
-        time_step()
+        float(train_step(model, next(probe)[0].to(device), optimizer, scaler, precision, 0.0, 1.0))
         times.append(time.perf_counter() - t)
-    step_s = min(times[1:])  # the first step pays one-off costs
-    return max(1, int(0.9 * seconds_left / step_s - eval_steps))
+    return min(times[1:])  # the first step pays one-off costs

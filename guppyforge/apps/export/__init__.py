@@ -3,20 +3,25 @@
 One target, one module:
 - `hf` (hf.py): a GPT-2 folder that `transformers` loads with `from_pretrained`.
 - `onnx` (onnx.py): model.onnx (+ model.int8.onnx) for onnxruntime and friends.
+- `gguf` (gguf.py): model.gguf + an Ollama Modelfile, for llama.cpp and Ollama.
+- `web` (web.py, page/): a static page that chats with the character in the browser.
 
 This module picks the target and checks the output folder.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from guppyforge.apps.export.gguf import DEFAULT_GGUF_TYPE, check_gguf_type, export_gguf
 from guppyforge.apps.export.hf import export_hf
 from guppyforge.apps.export.onnx import export_onnx
+from guppyforge.apps.export.web import export_web
 from guppyforge.errors import GuppyError
 from guppyforge.model.run import load_run
 
-TARGETS = ("hf", "onnx")
+TARGETS = ("hf", "onnx", "gguf", "web")
 
 # Every file an export may write. With --force only these are replaced or removed, never the
 # rest of the folder: `--out .` by mistake must not wipe a user's working directory.
@@ -31,22 +36,46 @@ OUTPUT_FILES = (
     "model.onnx",
     "model.int8.onnx",
     "onnx_io.json",
+    "index.html",
+    "chat.js",
+    "guppy.json",
+    "character",  # web: folders, replaced whole
+    "runtime",
+    "model.gguf",
+    "Modelfile",
 )
 
 
 def export_run(
-    run_dir: str | Path, to: str, out: str | Path, *, force: bool = False, int8: bool = False
+    run_dir: str | Path,
+    to: str,
+    out: str | Path,
+    *,
+    force: bool = False,
+    int8: bool = False,
+    fp32: bool = False,
+    gguf_type: str | None = None,
 ) -> list[Path]:
-    """Export the run in `run_dir` to `out` as `to` ("hf" or "onnx"); return the files written."""
+    """Export the run in `run_dir` to `out` as `to` (one of TARGETS); return the files written."""
     if to not in TARGETS:
         raise GuppyError(f"--to: unknown target '{to}'. Choose one of: {', '.join(TARGETS)}")
-    if int8 and to != "onnx":
+    if int8 and to == "hf":
         raise GuppyError("--int8 only applies to --to onnx (transformers loads fp32 weights).")
+    if fp32 and to != "web":
+        raise GuppyError("--fp32 only applies to --to web (its weights are int8 by default).")
+    if gguf_type is not None and to != "gguf":
+        raise GuppyError("--gguf-type only applies to --to gguf.")
+    if to == "gguf":  # before any folder is made: a missing package or a typo fails first
+        check_gguf_type(gguf_type)
     run_dir, out = Path(run_dir), Path(out)
     run = load_run(run_dir)
     prepare_out_dir(run_dir, out, force)
     if to == "hf":
         return export_hf(run, out)
+    if to == "web":
+        return export_web(run, out, int8=not fp32)
+    if to == "gguf":
+        return export_gguf(run, out, gguf_type or DEFAULT_GGUF_TYPE)
     return export_onnx(run, out, int8=int8)
 
 
@@ -64,5 +93,5 @@ def prepare_out_dir(run_dir: Path, out: Path, force: bool) -> None:
         )
     for name in present:
         # Stale files from an earlier export (say model.int8.onnx) would not match the new one.
-        (out / name).unlink()
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     out.mkdir(parents=True, exist_ok=True)

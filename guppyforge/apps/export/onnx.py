@@ -1,11 +1,18 @@
 """Export a run as ONNX: model.onnx (fp32) and, with --int8, model.int8.onnx.
 
-The graph is the plain forward pass, `input_ids (batch, sequence) int64 -> logits (batch,
-sequence, vocab) float32`, with both axes dynamic. Positions (0 .. sequence-1) and the causal
-mask are computed inside the graph, so a caller passes token ids and nothing else. There is no
-KV cache input: to generate, feed the whole sequence again each step (cheap at this size, and the
-graph stays one that any ONNX runtime can run). Sequences must start at position 0 and be at
-most `context` tokens long; pad batches on the right. onnx_io.json says all of this for tools.
+The graph is a decoder with a KV cache, in the names Optimum and transformers.js use for GPT-2:
+
+    inputs   input_ids                    (batch_size, sequence_length)        int64
+             attention_mask               (batch_size, past + sequence_length) int64, 1 = real
+             past_key_values.{i}.key/value (batch_size, heads, past, head_dim)  float32
+    outputs  logits                       (batch_size, sequence_length, vocab) float32
+             present.{i}.key/value        (batch_size, heads, past + sequence_length, head_dim)
+
+Generating: run the prompt once with empty pasts (past = 0), then feed one token at a time with
+the previous step's `present.*` as `past_key_values.*` and the mask grown by one, so a token
+costs one position rather than the whole prefix. Positions (from the mask, so left padding
+works) and the causal mask are computed inside the graph. Positions stop at `context`.
+config.json and generation_config.json (GPT-2's) tell Optimum and transformers.js the shape.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from guppyforge.apps.export.hf import generation_config, gpt2_config
 from guppyforge.errors import GuppyError
-from guppyforge.model.gpt import GPT
+from guppyforge.model.gpt import GPT, KVCache
 from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, PAD, save_tokenizer
 
@@ -30,21 +38,37 @@ from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, PAD, save_tokenizer
 OPSET = 18
 
 
-class LogitsOnly(nn.Module):
-    """The model as the ONNX graph sees it: token ids in, logits out."""
+class DecoderWithCache(nn.Module):
+    """The model as the ONNX graph sees it: new token ids, the mask and the cache in; logits and
+    the grown cache out. The cache is a flat tuple (key 0, value 0, key 1, ...) because ONNX
+    inputs and outputs are flat lists of tensors."""
 
     def __init__(self, model: GPT):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # An explicit causal mask, rather than the model's own `is_causal` shortcut: that flag
-        # is a Python bool that depends on the sequence length, and the exporter cannot keep a
-        # bool symbolic, so it would bake in the example's length. A mask built from the
-        # (symbolic) length stays dynamic.
-        n = input_ids.shape[1]
-        causal = torch.ones(n, n, dtype=torch.bool, device=input_ids.device).tril()
-        return self.model(input_ids, attn_mask=causal)[0]
+    def forward(self, input_ids, attention_mask, past: tuple[torch.Tensor, ...]):
+        new, total = input_ids.shape[1], attention_mask.shape[1]
+        # Positions count the real tokens before each one, as transformers' GPT-2 does, so a
+        # left-padded row starts at 0 at its first real token (pads clamp to 0; never read).
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, total - new :]
+        # An explicit mask rather than the model's `is_causal` shortcut: that flag is a Python
+        # bool that depends on the lengths, which the exporter would bake in. Each new token
+        # sees the past and the new tokens up to itself, minus padding; it always sees itself,
+        # so a pad row attends to something and stays finite (an all-masked row gives NaN,
+        # and NaN in a pad's key would spread to every row through the next layer's softmax).
+        row = torch.arange(new, device=input_ids.device)[:, None] + (total - new)
+        col = torch.arange(total, device=input_ids.device)[None, :]
+        allowed = (col <= row) & ((attention_mask[:, None, None, :] > 0) | (col == row))
+        cache = KVCache(self.model.cfg.n_layer)
+        cache.keys, cache.values = list(past[0::2]), list(past[1::2])
+        logits, _ = self.model(input_ids, positions=positions, attn_mask=allowed, cache=cache)
+        return (logits, *(t for kv in zip(cache.keys, cache.values, strict=True) for t in kv))
+
+
+def cache_names(n_layer: int, prefix: str) -> list[str]:
+    """past_key_values.0.key, past_key_values.0.value, ... (or present.*): the flat order."""
+    return [f"{prefix}.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
 
 
 def _require(module: str) -> None:
@@ -78,22 +102,46 @@ def _quiet(*loggers: str) -> Iterator[None]:
 
 
 def export_model_onnx(model: GPT, path: Path) -> None:
-    """Write `model` to `path` with dynamic batch and sequence axes."""
+    """Write `model` to `path` as a decoder with a KV cache, every length dynamic."""
     _require("onnx")
     _require("onnxscript")
+    cfg = model.cfg
     # The dynamo exporter (torch.export), not the legacy TorchScript one: the legacy exporter
-    # is deprecated since torch 2.9 and may go away; this one is where fixes land.
-    batch = torch.export.Dim("batch")
-    sequence = torch.export.Dim("sequence", max=model.cfg.context)
-    # Sizes 0 and 1 are special-cased by torch.export (it would fix the axis), hence 2 x 8.
-    example = torch.zeros(2, 8, dtype=torch.long, device=model.wte.weight.device)
-    with _quiet("torch.onnx"):
+    # is deprecated since torch 2.9 and may go away; this one is where fixes land. The axis
+    # names become the graph's: transformers.js sizes an empty cache from them, reading
+    # "batch_size" as the batch and any other name (past_sequence_length) as 0.
+    dim = torch.export.Dim
+    batch = dim("batch_size")
+    new = dim("sequence_length", min=1, max=cfg.context)
+    past = dim("past_sequence_length", min=0, max=cfg.context - 1)
+    total = dim("total_sequence_length", min=1, max=cfg.context)
+    # Sizes 0 and 1 are special-cased by torch.export (it would fix the axis), hence 2, 5, 3.
+    device = model.wte.weight.device
+    head_dim = cfg.d_model // cfg.n_head
+    example = (
+        torch.zeros(2, 5, dtype=torch.long, device=device),
+        torch.ones(2, 3 + 5, dtype=torch.long, device=device),
+        tuple(
+            torch.zeros(2, cfg.n_head, 3, head_dim, device=device) for _ in range(2 * cfg.n_layer)
+        ),
+    )
+    with _quiet("torch.onnx"), warnings.catch_warnings():
+        # The 2L cache inputs share one name per axis, on purpose; the exporter says so.
+        warnings.filterwarnings("ignore", "# The axis name", UserWarning)
         program = torch.onnx.export(
-            LogitsOnly(model).eval(),
-            (example,),
-            input_names=["input_ids"],
-            output_names=["logits"],
-            dynamic_shapes={"input_ids": {0: batch, 1: sequence}},
+            DecoderWithCache(model).eval(),
+            example,
+            input_names=[
+                "input_ids",
+                "attention_mask",
+                *cache_names(cfg.n_layer, "past_key_values"),
+            ],
+            output_names=["logits", *cache_names(cfg.n_layer, "present")],
+            dynamic_shapes={
+                "input_ids": {0: batch, 1: new},
+                "attention_mask": {0: batch, 1: total},
+                "past": tuple({0: batch, 2: past} for _ in range(2 * cfg.n_layer)),
+            },
             opset_version=OPSET,
             dynamo=True,
             external_data=False,  # a 9M model is ~35 MB: one self-contained file is easier to share
@@ -122,20 +170,42 @@ def quantize_int8(src: Path, dst: Path) -> None:
 def io_description(run: Run, int8: bool) -> dict:
     """onnx_io.json: what goes in, what comes out, and the rules a caller must follow."""
     tok, cfg = run.tokenizer, run.model.cfg
+    cache = ["batch_size", cfg.n_head, "past_sequence_length", cfg.d_model // cfg.n_head]
+    grown = [*cache[:2], "past_sequence_length + sequence_length", cache[3]]
     return {
         "format": "guppyforge-onnx",
-        "version": 1,
+        "version": 2,
         "models": {"fp32": "model.onnx", **({"int8": "model.int8.onnx"} if int8 else {})},
         "opset": OPSET,
         "inputs": [
-            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch_size", "sequence_length"]},
+            {
+                "name": "attention_mask",
+                "dtype": "int64",
+                "shape": ["batch_size", "past_sequence_length + sequence_length"],
+            },
+            *(
+                {"name": n, "dtype": "float32", "shape": cache}
+                for n in cache_names(cfg.n_layer, "past_key_values")
+            ),
         ],
         "outputs": [
-            {"name": "logits", "dtype": "float32", "shape": ["batch", "sequence", cfg.vocab_size]},
+            {
+                "name": "logits",
+                "dtype": "float32",
+                "shape": ["batch_size", "sequence_length", cfg.vocab_size],
+            },
+            *(
+                {"name": n, "dtype": "float32", "shape": grown}
+                for n in cache_names(cfg.n_layer, "present")
+            ),
         ],
         "max_sequence": cfg.context,
-        "positions": "computed inside the graph as 0..sequence-1; pad batches on the right",
-        "attention": "causal, computed inside the graph; no KV cache: feed the whole sequence",
+        "positions": "computed inside the graph from attention_mask (count of real tokens before "
+        "each); past + sequence_length must stay <= max_sequence",
+        "attention": "causal, computed inside the graph. KV cache: start with past_sequence_length "
+        "0 (empty tensors), then feed each step's present.* back as past_key_values.* with only "
+        "the new tokens and the whole mask; pad on the left (mask 0) when batching",
         "tokenizer": "tokenizer.json",
         "chat_template": CHAT_TEMPLATE,
         "eos_token_id": tok.token_to_id(END),
@@ -144,12 +214,19 @@ def io_description(run: Run, int8: bool) -> dict:
 
 
 def export_onnx(run: Run, out: Path, *, int8: bool = False) -> list[Path]:
-    """Write model.onnx (and model.int8.onnx), onnx_io.json and the tokenizer files."""
+    """Write model.onnx (and model.int8.onnx), onnx_io.json, config files and the tokenizer."""
     files = [out / "model.onnx"]
     export_model_onnx(run.model, files[0])
     if int8:
         files.append(out / "model.int8.onnx")
         quantize_int8(files[0], files[-1])
-    files.append(out / "onnx_io.json")
-    files[-1].write_text(json.dumps(io_description(run, int8), indent=2) + "\n")
+    # GPT-2's config files: Optimum and transformers.js read the shape (layers, heads) and the
+    # token that ends a reply from them.
+    for name, content in [
+        ("onnx_io.json", io_description(run, int8)),
+        ("config.json", gpt2_config(run)),
+        ("generation_config.json", generation_config(run)),
+    ]:
+        files.append(out / name)
+        files[-1].write_text(json.dumps(content, indent=2) + "\n")
     return files + save_tokenizer(run.tokenizer, out, run.model.cfg.context)

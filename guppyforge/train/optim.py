@@ -1,0 +1,120 @@
+"""The update rule: which optimizer moves which weights, and the learning-rate schedule.
+
+Two optimizers are on offer (`--optimizer`):
+- `adamw`: AdamW for every weight, decay on matrices only: the classic recipe.
+- `muon`: Muon for the blocks' weight matrices, AdamW for the rest (embeddings, biases,
+  LayerNorms). Muon orthogonalises each matrix's momentum (a few Newton-Schulz iterations), so
+  every direction of the matrix moves at a similar rate, instead of the few largest ones
+  dominating: more learning per step, which is what a short CPU budget needs. Embeddings and
+  vectors are not matrices in that sense (a row per token, a gain per channel), so AdamW keeps
+  them.
+
+The schedule is a linear warm-up, then a cosine decay from the peak to a tenth of it. Its clock
+is the step count when `--max-steps` (or `--epochs`) fixes the length, and the wall clock when
+`--max-minutes` does, so a budgeted run always ends fully decayed however fast the machine is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from guppyforge.model.gpt import GPT
+from guppyforge.train.precision import Precision
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+class Optimizers:
+    """One or two torch optimizers that step together, with one learning-rate scale."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    def set_scale(self, scale: float) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * scale
+
+    def step(self, scaler: torch.amp.GradScaler) -> None:
+        for opt in self.optimizers:
+            scaler.step(opt)  # skipped when fp16 gradients overflowed
+
+    def unscale(self, scaler: torch.amp.GradScaler) -> None:
+        for opt in self.optimizers:
+            scaler.unscale_(opt)
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> list[dict]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_state_dict(self, states: list[dict] | dict) -> None:
+        states = [states] if isinstance(states, dict) else states
+        for opt, state in zip(self.optimizers, states, strict=True):
+            opt.load_state_dict(state)
+
+
+def make_optimizer(model: GPT, o, device: torch.device) -> Optimizers:
+    """The optimizers `o.optimizer` names, each group carrying its `peak_lr`."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    # Decay pulls weights toward zero, a brake on memorising. On matrices (and embeddings) that
+    # helps; on biases and LayerNorm gains it only fights the scale the model needs.
+    matrices = [p for n, p in params.items() if p.dim() == 2 and n.startswith("h.")]
+    tables = [p for n, p in params.items() if p.dim() == 2 and not n.startswith("h.")]
+    vectors = [p for p in params.values() if p.dim() < 2]
+    # Fused: one kernel updates every tensor, instead of a dozen small ops per tensor.
+    cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    fused = device.type == "cuda" or (device.type == "cpu" and cpu_fused)
+    adam_groups = [
+        {"params": tables, "weight_decay": o.weight_decay, "peak_lr": o.lr},
+        {"params": vectors, "weight_decay": 0.0, "peak_lr": o.lr},
+    ]
+    if o.optimizer == "adamw":
+        adam_groups[0]["params"] = matrices + tables
+        return Optimizers([torch.optim.AdamW(adam_groups, lr=o.lr, betas=(0.9, 0.95), fused=fused)])
+    # "match_rms_adamw" scales Muon's orthogonal update to AdamW's typical size, so its learning
+    # rate means what AdamW's does; muon_lr can then sit near lr (measured in bench_train.py).
+    muon = torch.optim.Muon(
+        [{"params": matrices, "peak_lr": o.muon_lr}],
+        lr=o.muon_lr,
+        weight_decay=o.weight_decay,
+        adjust_lr_fn="match_rms_adamw",
+    )
+    adam = torch.optim.AdamW(adam_groups, lr=o.lr, betas=(0.9, 0.95), fused=fused)
+    return Optimizers([muon, adam])
+
+
+def lr_scale(step: int, progress: float, o) -> float:
+    """The learning rate as a share of its peak: warm-up over steps, then cosine on `progress`.
+
+    `progress` is the share of the schedule done (steps or seconds, see the module docstring).
+    """
+    # Warm-up: Adam's moment estimates are noise for the first steps; full-size updates on
+    # them can knock a fresh model into a bad region it never leaves.
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    floor = o.min_lr / o.lr
+    return floor + 0.5 * (1 - floor) * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+def step_progress(step: int, o) -> float:
+    """Progress of a schedule measured in steps (warm-up excluded)."""
+    return (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
+
+
+def train_step(model, batch, optimizers: Optimizers, scaler, precision: Precision, scale, clip):
+    """One optimizer step on one batch; returns the loss (a tensor, so CUDA need not wait)."""
+    optimizers.set_scale(scale)
+    with precision.autocast():
+        _, loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
+    scaler.scale(loss).backward()  # the scaler is a no-op unless precision is fp16
+    optimizers.unscale(scaler)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizers.step(scaler)
+    scaler.update()
+    optimizers.zero_grad()
+    return loss.detach()
