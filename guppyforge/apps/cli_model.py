@@ -189,14 +189,32 @@ def export_cmd(run_dir, target, out_dir, int8, fp32, gguf_type, force) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free).")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
-def serve_cmd(run_dir, host, port, device) -> None:
-    """Serve RUN_DIR over an OpenAI-compatible API (/v1/chat/completions, /v1/models).
+@click.option(
+    "--api-key",
+    envvar="GUPPYFORGE_API_KEY",
+    help="Bearer key every /v1 request must send; required beyond 127.0.0.1.",
+)
+@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
+              help="Replies decoded together.")  # fmt: skip
+@click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True,
+              help="Longest reply a request may ask for.")  # fmt: skip
+@click.option("--max-messages", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--max-prompt-chars", type=click.IntRange(1), default=32_000, show_default=True)
+@click.option("--max-body", type=click.IntRange(1), default=1 << 20, show_default=True,
+              help="Largest request body, in bytes.")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a client may take to send a request.")  # fmt: skip
+def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
+    """Serve RUN_DIR: an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
+    /v1/models) and a chat page at /. Needs the serve extra: pip install 'guppyforge[serve]'.
 
     \b
     guppyforge serve runs/cat
-    # then, from any OpenAI client:
+    # then open http://127.0.0.1:8000/ or, from any OpenAI client:
     # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     """
     from guppyforge.apps.serve import serve
+    from guppyforge.apps.serve_http import Limits
 
-    serve(run_dir, host, port, device)
+    limits = Limits(**limits, body_timeout=timeout, head_timeout=timeout)
+    serve(run_dir, host, port, device, api_key=api_key, limits=limits)

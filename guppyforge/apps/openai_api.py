@@ -1,20 +1,26 @@
-"""The OpenAI chat-completions request, checked field by field.
+"""OpenAI's request and response shapes, as typed (pydantic) models, and the server's limits.
 
-`parse_chat_request` turns a decoded JSON body into a `ChatRequest` or raises `RequestError`
-naming the first bad field, which the server sends back as a 4xx in OpenAI's error shape,
-`{"error": {"message", "type", "param", "code"}}`, so clients raise their usual exceptions.
+A request body is parsed and checked in one go (`parse_request`): strict types (`"temperature":
+"hot"` or `true` is refused, never coerced), no unknown fields, and every parameter either
+honoured or refused with a 4xx in OpenAI's error shape, `{"error": {"message", "type", "param",
+"code"}}`, so clients raise their usual exceptions. Nothing a client sends is ignored silently,
+except plain metadata (`user`, `metadata`, `service_tier`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
-MAX_BODY = 1 << 20  # 1 MiB: a whole conversation at this context is a few KB
-ROLES = ("system", "developer", "user", "assistant")
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from guppyforge.defaults import MAX_NEW_TOKENS
+
+if TYPE_CHECKING:  # serve_http.py imports this module
+    from guppyforge.apps.serve_http import Limits
 
 
-class RequestError(Exception):
-    """A client mistake: becomes a 4xx response in OpenAI's error shape."""
+class ApiError(Exception):
+    """A client mistake (or a busy server): a response in OpenAI's error shape."""
 
     def __init__(
         self, status: int, message: str, param: str | None = None, code: str | None = None
@@ -23,116 +29,313 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict:
-        kind = "invalid_request_error"  # OpenAI's type for every 4xx, 404 included
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        error = {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+        return {"error": error}
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Any = None  # checked below, so an error names the message rather than a union arm
+    name: str | None = None  # OpenAI's participant name: metadata, not shown to the model
+
+    @model_validator(mode="after")
+    def _text(self) -> Message:
+        c = self.content
+        if isinstance(c, list) and all(isinstance(p, dict) for p in c):
+            c = "".join(TextPart.model_validate(p).text for p in c)
+        if not isinstance(c, str):
+            raise ValueError("content must be a string or a list of text parts")
+        self.content = c
+        return self
+
+    def plain(self) -> dict:
+        """As the engine takes it; "developer" is OpenAI's newer name for the system prompt."""
         return {
-            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
+            "role": "system" if self.role == "developer" else self.role,
+            "content": self.content,
         }
 
 
-@dataclass
-class ChatRequest:
-    """The fields of a chat completion request that this server honours.
+class StreamOptions(_Strict):
+    include_usage: bool = False  # anything else in it is refused (extra="forbid")
 
-    `model` is accepted whatever it names (the server has one model, which every response
-    names); fields it does not know (`user`, `frequency_penalty`...) are ignored, as OpenAI's
-    own clients send some by default.
-    """
 
-    messages: list[dict]
+# Parameters OpenAI clients may send that change what this model cannot do: accepted only at
+# the value that means "off", refused otherwise, never ignored.
+OFF_ONLY: dict[str, tuple] = {
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "functions": (None, []),
+    "tool_choice": (None, "none"),
+    "function_call": (None, "none"),
+    "parallel_tool_calls": (None, True, False),
+    "response_format": (None, {"type": "text"}),
+    "modalities": (None, ["text"]),
+    "store": (None, False),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+}
+
+
+class _Sampling(_Strict):
+    """What both endpoints share: the sampling options and the model's name."""
+
+    model: str | None = None
+    n: int | None = None
     stream: bool = False
-    include_usage: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, ge=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)  # not OpenAI's: vLLM's and llama.cpp's extension
+    max_tokens: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
+    stop: str | list[str] | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    frequency_penalty: Any = None
+    presence_penalty: Any = None
+    logprobs: Any = None
+    logit_bias: Any = None
+
+    @field_validator("n")
+    @classmethod
+    def _one(cls, n: int | None) -> int | None:
+        if n not in (None, 1):
+            raise ValueError("only n=1 is supported")
+        return n
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop):
+        stop = [stop] if isinstance(stop, str) else stop or []
+        if len(stop) > 4 or not all(stop):
+            raise ValueError("stop must be a string or a list of up to 4 non-empty strings")
+        return stop
+
+    _cap: int = MAX_NEW_TOKENS  # the server's --max-tokens, set by parse_request
+
+    def reply_cap(self) -> int | None:
+        return self.max_tokens
+
+    def options(self) -> dict:
+        """Keyword arguments for the decoder; fields left out keep chat's defaults."""
+        options = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_new_tokens": self.reply_cap() or min(MAX_NEW_TOKENS, self._cap),
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+        return {k: v for k, v in options.items() if v is not None}
+
+    @property
+    def include_usage(self) -> bool:  # OpenAI's last chunk with the usage, when streaming
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
     trace: bool = False  # ours, not OpenAI's: add where the reply came from (apps/trace.py)
-    stop: list[str] = field(default_factory=list)
-    options: dict = field(default_factory=dict)  # keyword arguments for Engine.stream
+    top_logprobs: Any = None
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    response_format: Any = None
+    modalities: Any = None
+    store: Any = None
+
+    def reply_cap(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def plain_messages(self) -> list[dict]:
+        return [m.plain() for m in self.messages]
+
+    def text_size(self) -> int:
+        return sum(len(m.content) for m in self.messages)
 
 
-def _number(body: dict, name: str, lo: float, hi: float) -> float | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    # bool is an int in Python; `"temperature": true` is a client bug, not 1.0.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise RequestError(400, f"'{name}' must be a number from {lo} to {hi}.", name)
-    return float(value)
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    echo: Any = None
+    suffix: Any = None
+    best_of: Any = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _single(cls, prompt):
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError("only one prompt per request is supported")
+        return prompt if isinstance(prompt, str) else prompt[0]
+
+    def text_size(self) -> int:
+        return len(self.prompt)
 
 
-def _integer(body: dict, name: str, lo: int, hi: int | None = None) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise RequestError(400, f"'{name}' must be an integer >= {lo}.", name)
-    if hi is not None and value > hi:
-        raise RequestError(400, f"'{name}' must be an integer <= {hi}.", name)
-    return value
+def _param(loc: tuple) -> str | None:
+    """pydantic's error location as OpenAI names a parameter: messages[0].role."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[str]") or "[" in str(part):
+            break  # the arm of a union that failed: the parameter is what comes before
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
 
 
-def _content(message: dict, where: str) -> str:
-    """A message's text: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list) and all(
-        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-        for p in content
-    ):
-        return "".join(p["text"] for p in content)
-    raise RequestError(400, f"'{where}.content' must be a string or a list of text parts.", where)
+def parse_request(kind: type[_Sampling], body: bytes, model_id: str, limits: Limits):
+    """A checked request of `kind` from raw JSON bytes; ApiError names the first bad field."""
+    try:
+        # pydantic parses JSON in Rust with a nesting limit: a 100,000-deep array is a 400.
+        req = kind.model_validate_json(body)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        param = _param(err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ApiError(400, f"Unrecognized request argument supplied: {param}", param) from None
+        where = f"'{param}': " if param else "The request body: "
+        raise ApiError(400, where + err["msg"], param) from None
+    for name, allowed in OFF_ONLY.items():
+        if name in kind.model_fields and getattr(req, name) not in allowed:
+            say = "leave it out" if len(allowed) == 1 else f"send {allowed[-1]!r} or leave it out"
+            message = f"'{name}' is not supported by this server ({say})."
+            raise ApiError(400, message, name, "unsupported_parameter")
+    if req.model not in (None, model_id):
+        message = f"The model '{req.model}' does not exist; this server has '{model_id}'."
+        raise ApiError(404, message, "model", "model_not_found")
+    if req.stream_options is not None and not req.stream:
+        message = "'stream_options' is only allowed when 'stream' is true."
+        raise ApiError(400, message, "stream_options")
+    if isinstance(req, ChatRequest) and len(req.messages) > limits.max_messages:
+        message = f"'messages' holds {len(req.messages)} messages; this server's limit is {limits.max_messages} (--max-messages)."
+        raise ApiError(400, message, "messages", "too_many_messages")
+    if req.text_size() > limits.max_prompt_chars:
+        param = "messages" if isinstance(req, ChatRequest) else "prompt"
+        message = f"The prompt is {req.text_size()} characters; this server's limit is {limits.max_prompt_chars} (--max-prompt-chars)."
+        raise ApiError(400, message, param, "prompt_too_long")
+    if (cap := req.reply_cap()) is not None and cap > limits.max_tokens:
+        param = (
+            "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+        )
+        message = f"'{param}' is {cap}; this server's limit is {limits.max_tokens} (--max-tokens)."
+        raise ApiError(400, message, param, "max_tokens_too_large")
+    req._cap = limits.max_tokens
+    return req
 
 
-def parse_chat_request(body: object) -> ChatRequest:
-    """Check a decoded request body; RequestError names the first bad field."""
-    if not isinstance(body, dict):
-        raise RequestError(400, "The request body must be a JSON object.")
-    raw = body.get("messages")
-    if not isinstance(raw, list) or not raw:
-        raise RequestError(400, "'messages' must be a non-empty list.", "messages")
-    messages = []
-    for i, m in enumerate(raw):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise RequestError(400, f"'{where}' must be an object.", where)
-        if m.get("role") not in ROLES:
-            raise RequestError(
-                400, f"'{where}.role' must be one of {', '.join(ROLES)}.", f"{where}.role"
-            )
-        # "developer" is OpenAI's newer name for the system prompt.
-        role = "system" if m["role"] == "developer" else m["role"]
-        messages.append({"role": role, "content": _content(m, where)})
-    if _integer(body, "n", 1) not in (None, 1):
-        raise RequestError(400, "Only n=1 is supported.", "n")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise RequestError(400, "'stream' must be true or false.", "stream")
-    trace = body.get("trace", False)
-    if not isinstance(trace, bool):
-        raise RequestError(400, "'trace' must be true or false.", "trace")
-    stream_options = body.get("stream_options") or {}
-    if not isinstance(stream_options, dict):
-        raise RequestError(400, "'stream_options' must be an object.", "stream_options")
-    stop = body.get("stop")
-    stop = [stop] if isinstance(stop, str) else stop or []
-    if (
-        not isinstance(stop, list)
-        or len(stop) > 4
-        or not all(isinstance(s, str) and s for s in stop)
-    ):
-        raise RequestError(400, "'stop' must be a string or a list of up to 4 strings.", "stop")
-    # max_completion_tokens is the newer name of max_tokens; either caps the reply.
-    max_tokens = _integer(body, "max_tokens", 1)
-    max_completion_tokens = _integer(body, "max_completion_tokens", 1)
-    options = {
-        "temperature": _number(body, "temperature", 0.0, 2.0),
-        "top_p": _number(body, "top_p", 0.0, 1.0),
-        "max_new_tokens": max_completion_tokens or max_tokens,
-        "seed": _integer(body, "seed", -(2**63), 2**64 - 1),  # what torch's generator takes
-    }
-    return ChatRequest(
-        messages=messages,
-        stream=stream,
-        include_usage=bool(stream_options.get("include_usage")),
-        trace=trace,
-        stop=stop,
-        # Fields left out keep chat's defaults (temperature 0.7, 64 new tokens).
-        options={k: v for k, v in options.items() if v is not None},
-    )
+# --- responses ---------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "guppyforge"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessage
+    finish_reason: str
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    trace: dict | None = None  # with "trace": true in the request
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: Delta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    trace: dict | None = None  # on the last chunk with a choice, when asked for
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    model: str
+    active: int  # replies being decoded now
+    waiting: int  # replies waiting for a free batch row
+
+
+class PersonaInfo(BaseModel):  # what the chat page shows first, and the model it asks
+    model: str
+    name: str
+    display_name: str
+    summary: str
+    first_message: str

@@ -1,266 +1,340 @@
-"""`guppyforge serve`: an OpenAI-compatible HTTP server for one run.
+"""`guppyforge serve`: an OpenAI-compatible server and a chat page for one run.
 
-Any OpenAI client can talk to the character:
+Any OpenAI client can talk to the character, and a browser can at `http://127.0.0.1:8000/`:
 
     from openai import OpenAI
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     client.chat.completions.create(model="cat", messages=[{"role": "user", "content": "hi"}])
 
-Endpoints: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (plain, or
-server-sent events with `"stream": true`; `"trace": true` adds where the reply came from,
-see apps/trace.py). Built on the standard library's ThreadingHTTPServer:
-one thread per connection, no framework to learn. Errors come back in OpenAI's shape,
-`{"error": {"message", "type", "param", "code"}}`, so clients raise their usual exceptions.
+Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (plain, or server-sent events
+with `"stream": true`; `"trace": true` adds where a chat reply came from, see apps/trace.py),
+`GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/`.
+Built on FastAPI and uvicorn (the `serve` extra): they parse HTTP, route and frame events;
+requests are checked by the typed models in openai_api.py. Every reply is decoded by one
+BatchDecoder thread (model/batching.py), so concurrent requests share each forward pass.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import socket
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Iterator
-from contextlib import closing, suppress
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from contextlib import suppress
+from importlib.resources import files
 
-from guppyforge.apps.openai_api import MAX_BODY, ChatRequest, RequestError, parse_chat_request
+try:
+    import uvicorn
+    from fastapi import Depends, FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse
+    from sse_starlette import EventSourceResponse
+    from starlette.exceptions import HTTPException
+except ImportError as e:  # the optional extra is not installed
+    from guppyforge.errors import GuppyError
+
+    raise GuppyError(
+        f"guppyforge serve needs FastAPI, uvicorn and sse-starlette ({e.name} is missing): "
+        "pip install 'guppyforge[serve]'"
+    ) from None
+
+from guppyforge.apps import openai_api as api
+from guppyforge.apps.openai_api import ApiError
+from guppyforge.apps.serve_http import HeadTimeoutH11, Limits, check_key, is_loopback, read_body
 from guppyforge.errors import GuppyError
+from guppyforge.model.batching import BatchDecoder, Busy
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import Run, load_run, pick_device
 
-
-def _json_line(obj: dict) -> bytes:
-    return json.dumps(obj, ensure_ascii=False).encode()
+PAGE = files("guppyforge.apps") / "serve_page"
 
 
 class Reply:
-    """One chat completion: the engine's text, stepped under the server's lock, in OpenAI's
-    envelope."""
+    """One reply in flight: the decoder thread's text pieces, handed to the event loop."""
 
-    def __init__(self, server: GuppyServer, req: ChatRequest):
-        self.server, self.req = server, req
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        # The same prompt building, stop rules and counting as `guppyforge chat`.
-        self.generation = server.engine.stream(req.messages, stop=req.stop, **req.options)
-
-    def pieces(self) -> Iterator[str]:
-        """The reply's text, piece by piece."""
-        pieces = iter(self.generation)
+    def __init__(self, server: Server, ids: list[int], options: dict):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.decoder = server.decoder
+        self.id, self.created = uuid.uuid4().hex, int(time.time())
         try:
-            while True:
-                # One model step at a time under the lock: concurrent replies interleave token
-                # by token (a long one never starves a short one) instead of fighting over the
-                # same cores, which each forward pass already uses in full.
-                with self.server.model_lock:
-                    piece = next(pieces, None)
-                if piece is None:
-                    break
+            self.row = server.decoder.submit(ids, self._emit, **options)
+        except Busy as e:
+            raise ApiError(503, f"The server is busy ({e}); try again shortly.") from None
+
+    def _emit(self, piece: str | None) -> None:  # runs in the decoder's thread
+        with suppress(RuntimeError):  # the loop closed: the server is shutting down
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+
+    async def pieces(self):
+        """The reply's text, piece by piece; leaving early (a client hung up) frees its row."""
+        try:
+            while (piece := await self.queue.get()) is not None:
                 yield piece
         finally:
-            self.generation.close()  # a client that hung up ends the model here
+            if not self.row.done:
+                self.decoder.cancel(self.row)
+        if self.row.finish_reason == "error":
+            raise RuntimeError("the decoder failed on this reply (see the server's log)")
 
-    def text(self) -> str:
-        return "".join(self.pieces())
+    async def text(self, request: Request) -> str | None:
+        """The whole reply, or None if the client hung up first (the row is freed at once)."""
 
-    def usage(self) -> dict:
-        c = self.generation
-        return {
-            "prompt_tokens": c.prompt_tokens,
-            "completion_tokens": c.completion_tokens,
-            "total_tokens": c.prompt_tokens + c.completion_tokens,
-        }
+        async def collect() -> str:
+            return "".join([p async for p in self.pieces()])
 
-    def _envelope(self, kind: str, choices: list[dict]) -> dict:
-        return {
-            "id": self.id,
-            "object": kind,
-            "created": self.created,
-            "model": self.server.model_id,
-            "choices": choices,
-        }
+        async def hang_up() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
 
-    def completion(self, text: str) -> dict:
-        """The whole reply as one `chat.completion` object."""
-        message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message, "finish_reason": self.generation.finish_reason}
-        return (
-            self._envelope("chat.completion", [choice]) | {"usage": self.usage()} | self.trace(text)
+        tasks = [asyncio.ensure_future(collect()), asyncio.ensure_future(hang_up())]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        return tasks[0].result() if tasks[0] in done else None
+
+    def usage(self) -> api.Usage:
+        r = self.row
+        total = r.prompt_tokens + r.completion_tokens
+        return api.Usage(
+            prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens, total_tokens=total
         )
 
-    def trace(self, text: str) -> dict:
-        """`{"trace": ...}` when the request asked for it (`"trace": true`), else nothing."""
-        if not self.req.trace:
-            return {}
+
+def _events(chunks):
+    """Each chunk model as one event's data, then OpenAI's `[DONE]`."""
+
+    async def events():
+        async for chunk in chunks:
+            yield {"data": chunk.model_dump_json(exclude_none=True)}
+        yield {"data": "[DONE]"}
+
+    return events()
+
+
+def create_app(server: Server) -> FastAPI:
+    """The ASGI app: routes, typed responses, and errors in OpenAI's shape."""
+    app = FastAPI(title=f"guppyforge: {server.model_id}", docs_url=None, redoc_url=None)
+    limits, model_id = server.limits, server.model_id
+    auth = [Depends(check_key(server.api_key))]
+
+    @app.exception_handler(ApiError)
+    async def api_error(_, e: ApiError):
+        # After a body that was cut short or left unread, the connection cannot carry another
+        # request: say so, and uvicorn closes it once the answer is out.
+        close = {"Connection": "close"} if e.status in (408, 413) else None
+        return JSONResponse(e.body(), status_code=e.status, headers=close)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+        message = f"Invalid URL ({request.method} {request.url.path})."
+        if e.status_code == 405:
+            message = f"{request.url.path} does not accept {request.method}."
+        body = ApiError(e.status_code, message if code else str(e.detail), None, code).body()
+        return JSONResponse(body, status_code=e.status_code, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def bug(_, e: Exception):  # ours: say so in the client's terms; uvicorn logs it
+        return JSONResponse(ApiError(500, f"Internal error: {e}").body(), status_code=500)
+
+    card = api.ModelCard(id=model_id, created=server.created)
+
+    @app.get("/v1/models", dependencies=auth)
+    async def list_models() -> api.ModelList:
+        return api.ModelList(data=[card])
+
+    @app.get("/v1/models/{model}", dependencies=auth)
+    async def get_model(model: str) -> api.ModelCard:
+        if model != model_id:
+            message = f"The model '{model}' does not exist; this server has '{model_id}'."
+            raise ApiError(404, message, "model", "model_not_found")
+        return card
+
+    async def trace(req: api.ChatRequest, text: str) -> dict | None:
+        """`guppyforge why --json`'s trace of the reply, when the request asked for it."""
+        if not req.trace:
+            return None
         from guppyforge.apps.trace_store import trace_json
 
-        return {"trace": trace_json(self.server.run.path, text)}
+        return await asyncio.to_thread(trace_json, server.run.path, text)
 
-    def chunks(self) -> Iterator[dict]:
-        """The reply as `chat.completion.chunk` objects: role first, then text, then the end."""
+    @app.post("/v1/chat/completions", dependencies=auth, response_model=api.ChatCompletion,
+              response_model_exclude_none=True)  # fmt: skip
+    async def chat_completions(request: Request):
+        body = await read_body(request, limits)
+        req = api.parse_request(api.ChatRequest, body, model_id, limits)
+        options = req.options()
+        messages = req.plain_messages()
+        ids, _ = await asyncio.to_thread(server.engine.prompt, messages, options["max_new_tokens"])
+        reply = Reply(server, ids, options)
+        envelope = {"id": f"chatcmpl-{reply.id}", "created": reply.created, "model": model_id}
+        if req.stream:
 
-        def chunk(delta: dict, finish_reason: str | None = None) -> dict:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-            return self._envelope("chat.completion.chunk", [choice])
+            async def chunks():
+                def chunk(delta: api.Delta, finish_reason: str | None = None):
+                    choice = api.ChunkChoice(delta=delta, finish_reason=finish_reason)
+                    return api.ChatCompletionChunk(**envelope, choices=[choice])
 
-        yield chunk({"role": "assistant", "content": ""})
-        text = []
-        for piece in self.pieces():
-            text.append(piece)
-            yield chunk({"content": piece})
-        yield chunk({}, self.generation.finish_reason) | self.trace("".join(text))
-        if self.req.include_usage:  # OpenAI's form: one last chunk, no choices, the usage
-            yield self._envelope("chat.completion.chunk", []) | {"usage": self.usage()}
+                yield chunk(api.Delta(role="assistant", content=""))
+                text = []
+                async for piece in reply.pieces():
+                    text.append(piece)
+                    yield chunk(api.Delta(content=piece))
+                last = chunk(api.Delta(), reply.row.finish_reason)
+                last.trace = await trace(req, "".join(text))
+                yield last
+                if req.include_usage:  # OpenAI's form: one last chunk, no choices, the usage
+                    yield api.ChatCompletionChunk(**envelope, choices=[], usage=reply.usage())
+
+            return server.stream(_events(chunks()))
+        text = await reply.text(request)
+        message = api.ChatMessage(content=text or "")
+        choice = api.ChatChoice(message=message, finish_reason=reply.row.finish_reason or "stop")
+        traced = await trace(req, text or "")
+        return api.ChatCompletion(**envelope, choices=[choice], usage=reply.usage(), trace=traced)
+
+    @app.post("/v1/completions", dependencies=auth, response_model=api.TextCompletion)
+    async def completions(request: Request):
+        body = await read_body(request, limits)
+        req = api.parse_request(api.CompletionRequest, body, model_id, limits)
+        options = req.options()
+        ids = await asyncio.to_thread(server.encode, req.prompt, options["max_new_tokens"])
+        reply = Reply(server, ids, options)
+        envelope = {"id": f"cmpl-{reply.id}", "created": reply.created, "model": model_id}
+        if req.stream:
+
+            async def chunks():
+                async for piece in reply.pieces():
+                    yield api.TextCompletion(**envelope, choices=[api.TextChoice(text=piece)])
+                choice = api.TextChoice(text="", finish_reason=reply.row.finish_reason)
+                yield api.TextCompletion(**envelope, choices=[choice])
+                if req.include_usage:
+                    yield api.TextCompletion(**envelope, choices=[], usage=reply.usage())
+
+            return server.stream(_events(chunks()))
+        text = await reply.text(request)
+        choice = api.TextChoice(text=text or "", finish_reason=reply.row.finish_reason or "stop")
+        return api.TextCompletion(**envelope, choices=[choice], usage=reply.usage())
+
+    @app.get("/health")
+    async def health() -> api.Health:
+        decoder = server.decoder
+        return api.Health(model=model_id, active=decoder.active, waiting=len(decoder.waiting))
+
+    @app.get("/persona.json")
+    async def persona() -> api.PersonaInfo:
+        return server.persona
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(str(PAGE / "index.html"))
+
+    @app.get("/app.js", include_in_schema=False)
+    async def page_script():
+        return FileResponse(str(PAGE / "app.js"), media_type="text/javascript")
+
+    return app
 
 
-class GuppyServer(ThreadingHTTPServer):
-    """The HTTP server, holding the run it serves."""
+class Server:
+    """A run served over HTTP: bound at once (so a bad --host or --port fails early), serving
+    from `serve_forever()` until `shutdown()`."""
 
-    daemon_threads = True  # a hung client must not keep the process alive on Ctrl+C
-
-    def __init__(self, run: Run, address: tuple[str, int]):
-        super().__init__(address, Handler)
-        self.run = run
+    def __init__(self, run: Run, host: str = "127.0.0.1", port: int = 8000, *,
+                 api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning"):  # fmt: skip
+        self.run, self.api_key, self.limits = run, api_key, limits or Limits()
         # The persona's name, as chat shows it; the folder's name for runs without one.
         self.model_id = (run.config.get("persona") or {}).get("name") or run.path.name
         self.created = int(time.time())
         self.engine = Engine.from_run(run)
-        # Each request keeps its own generation state (KV cache, RNG) in its Completion; the
-        # lock only takes turns on the model, one token at a time (see Reply.pieces).
-        self.model_lock = threading.Lock()
+        self.decoder = BatchDecoder(self.engine, self.limits.max_batch, self.limits.max_waiting)
+        self.persona = _persona_info(run, self.model_id)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=2048)
+        protocol = type("Protocol", (HeadTimeoutH11,), {"head_timeout": self.limits.head_timeout})
+        config = uvicorn.Config(create_app(self), http=protocol, log_level=log_level,
+                                limit_concurrency=4 * (self.limits.max_batch + self.limits.max_waiting),
+                                timeout_graceful_shutdown=1)  # fmt: skip
+        self.uvicorn = uvicorn.Server(config)
+        self.stopped = threading.Event()
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self.socket.getsockname()[:2]
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        host, port = self.server_address
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"
+
+    def stream(self, events) -> EventSourceResponse:
+        # A reader that stops reading for body_timeout seconds is dropped, freeing its row.
+        return EventSourceResponse(events, sep="\n", ping=15, send_timeout=self.limits.body_timeout)
+
+    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
+        """A raw prompt's ids, its start cut off to leave room for the reply (as build_prompt)."""
+        context = self.engine.cfg.context
+        ids = self.engine.tokenizer.encode(prompt, add_special_tokens=False).ids
+        return ids[-max(context - max_new_tokens, context // 2) :] or [0]
+
+    def serve_forever(self) -> None:
+        self.decoder.start()
+        try:
+            self.uvicorn.run(sockets=[self.socket])
+        finally:
+            self.decoder.stop()
+            self.stopped.set()
+
+    def shutdown(self) -> None:
+        self.uvicorn.should_exit = True
+        self.stopped.wait(10)
+
+    def server_close(self) -> None:
+        self.socket.close()
 
 
-def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000) -> GuppyServer:
+def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000, **options) -> Server:
     """A server for `run`, bound but not yet serving: call `serve_forever()` (port 0: any free)."""
-    return GuppyServer(run, (host, port))
+    return Server(run, host, port, **options)
 
 
-class Handler(BaseHTTPRequestHandler):
-    server: GuppyServer
-    server_version = "guppyforge"
-    streaming = False  # set once a stream's headers are out: no JSON error can follow them
+def _persona_info(run: Run, model_id: str) -> api.PersonaInfo:
+    """The persona's name, summary and first message (its card's), for the chat page."""
+    try:
+        from guppyforge.persona.cards import persona_to_card
+        from guppyforge.persona.load import load_persona
 
-    # --- routing ---------------------------------------------------------------------------
-
-    def _route(self) -> None:
-        method, path = self.command, self.path.split("?", 1)[0].rstrip("/")
-        routes = {
-            "/v1/models": {"GET": self._list_models},
-            f"/v1/models/{self.server.model_id}": {"GET": self._get_model},
-            "/v1/chat/completions": {"POST": self._chat_completions},
-        }
-        try:
-            if path not in routes:
-                if path.startswith("/v1/models/"):
-                    model = path.removeprefix("/v1/models/")
-                    ours = self.server.model_id
-                    message = f"The model '{model}' does not exist; this server has '{ours}'."
-                    raise RequestError(404, message, "model", "model_not_found")
-                raise RequestError(404, f"Invalid URL ({method} {path}).", code="not_found")
-            if method not in routes[path]:
-                raise RequestError(
-                    405, f"{path} does not accept {method}.", code="method_not_allowed"
-                )
-            routes[path][method]()
-        except RequestError as e:
-            self._send_json(e.status, e.body())
-        except Exception as e:  # a bug of ours: say so in the client's terms, keep serving
-            self.log_error("%s", traceback.format_exc())
-            if not self.streaming:  # mid-stream the status line is gone; the client sees EOF
-                error = {"message": f"Internal error: {e}", "type": "server_error"}
-                self._send_json(500, {"error": error | {"param": None, "code": None}})
-
-    # Every method goes through _route, so a wrong one gets a JSON 405, not stdlib's HTML 501.
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _route
-
-    # --- endpoints -------------------------------------------------------------------------
-
-    def _model_card(self) -> dict:
-        return {
-            "id": self.server.model_id,
-            "object": "model",
-            "created": self.server.created,
-            "owned_by": "guppyforge",
-        }
-
-    def _list_models(self) -> None:
-        self._send_json(200, {"object": "list", "data": [self._model_card()]})
-
-    def _get_model(self) -> None:
-        self._send_json(200, self._model_card())
-
-    def _chat_completions(self) -> None:
-        req = parse_chat_request(self._read_json())
-        reply = Reply(self.server, req)
-        if req.stream:
-            self._stream(reply)
-        else:
-            text = reply.text()
-            self._send_json(200, reply.completion(text))
-
-    def _stream(self, reply: Reply) -> None:
-        """Server-sent events: one `data: {chunk}` per piece of text, then `data: [DONE]`."""
-        self.streaming = True
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()  # no Content-Length: the stream ends when the connection closes
-        try:
-            # closing(): on a client that hung up, stop the model now rather than when the
-            # garbage collector gets round to the abandoned generator.
-            with closing(reply.chunks()) as chunks:
-                for chunk in chunks:
-                    self.wfile.write(b"data: " + _json_line(chunk) + b"\n\n")
-                    self.wfile.flush()  # send each piece now, not when a buffer fills
-            self.wfile.write(b"data: [DONE]\n\n")
-        except ConnectionError:
-            pass  # the client went away; closing the generator stops the model
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _read_json(self) -> object:
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise RequestError(411, "A Content-Length header is required.") from None
-        if length > MAX_BODY:
-            # Read (a bounded part of) what the client is sending before answering: closing on
-            # unread data makes the kernel reset the connection, and the client would see a
-            # "connection reset" instead of this error.
-            self.rfile.read(min(length, 8 * MAX_BODY))
-            raise RequestError(413, f"The request body is over {MAX_BODY} bytes.")
-        try:
-            return json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RequestError(400, f"The request body is not valid JSON ({e}).") from None
-
-    def _send_json(self, status: int, body: dict) -> None:
-        data = _json_line(body)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        persona = load_persona(run.persona_path)
+        first = persona_to_card(persona)["data"]["first_mes"]
+        return api.PersonaInfo(model=model_id, name=persona.name, display_name=persona.display_name,
+                               summary=persona.summary, first_message=first)  # fmt: skip
+    except (GuppyError, OSError):  # no persona.yaml, or one this version cannot read
+        return api.PersonaInfo(model=model_id, name=model_id, display_name=model_id, summary="",
+                               first_message="")  # fmt: skip
 
 
-def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
+def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          api_key: str | None = None, limits: Limits | None = None) -> None:  # fmt: skip
     """`guppyforge serve`: load the run and answer requests until Ctrl+C."""
+    if not is_loopback(host) and not api_key:
+        raise GuppyError(
+            f"--host {host}: serving beyond this machine needs --api-key KEY (or GUPPYFORGE_API_KEY); clients send it as 'Authorization: Bearer KEY'."
+        )
     run = load_run(run_dir, device=str(pick_device(device)))
     try:
-        server = make_server(run, host, port)
+        server = make_server(run, host, port, api_key=api_key, limits=limits, log_level="info")
     except OSError as e:  # port taken, address not on this machine, no permission...
         raise GuppyError(
             f"--host {host} --port {port}: cannot listen there ({e.strerror})."
         ) from None
-    print(f"serving {server.model_id} at {server.url} (Ctrl+C to stop)", flush=True)
+    page = server.url.removesuffix("/v1") + "/"
+    print(
+        f"serving {server.model_id} at {server.url} (chat page: {page}; Ctrl+C to stop)", flush=True
+    )
     try:
-        with suppress(KeyboardInterrupt):  # Ctrl+C is how a server is stopped
-            server.serve_forever()
+        server.serve_forever()  # uvicorn stops on Ctrl+C (SIGINT) and SIGTERM
     finally:
         server.server_close()

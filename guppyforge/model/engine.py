@@ -106,25 +106,43 @@ def sample_next(
     return int(ids[torch.multinomial(probs, 1, generator=generator)])
 
 
-def decode_stream(tokenizer: Tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
-    """Text pieces for a stream of token ids, never splitting a character.
+class TextDecoder:
+    """Token ids in (one at a time), text pieces out, never splitting a character.
 
     Byte-level BPE tokens are bytes, and one character (an emoji, a Chinese character) can span
-    several tokens. Decoding a half-finished character gives U+FFFD, so we wait until the text so
-    far no longer ends in one before yielding the new part.
+    several tokens. Decoding a half-finished character gives U+FFFD, so a piece is held back
+    until the text so far no longer ends in one. Push-style, so the batched decoder can keep
+    one per reply; `decode_stream` is the same rule for an iterable.
     """
-    ids: list[int] = []
-    shown = ""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+
+    def push(self, token: int) -> str:
+        """The new text this token completes ("" while a character is unfinished)."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd") or len(text) == len(self.shown):
+            return ""
+        piece, self.shown = text[len(self.shown) :], text
+        return piece
+
+    def flush(self) -> str:
+        """Bytes that never completed a character: show what there is."""
+        text = self.tokenizer.decode(self.ids)
+        piece = text[len(self.shown) :] if len(text) > len(self.shown) else ""
+        self.shown = text if piece else self.shown
+        return piece
+
+
+def decode_stream(tokenizer: Tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
+    """Text pieces for a stream of token ids, never splitting a character (see TextDecoder)."""
+    decoder = TextDecoder(tokenizer)
     for token in token_ids:
-        ids.append(token)
-        text = tokenizer.decode(ids)
-        if text.endswith("\ufffd") or len(text) == len(shown):
-            continue
-        yield text[len(shown) :]
-        shown = text
-    text = tokenizer.decode(ids)
-    if len(text) > len(shown):
-        yield text[len(shown) :]  # bytes that never completed a character: show what there is
+        if piece := decoder.push(token):
+            yield piece
+    if piece := decoder.flush():
+        yield piece
 
 
 class StopStrings:

@@ -1,0 +1,139 @@
+"""The server's guards around each request: who may ask, how big and how slow a request may be.
+
+uvicorn parses HTTP and FastAPI routes; what they leave to the application is here: a bearer
+key, a cap and a deadline on the body (uvicorn waits for a body for ever), and a deadline on the
+request head (uvicorn waits for that for ever too), so a stalled client costs one idle socket
+for a few seconds and never holds anything another request needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+from dataclasses import dataclass
+
+import h11
+from fastapi import Request
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from guppyforge.apps.openai_api import ApiError
+
+
+@dataclass
+class Limits:
+    """What one request may ask of the server; each is a `guppyforge serve` option."""
+
+    max_body: int = 1 << 20  # bytes; a whole conversation at these contexts is a few KB
+    max_messages: int = 256
+    max_prompt_chars: int = 32_000  # all messages' text together: bounds tokenizing work
+    max_tokens: int = 512  # a reply's cap; the model's context cuts it earlier anyway
+    max_batch: int = 32  # replies decoded together
+    max_waiting: int = 256  # replies waiting for a free batch row; more get a 503
+    body_timeout: float = 10.0  # seconds to receive a request body: a stalled client gets 408
+    head_timeout: float = 10.0  # seconds to receive a request's head, or the connection closes
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_key(api_key: str | None):
+    """A FastAPI dependency: with a key set, every request must carry it as a bearer token."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: how long the comparison takes says nothing about the key.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), api_key.encode()):
+            message = "Incorrect API key provided: send 'Authorization: Bearer KEY' with the server's --api-key."
+            raise ApiError(401, message, None, "invalid_api_key")
+
+    return check
+
+
+async def read_body(request: Request, limits: Limits) -> bytes:
+    """The request body, at most `limits.max_body` bytes, received within `limits.body_timeout`."""
+    declared = request.headers.get("content-length")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    if declared is None and not chunked:
+        raise ApiError(411, "A Content-Length header is required.", None, "length_required")
+    too_big = (
+        f"The request body is over this server's limit of {limits.max_body} bytes (--max-body)."
+    )
+    if declared is not None and int(declared) > limits.max_body:  # h11 checked it is a number
+        # Read (a bounded part of) what the client sends before answering: closing on unread
+        # data makes the kernel reset the connection, and the client would see "connection
+        # reset" instead of this error.
+        if int(declared) <= 8 * limits.max_body:
+            await _receive(request, 8 * limits.max_body, limits.body_timeout, keep=False)
+        raise ApiError(413, too_big, None, "body_too_large")
+    body = await _receive(request, limits.max_body, limits.body_timeout)
+    if body is None:
+        raise ApiError(413, too_big, None, "body_too_large")
+    return body
+
+
+async def _receive(request: Request, cap: int, timeout: float, keep: bool = True) -> bytes | None:
+    """Up to `cap` bytes of body (None past it); ApiError 408 when it does not come in time."""
+    parts, size = [], 0
+
+    async def collect() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                return
+            if keep:
+                parts.append(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        message = f"The request body did not arrive within {timeout:g} s (--timeout)."
+        raise ApiError(408, message, None, "request_timeout") from None
+    return None if size > cap else b"".join(parts)
+
+
+class HeadTimeoutH11(H11Protocol):
+    """uvicorn's HTTP/1.1 connection, closed when a request's head does not arrive in time.
+
+    A timer starts when the connection opens and again after each response; it is cancelled
+    once h11 has read a whole request head. uvicorn's own keep-alive timer covers an idle
+    connection only until its first byte, so a client that sends half a head would otherwise
+    hold the socket for ever.
+    """
+
+    head_timeout = 10.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def connection_lost(self, exc) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()

@@ -1,0 +1,81 @@
+"""The chat page at `/`, driven in headless Chromium: persona, streamed reply, settings, new chat.
+
+Needs Debian's Chromium (`apt-get install -y chromium`) and the `playwright` package, which
+drives it without downloading a browser of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import pytest
+
+from guppyforge.apps.serve import make_server
+from guppyforge.model.engine import Engine
+from guppyforge.model.run import load_run
+from guppyforge.resources import builtin_persona
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (apt-get install -y chromium)"
+)
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(micro_run, tmp_path_factory):
+    """The micro run with the built-in cat persona beside it: a persona with a greeting."""
+    folder = tmp_path_factory.mktemp("cat") / "run"
+    shutil.copytree(micro_run, folder)
+    shutil.copy(builtin_persona("cat"), folder / "persona.yaml")
+    return load_run(folder)
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    srv = make_server(run, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.goto(server.url.removesuffix("v1"))
+        yield page
+        browser.close()
+
+
+def test_the_page_shows_the_persona_and_streams_a_reply(page, server, run):
+    assert page.locator("#name").inner_text() == "Marmalade"
+    assert page.locator("#summary").inner_text().startswith("A ")
+    greeting = page.locator(".msg.assistant").first.inner_text()
+    # the persona card's first_mes
+    assert greeting == "You're back. The bowl is empty, in case you wondered."
+    page.locator("#temperature").fill("0")
+    page.locator("#top-k").fill("7")
+    with page.expect_request("**/v1/chat/completions") as request:
+        page.locator("#input").fill("are you hungry")
+        page.locator("#send").click()
+    sent = json.loads(request.value.post_data)
+    assert sent["stream"] is True and sent["temperature"] == 0 and sent["top_k"] == 7
+    assert sent["model"] == server.model_id
+    assert sent["messages"] == [{"role": "user", "content": "are you hungry"}]
+    reply = page.locator(".msg.assistant[data-done]")
+    reply.wait_for(timeout=20_000)
+    expected = Engine.from_run(run).reply(
+        [{"role": "user", "content": "are you hungry"}], temperature=0
+    )
+    assert reply.inner_text() == expected.strip()
+
+    page.locator("#new-chat").click()
+    texts = page.locator(".msg").all_inner_texts()
+    assert texts == [greeting]  # a new chat: only the greeting again
