@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from guppyforge.apps.cli_types import SEED
+
 # --- persona commands (guppyforge/persona/) ----------------------------------------------------
 # Files are checked by the library, not click.Path(exists=True): a missing file must print one
 # `error:` line like every other user error, not click's three-line usage message.
@@ -49,8 +51,8 @@ def validate(files: tuple[str, ...], target: int) -> None:
 @click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
               help="Conversations to show.")  # fmt: skip
 @click.option("--topic", default=None, help="Only this topic.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same text.")
-@click.option("--turns", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed, same text.")
+@click.option("--turns", type=click.IntRange(1, 16), default=1, show_default=True,
               help="Turns per conversation.")  # fmt: skip
 def preview(file: str, count: int, topic: str | None, seed: int, turns: int) -> None:
     """Print sample conversations from a persona, with the YAML lines that made them.
@@ -109,7 +111,7 @@ def personas() -> None:
 @click.option(
     "-n", "n", type=int, default=60_000, show_default=True, help="Rows to write.", metavar="N"
 )
-@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same data.")
+@click.option("--seed", type=SEED, default=42, show_default=True, help="Same seed, same data.")
 @click.option(
     "--test-size", type=float, default=0.05, show_default=True, help="Share held out, by prompt."
 )
@@ -177,7 +179,8 @@ def import_card_cmd(card, out, force) -> None:
 @click.command("export-card")
 @click.argument("persona")
 @click.option("--out", required=True, help="Card file to write (JSON, Character Card V2).")
-def export_card_cmd(persona, out) -> None:
+@click.option("--force", is_flag=True, help="Replace --out if it is a card guppyforge wrote.")
+def export_card_cmd(persona, out, force) -> None:
     """Write PERSONA (a file, or a built-in's name) as a Character Card V2 JSON file.
 
     Chat front-ends (SillyTavern...) import the card; the whole persona rides along in it, so
@@ -188,4 +191,4 @@ def export_card_cmd(persona, out) -> None:
     """
     from guppyforge.persona.cards import export_card
 
-    click.echo(f"wrote {export_card(persona, out)}")
+    click.echo(f"wrote {export_card(persona, out, force=force)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from guppyforge import defaults
+from guppyforge.apps.cli_types import PORT, SEED, finite
 
 DEVICES = click.Choice(defaults.DEVICES)
 
@@ -33,9 +34,10 @@ DEVICES = click.Choice(defaults.DEVICES)
 )
 @click.option("--compile", "compile_", is_flag=True, default=None, help="Use torch.compile.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from checkpoints/last.pt.")
+@click.option("--force", is_flag=True, help="Replace an earlier run in --out (its files only).")
 @click.option("--loss-on", type=click.Choice(["replies", "all"]), help="[default: replies]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(data_dir, out_dir, compile_, quiet, **options) -> None:
+def train(data_dir, out_dir, compile_, quiet, force, **options) -> None:
     """Train a character model on DATA_DIR (written by `guppyforge generate`).
 
     \b
@@ -46,7 +48,7 @@ def train(data_dir, out_dir, compile_, quiet, **options) -> None:
     options = {k: v for k, v in options.items() if v is not None}
     if compile_:
         options["compile"] = True
-    train_run(data_dir, out_dir, progress=not quiet, **options)
+    train_run(data_dir, out_dir, progress=not quiet, force=force, **options)
 
 
 @click.command()
@@ -68,17 +70,17 @@ def presets() -> None:
 @click.argument("run_dir")
 @click.option("--prompt", help="Print one reply to this message and exit (for scripts).")
 @click.option(
-    "--temperature", type=click.FloatRange(min=0), default=defaults.TEMPERATURE, help="0: greedy."
+    "--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="0: greedy."
 )
 @click.option("--top-k", type=click.IntRange(min=0), default=defaults.TOP_K, help="0: no cut.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Nucleus.")
+@click.option("--top-p", type=finite(0, 1, min_open=True), default=1.0, help="Nucleus.")
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(min=1),
     default=defaults.MAX_NEW_TOKENS,
     help="Reply length cap.",
 )
-@click.option("--seed", type=int, help="Same seed, same replies.  [default: random]")
+@click.option("--seed", type=SEED, help="Same seed, same replies.  [default: random]")
 @click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 @click.option("--int8", is_flag=True, help="Int8 weights: ~3x faster on a CPU, replies may differ.")
@@ -100,10 +102,11 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
 @click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
 @click.option("--samples", type=click.IntRange(min=1), default=5, help="Replies per probe.")
 @click.option("--json", "json_path", help="Also write the figures to this JSON file.")
-@click.option("--min-pass", type=click.FloatRange(0, 1), help="Exit 1 below this pass rate (0-1).")
-@click.option("--seed", type=int, default=0, help="Same seed, same replies.")
+@click.option("--force", is_flag=True, help="Replace an earlier --json result.")
+@click.option("--min-pass", type=finite(0, 1), help="Exit 1 below this pass rate (0-1).")
+@click.option("--seed", type=SEED, default=0, help="Same seed, same replies.")
 @click.option(
-    "--temperature", type=click.FloatRange(min=0), default=defaults.TEMPERATURE, help="Sampling."
+    "--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="Sampling."
 )
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
@@ -144,7 +147,7 @@ def export_cmd(run_dir, target, out_dir, int8, force) -> None:
 @click.command("serve")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free).")
+@click.option("--port", type=PORT, default=8000, show_default=True, help="Port (0: any free).")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 def serve_cmd(run_dir, host, port, device) -> None:
     """Serve RUN_DIR over an OpenAI-compatible API (/v1/chat/completions, /v1/models).

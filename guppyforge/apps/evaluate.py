@@ -25,6 +25,7 @@ from guppyforge.files import text_table, write_atomic
 from guppyforge.model.batches import eval_loss, tokenize
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import load_run, pick_device
+from guppyforge.ownership import check_inputs, claim_file
 from guppyforge.persona.load import load_persona
 
 # Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, CJK):
@@ -222,8 +223,13 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_eval(run_dir, json_path: str | None, min_pass: float | None, **options) -> None:
+def run_eval(
+    run_dir, json_path: str | None, min_pass: float | None, force: bool = False, **options
+) -> None:
     """`guppyforge eval`: print the table, write --json, and honour --min-pass."""
+    if json_path:  # refused before the work, and the run folder is an input like any other
+        claim_file(json_path, "eval", force, hint="Add --force to replace it, or pick --json")
+        check_inputs(Path(json_path), [run_dir])
     options["device"] = str(pick_device(options.get("device") or "auto"))
     result = evaluate_run(run_dir, **options)
     print(format_report(result))

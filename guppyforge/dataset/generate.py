@@ -91,7 +91,7 @@ def generate_dataset(
     if not 0 <= test_size < 1:
         raise GuppyError(f"--test-size {test_size}: must be at least 0 and below 1. Try 0.05.")
     turn_range = parse_turns(turns)
-    check_destination(out_dir, force)  # fail before the work, not after it
+    check_destination(out_dir, force, [persona_path])  # fail before the work, not after it
 
     persona = load_persona(persona_path)
     # The copy in the folder must be the file that made the data, even if someone saves an edit
@@ -122,7 +122,7 @@ def generate_dataset(
     if command is None:
         command = _command(given, out_dir, n, seed, test_size, turns, workers, strict)
 
-    with atomic_folder(out_dir, force) as tmp:
+    with atomic_folder(out_dir, force, [persona_path]) as tmp:
         files = {}
         for name, rows in splits.items():
             path = tmp / "data" / f"{name}-00000-of-00001.parquet"

@@ -23,6 +23,7 @@ from jinja2 import TemplateError
 
 from guppyforge.errors import GuppyError, where
 from guppyforge.files import write_atomic
+from guppyforge.ownership import claim_file
 from guppyforge.persona import limits
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.load import load_persona
@@ -258,8 +259,8 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
         ours, persona = {}, card_to_persona(card)
     name = slugify(str(persona.get("name") or ""))  # an embedded name may not be a safe path
     out = Path(out) if out else Path("personas") / f"{name}.yaml"
-    if out.exists() and not force:
-        raise GuppyError(f"{out}: already exists. Pass --force to replace it, or --out NEW.yaml")
+    hint = "Pass --force to replace it, or --out NEW.yaml"
+    claim_file(out, "persona", force, inputs=[card_path], hint=hint)
     if not ours:
         header = _HEADER.format(display=persona["display_name"], source=card_path.name, out=out)
         text = header + dump_yaml(persona)
@@ -274,10 +275,15 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     return out
 
 
-def export_card(persona_path: str | Path, out: str | Path) -> Path:
-    """Write a persona (a file, or a built-in's name) as a Character Card V2 JSON file."""
+def export_card(persona_path: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Write a persona (a file, or a built-in's name) as a Character Card V2 JSON file.
+
+    An existing `out` is replaced only with `force`, and only if it is a card guppyforge wrote.
+    """
     path = Path(persona_path)
-    persona = load_persona(path if path.exists() else builtin_persona(str(path)) or path)
+    path = path if path.exists() else builtin_persona(str(path)) or path
+    claim_file(out, "card", force, inputs=[path])
+    persona = load_persona(path)
     try:  # persona files hold JSON's types only (see yamlsafe), except NaN and infinity
         text = json.dumps(persona_to_card(persona), ensure_ascii=False, indent=2, allow_nan=False)
     except ValueError:

@@ -31,7 +31,8 @@ from guppyforge.model.presets import get_preset
 from guppyforge.model.run import pick_device
 from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
 from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from guppyforge.train.options import TrainOptions, resolve_options
+from guppyforge.ownership import check_folder
+from guppyforge.train.options import TrainOptions, check_numbers, resolve_options
 from guppyforge.train.precision import Precision, pick_precision
 from guppyforge.train.run_files import (
     dataset_info,
@@ -120,20 +121,33 @@ def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
 
 
 def train(
-    data_dir: str | Path, out_dir: str | Path, preset: str = DEFAULT_PRESET, **options
+    data_dir: str | Path,
+    out_dir: str | Path,
+    preset: str = DEFAULT_PRESET,
+    force: bool = False,
+    **options,
 ) -> Path:
-    """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`."""
+    """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`.
+
+    `force` replaces an earlier run in `out_dir` (its files only, see guppyforge.ownership).
+    Ctrl-C stops after the current step with a checkpoint, then raises KeyboardInterrupt.
+    """
     started = time.monotonic()
     try:
         o = TrainOptions(preset=preset, **options)
     except TypeError as e:
         raise GuppyError(f"train(): {e}") from None
+    check_numbers(o)
     get_preset(o.preset)  # an unknown name fails before anything else happens
     data_dir, run = Path(data_dir).resolve(), Path(out_dir)
     ckpt_path = run / "checkpoints" / "last.pt"
-    ckpt = load_checkpoint(ckpt_path) if o.resume else None
-    if ckpt is None and (ckpt_path.exists() or (run / "config.json").exists()):
+    if not (o.resume or force) and (ckpt_path.exists() or (run / "config.json").exists()):
         raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
+    owned = check_folder(run, "run", force and not o.resume, inputs=[data_dir], reuse=o.resume)
+    ckpt = load_checkpoint(ckpt_path) if o.resume else None
+    if not o.resume:
+        owned.clear()  # an earlier run's files (after --force): none may be left stale
+    owned.take()
     o = resolve_options(o, ckpt["train"] if ckpt else None)
     cfg = get_preset(o.preset)
     device = pick_device(o.device)
@@ -267,6 +281,8 @@ def train(
     if state["stop"]:
         say(f"stopped at step {step} of {o.max_steps} ({state['stop']}); checkpoint saved.")
         say(f"continue with: guppyforge train {data_dir} --out {run} --resume")
+        if state["stop"] == "interrupted":
+            raise KeyboardInterrupt  # the caller (the CLI: exit 130) must not see a success
         return run
 
     speed = tokens / max(time.monotonic() - t0 - eval_seconds[0], 1e-9)

@@ -15,6 +15,7 @@ from guppyforge.apps.export.hf import export_hf
 from guppyforge.apps.export.onnx import export_onnx
 from guppyforge.errors import GuppyError
 from guppyforge.model.run import load_run
+from guppyforge.ownership import claim
 
 TARGETS = ("hf", "onnx")
 
@@ -50,19 +51,10 @@ def export_run(
     return export_onnx(run, out, int8=int8)
 
 
-def prepare_out_dir(run_dir: Path, out: Path, force: bool) -> None:
-    """Create `out`, refusing to overwrite a previous export unless `force`."""
+def prepare_out_dir(run_dir: Path, out: Path, force: bool, files=OUTPUT_FILES) -> None:
+    """Create and mark `out` (guppyforge.ownership): an earlier export is replaced only with
+    `force`, and the user's own files are never overwritten. A new target passes its `files`."""
     if out.resolve() == run_dir.resolve():
         # The GPT-2 config.json would replace the run's own config.json: the run would be lost.
         raise GuppyError(f"--out {out}: that is the run folder itself. Choose another folder.")
-    if out.exists() and not out.is_dir():
-        raise GuppyError(f"--out {out}: exists and is not a folder.")
-    present = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if present and not force:
-        raise GuppyError(
-            f"--out {out}: already holds an export ({present[0]}, ...). Add --force to replace it."
-        )
-    for name in present:
-        # Stale files from an earlier export (say model.int8.onnx) would not match the new one.
-        (out / name).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "export", force, inputs=[run_dir], files=files).clear()
