@@ -38,7 +38,9 @@ class Commands(click.Group):
             raise BadUsage(e.format_message(), e.ctx) from None
         except OSError as e:  # the disk said no (read-only, full, a file in the way): one line
             where = f"{e.filename}: " if e.filename else ""
-            raise UserError(f"{where}{e.strerror or e}. Check the path and its permissions") from None
+            raise UserError(
+                f"{where}{e.strerror or e}. Check the path and its permissions"
+            ) from None
         except KeyboardInterrupt:
             # Ctrl-C: not a success. 130 is what shells report for a command stopped by SIGINT.
             click.echo("interrupted", err=True)

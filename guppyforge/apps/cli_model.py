@@ -69,9 +69,7 @@ def presets() -> None:
 @click.command("chat", context_settings={"show_default": True})
 @click.argument("run_dir")
 @click.option("--prompt", help="Print one reply to this message and exit (for scripts).")
-@click.option(
-    "--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="0: greedy."
-)
+@click.option("--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="0: greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=defaults.TOP_K, help="0: no cut.")
 @click.option("--top-p", type=finite(0, 1, min_open=True), default=1.0, help="Nucleus.")
 @click.option(
@@ -105,9 +103,7 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, **options) -> None:
 @click.option("--force", is_flag=True, help="Replace an earlier --json result.")
 @click.option("--min-pass", type=finite(0, 1), help="Exit 1 below this pass rate (0-1).")
 @click.option("--seed", type=SEED, default=0, help="Same seed, same replies.")
-@click.option(
-    "--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="Sampling."
-)
+@click.option("--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="Sampling.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
     """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2.

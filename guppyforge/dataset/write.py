@@ -24,6 +24,7 @@ from guppyforge.ownership import KIND_FILES, check_folder, guard, read_marker, w
 #   (messages as ((role, content), ...), topic, template_id, turns)
 Row = tuple[tuple[tuple[str, str], ...], str, str, int]
 
+
 def check_destination(out_dir: Path, force: bool, inputs=()) -> None:
     """Refuse, before any work starts, an output folder that exists (unless --force).
 

@@ -30,8 +30,8 @@ from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import get_preset
 from guppyforge.model.run import pick_device
 from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
-from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from guppyforge.ownership import check_folder
+from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from guppyforge.train.options import TrainOptions, check_numbers, resolve_options
 from guppyforge.train.precision import Precision, pick_precision
 from guppyforge.train.run_files import (
