@@ -150,7 +150,7 @@ def _owned(folder: Path, kind: str, files: Sequence[str]) -> tuple[list[str], li
         if legacy and kind == "export" and not (folder / "model.safetensors").exists():
             patterns = [p for p in patterns if p not in ("README.md", "config.json")]
     ours = [n for n in present if matches(n, patterns) and n != MARKER]
-    foreign = [n for n in present if n not in ours and not n.endswith("/")]
+    foreign = [n for n in present if n not in ours and n != MARKER and not n.endswith("/")]
     foreign += [n for n in present if n.endswith("/") and not any(p.startswith(n) for p in ours)]
     return ours, sorted(foreign), found
 

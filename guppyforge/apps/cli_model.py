@@ -48,7 +48,10 @@ def train(data_dir, out_dir, compile_, quiet, force, **options) -> None:
     options = {k: v for k, v in options.items() if v is not None}
     if compile_:
         options["compile"] = True
-    train_run(data_dir, out_dir, progress=not quiet, force=force, **options)
+    # Ctrl-C: a checkpoint, the resume hint, then KeyboardInterrupt, which exits 130.
+    train_run(
+        data_dir, out_dir, progress=not quiet, force=force, raise_on_interrupt=True, **options
+    )
 
 
 @click.command()

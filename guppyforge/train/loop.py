@@ -28,8 +28,8 @@ from guppyforge.model.batches import batches, epoch_batches, eval_loss, padding_
 from guppyforge.model.engine import Engine
 from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import get_preset
-from guppyforge.model.run import pick_device
-from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
+from guppyforge.model.run import pick_device, read_tokenizer
+from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
 from guppyforge.ownership import check_folder
 from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from guppyforge.train.options import TrainOptions, check_numbers, resolve_options
@@ -95,7 +95,7 @@ def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
     splits = load_splits(data_dir)
     run.mkdir(parents=True, exist_ok=True)
     if resumed:
-        tok = load_tokenizer(run)
+        tok = read_tokenizer(run)  # cut short by a kill or a full disk: one line naming it
     else:
         tok = train_tokenizer(chat_texts(splits["train"]), cfg.vocab_size)
         save_tokenizer(tok, run, cfg.context)
@@ -125,12 +125,14 @@ def train(
     out_dir: str | Path,
     preset: str = DEFAULT_PRESET,
     force: bool = False,
+    raise_on_interrupt: bool = False,
     **options,
 ) -> Path:
     """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`.
 
     `force` replaces an earlier run in `out_dir` (its files only, see guppyforge.ownership).
-    Ctrl-C stops after the current step with a checkpoint, then raises KeyboardInterrupt.
+    Ctrl-C stops after the current step with a checkpoint and returns; with
+    `raise_on_interrupt` it then raises KeyboardInterrupt (the CLI does: exit status 130).
     """
     started = time.monotonic()
     try:
@@ -281,7 +283,7 @@ def train(
     if state["stop"]:
         say(f"stopped at step {step} of {o.max_steps} ({state['stop']}); checkpoint saved.")
         say(f"continue with: guppyforge train {data_dir} --out {run} --resume")
-        if state["stop"] == "interrupted":
+        if state["stop"] == "interrupted" and raise_on_interrupt:
             raise KeyboardInterrupt  # the caller (the CLI: exit 130) must not see a success
         return run
 
