@@ -25,6 +25,7 @@ from guppyforge.errors import GuppyError, where
 from guppyforge.files import write_atomic
 from guppyforge.ownership import claim_file
 from guppyforge.persona import limits
+from guppyforge.persona.cardcheck import check_persona_text, deeper_than, strip_controls
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.load import load_persona
 from guppyforge.persona.templating import environment
@@ -54,15 +55,25 @@ def read_card(path: Path) -> dict[str, Any]:
             raw = f.read(MAX_CARD_BYTES + 1)
     except OSError as exc:
         raise GuppyError(f"{path}: cannot read the card ({exc.strerror}). Check the path") from None
-    if raw.startswith(b"\x89PNG") or len(raw) > MAX_CARD_BYTES:
+    if raw.startswith(b"\x89PNG"):
         raise GuppyError(f"{path}: not a JSON file (a PNG card?). Export the card as JSON")
+    if len(raw) > MAX_CARD_BYTES:
+        raise GuppyError(f"{path}: larger than the {MAX_CARD_BYTES >> 20} MiB limit for a card. "
+                         "Remove embedded images or a big lorebook, and export it again")  # fmt: skip
+    too_deep = GuppyError(f"{path}: nested more than {limits.MAX_CARD_DEPTH} levels deep (lists "
+                          "in lists...). Flatten the card, or export it again")  # fmt: skip
     try:
-        card = json.loads(raw)
+        card = json.loads(raw) if not deeper_than(raw, limits.MAX_CARD_DEPTH) else None
     except json.JSONDecodeError as exc:
         at = where(path, exc.lineno, exc.colno)
         raise GuppyError(f"{at}: not valid JSON ({exc.msg}). Export the card as JSON") from None
-    except (UnicodeDecodeError, RecursionError):
+    except UnicodeDecodeError:
         raise GuppyError(f"{path}: not UTF-8 JSON. Export the card as JSON") from None
+    except RecursionError:
+        raise too_deep from None
+    if card is None:
+        raise too_deep
+    card = strip_controls(card)
     card = card if isinstance(card, dict) else {}
     if isinstance(card.get("data"), dict) and str(card.get("spec")).startswith("chara_card_"):
         return card
@@ -271,6 +282,9 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     if len(text.encode()) > limits.MAX_FILE_BYTES:
         too_big = "its persona would pass the 1 MiB limit (embedded images, a big lorebook?)"
         raise GuppyError(f"{card_path}: {too_big}. Remove them from the card, import it again")
+    # A skeleton made here must validate; a persona a card carries back is the file as it was
+    # exported (validated then), so only the safe-YAML limits are checked on it again.
+    check_persona_text(text, card_path, out, full=not ours)
     write_atomic(out, text)
     return out
 

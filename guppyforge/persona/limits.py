@@ -18,6 +18,10 @@ MAX_ALTERNATIVES = 5_000  # per symbol
 MAX_GRAMMAR_DEPTH = 12  # nested symbol references in one expansion
 MAX_GRAMMAR_WORK = 2_000  # symbol expansions per conversation
 MAX_MESSAGE_CHARS = 2_000  # one rendered message (and one expanded symbol value)
+MAX_TEMPLATE_NESTING = 12  # brackets inside brackets, {% if %} inside {% if %}, in one template
+MAX_TAG_TOKENS = 100  # tokens in one {{ }} or {% %}: bounds chains like `not not not ... x`
+
+MAX_CARD_DEPTH = 64  # nested lists/objects in a Character Card's JSON
 
 MAX_NEVER_SAY_REDRAWS = 20  # attempts to draw a reply free of never_say phrases
 DEFAULT_TARGET = 60_000  # conversations `validate` checks a persona can fill without repeats

@@ -175,7 +175,12 @@ def _convert(doc: Doc, loader: Any, node: yaml.Node, path: Path_) -> Any:
         if node.tag not in _TYPED:
             return node.value  # strings, and timestamps kept as written (JSON-friendly)
         doc.texts[path] = node.value
-        return loader.construct_object(node)
+        try:
+            return loader.construct_object(node)
+        except (ValueError, OverflowError):  # Python refuses ints of more than 4,300 digits
+            line, col = doc.marks[path]
+            raise fail(doc.path, f"a number of {len(node.value):,} characters is too long to "
+                       "read", "Write a short number", line, col) from None  # fmt: skip
     if isinstance(node, yaml.SequenceNode):
         return [_convert(doc, loader, item, (*path, i)) for i, item in enumerate(node.value)]
     loader.flatten_mapping(node)  # applies `<<: *base` merge keys in place
