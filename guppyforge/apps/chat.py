@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from guppyforge.errors import GuppyError
+from guppyforge.files import printable
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import load_run, pick_device
 
@@ -61,6 +62,7 @@ PROBS_LEGEND = (
 def repl(engine: Engine, name: str, where: Path, options: dict, show_probs: bool = False) -> None:
     """Chat in the terminal until /quit, Ctrl-D or Ctrl-C."""
     context = engine.cfg.context
+    name = printable(name)  # the model's text and the persona's name may hold escape codes
     print(f"Chatting with {name} ({where}). Commands: /reset starts over, /quit leaves.")
     if show_probs:
         print(PROBS_LEGEND.format(t=options["temperature"]))
@@ -102,7 +104,7 @@ def answer(engine: Engine, history: list[dict], options: dict, prefix: str, show
         pieces = []
         for piece in engine.stream(history, **options):
             pieces.append(piece)
-            print(piece, end="", flush=True)
+            print(printable(piece), end="", flush=True)
         print()
         return "".join(pieces)
 
@@ -111,7 +113,7 @@ def answer(engine: Engine, history: list[dict], options: dict, prefix: str, show
         print(format_candidates(engine.tokenizer, token, logits, options["temperature"]))
 
     text = engine.stream(history, on_token=show, **options).text()
-    print(f"{prefix}{text}")
+    print(f"{prefix}{printable(text)}")
     return text
 
 

@@ -114,6 +114,10 @@ def evaluate_run(
     if not persona_path.is_file():
         raise GuppyError(f"{persona_path}: no persona file. Pass one with --persona FILE.")
     p = load_persona(persona_path)
+    trained = (run.config.get("persona") or {}).get("name")
+    if persona and trained and p.name != trained:  # a typo'd path scores another character
+        print(f"warning: {persona_path} is '{p.name}', but {run.path} was trained on "
+              f"'{trained}': its probes test another character", file=sys.stderr)  # fmt: skip
     data_dir = _data_dir(run, data)
     splits = load_splits(data_dir)
 
