@@ -27,8 +27,13 @@ from guppyforge.dataset.draw import DrawResult, draw_unique, parse_turns
 from guppyforge.dataset.split import prompt_key, split_by_prompt
 from guppyforge.dataset.write import atomic_folder, check_destination, write_parquet
 from guppyforge.errors import GuppyError
+from guppyforge.persona.capacity import capacity
 from guppyforge.persona.load import load_persona
 from guppyforge.resources import builtin_persona
+
+
+MAX_ROWS = 5_000_000  # conversations per dataset: ~80x the default, and a few GB in memory
+MAX_WORKERS = 64
 
 
 class CapacityWarning(UserWarning):
@@ -86,8 +91,12 @@ def generate_dataset(
     persona_path, out_dir = _resolve_persona(persona_path), Path(out_dir)
     if n < 1:
         raise GuppyError(f"-n {n}: the number of conversations must be at least 1.")
+    if n > MAX_ROWS:  # every row is held in memory until the split: bound it up front
+        raise GuppyError(f"-n {n}: at most {MAX_ROWS:,} conversations per dataset. Ask for fewer.")
     if workers < 1:
         raise GuppyError(f"--workers {workers}: must be at least 1.")
+    if workers > MAX_WORKERS:
+        raise GuppyError(f"--workers {workers}: at most {MAX_WORKERS}. Use about one per core.")
     if not 0 <= test_size < 1:
         raise GuppyError(f"--test-size {test_size}: must be at least 0 and below 1. Try 0.05.")
     turn_range = parse_turns(turns)
@@ -100,6 +109,8 @@ def generate_dataset(
     if hashlib.sha256(persona_bytes).hexdigest() != persona.sha256:
         raise GuppyError(f"{persona_path}: the file changed while it was read. Run again.")
 
+    if strict:
+        _check_capacity(persona, persona_path, n, turn_range)
     generation_started = time.perf_counter()
     draw = draw_unique(persona_path, persona, seed, n, turn_range, workers, progress)
     generation_seconds = time.perf_counter() - generation_started
@@ -149,6 +160,21 @@ def generate_dataset(
         generation_seconds=generation_seconds,
         stats=stats,
     )
+
+
+def _check_capacity(persona, persona_path: Path, n: int, turns: tuple[int, int]) -> None:
+    """With --strict, refuse at once a request the persona's counted capacity cannot fill,
+    rather than drawing for hours first. Only exact counts of single-turn data can refuse."""
+    if turns != (1, 1):
+        return
+    table = capacity(persona)
+    total = sum(c.conversations for c in table.values()) + len(persona.examples)
+    if all(c.exact for c in table.values()) and total < n:
+        raise GuppyError(
+            f"{persona_path}: the persona can make only {total:,} distinct conversations (counted), "
+            f"fewer than the {n:,} asked for (--strict). Lower -n, or add templates or "
+            "grammar alternatives (see `guppyforge validate`)."
+        )
 
 
 def _resolve_persona(path: str | Path) -> Path:
