@@ -36,6 +36,8 @@ class Commands(click.Group):
             raise UserError(str(e)) from None
         except click.UsageError as e:
             raise BadUsage(e.format_message(), e.ctx) from None
+        except BrokenPipeError:  # `guppyforge ... | head`: the reader left, nothing to say
+            ctx.exit(0)
         except OSError as e:  # the disk said no (read-only, full, a file in the way): one line
             where = f"{e.filename}: " if e.filename else ""
             raise UserError(

@@ -31,7 +31,6 @@ from guppyforge.persona.capacity import capacity
 from guppyforge.persona.load import load_persona
 from guppyforge.resources import builtin_persona
 
-
 MAX_ROWS = 5_000_000  # conversations per dataset: ~80x the default, and a few GB in memory
 MAX_WORKERS = 64
 
