@@ -87,10 +87,12 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
                 for s in (*c.symbols, *c.picks)
             ):
                 most = sum(grammar.most(s) for s in (*c.symbols, *c.picks))
+                # Jinja's sandbox makes each value it renders cost about two expansions more.
+                most *= 1 if c.parts is not None else 3
                 if most > limits.MAX_MESSAGE_WORK:  # what bounds the time a message costs
                     on_error(f"{t.where}: can take more than {limits.MAX_MESSAGE_WORK} symbol "
-                             "expansions in one message (the limit). Use fewer, flatter or less "
-                             "recursive symbols")  # fmt: skip
+                             "expansions in one message (the limit; {% if %} templates count "
+                             "3 per expansion). Use fewer, flatter symbols")  # fmt: skip
         return out
 
     topics = [

@@ -287,7 +287,7 @@ class Draw:
     def _choose_big(self, rule: Rule, bag: set[int], free: bool, depth: int, random) -> int:
         """_choose for a symbol of many alternatives, in O(log n) per draw: the exact "fresh
         alternatives only" draw costs O(n), which a 5,000-alternative symbol drawn hundreds of
-        times per message turns into seconds. After a few draws that land in the bag, a repeat
+        times per message turns into seconds. After a second draw that lands in the bag, a repeat
         is allowed: by then the bag holds most of the weight, and the weights ask for repeats."""
         if free:
             ok, cum = None, rule.cum
@@ -297,7 +297,7 @@ class Draw:
                 ok = [i for i in range(len(rule.alts)) if rule.heights[i] <= room]
                 rule.fitting[room] = (ok, list(itertools.accumulate(rule.weights[i] for i in ok)))
             ok, cum = rule.fitting[room]
-        for _ in range(4):
+        for _ in range(2):
             j = min(bisect(cum, random() * cum[-1]), len(cum) - 1)
             i = j if ok is None else ok[j]
             if i not in bag:

@@ -20,7 +20,7 @@ MAX_GRAMMAR_WORK = 2_000  # symbol expansions per conversation
 # The most expansions one message can take (each symbol's costliest alternatives, recursion cut
 # at the depth limit). This is what bounds generation time: an expansion costs ~3 us, so a
 # persona at this limit generates 60K rows in a few times a built-in persona's time.
-MAX_MESSAGE_WORK = 24
+MAX_MESSAGE_WORK = 16
 MAX_MESSAGE_CHARS = 2_000  # one rendered message (and one expanded symbol value)
 MAX_TEMPLATE_NESTING = 12  # brackets inside brackets, {% if %} inside {% if %}, in one template
 MAX_TAG_TOKENS = 100  # tokens in one {{ }} or {% %}: bounds chains like `not not not ... x`
