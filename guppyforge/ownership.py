@@ -85,8 +85,8 @@ def guard(path: Path, action: Callable):
         return action()
     except OSError as exc:
         why = exc.strerror or type(exc).__name__
-        raise GuppyError(f"{exc.filename or path}: cannot write ({why}). Pick another --out, "
-                         "or fix the folder's permissions") from None  # fmt: skip
+        raise GuppyError(f"{path}: cannot write ({why}). Pick another --out, or fix the "
+                         "folder's permissions") from None  # fmt: skip
 
 
 def check_inputs(out: Path, inputs: Sequence[str | Path]) -> None:
@@ -153,6 +153,12 @@ def _owned(folder: Path, kind: str, files: Sequence[str]) -> tuple[list[str], li
     foreign = [n for n in present if n not in ours and n != MARKER and not n.endswith("/")]
     foreign += [n for n in present if n.endswith("/") and not any(p.startswith(n) for p in ours)]
     return ours, sorted(foreign), found
+
+
+def kind_of(folder: str | Path, kind: str) -> str:
+    """The kind of guppyforge folder `folder` is ('' if none), judged as a `kind` would be."""
+    folder = Path(folder)
+    return _owned(folder, kind, KIND_FILES.get(kind, ()))[2] if folder.is_dir() else ""
 
 
 def _few(names: list[str]) -> str:

@@ -25,7 +25,7 @@ from guppyforge.files import text_table, write_atomic
 from guppyforge.model.batches import eval_loss, tokenize
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import load_run, pick_device
-from guppyforge.ownership import check_inputs, claim_file
+from guppyforge.ownership import check_inputs, claim_file, guard
 from guppyforge.persona.load import load_persona
 
 # Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, Japanese kana, CJK):
@@ -238,7 +238,8 @@ def run_eval(
     result = evaluate_run(run_dir, **options)
     print(format_report(result))
     if json_path:
-        write_atomic(json_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        guard(Path(json_path), lambda: write_atomic(json_path, text))
         print(f"wrote {json_path}")
     if min_pass is not None and result["probe_pass_rate"] < min_pass:
         print(

@@ -23,7 +23,7 @@ from jinja2 import TemplateError
 
 from guppyforge.errors import GuppyError, where
 from guppyforge.files import write_atomic
-from guppyforge.ownership import claim_file
+from guppyforge.ownership import claim_file, guard
 from guppyforge.persona import limits
 from guppyforge.persona.cardcheck import check_persona_text, deeper_than, strip_controls
 from guppyforge.persona.conversations import Sampler
@@ -285,7 +285,7 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     # A skeleton made here must validate; a persona a card carries back is the file as it was
     # exported (validated then), so only the safe-YAML limits are checked on it again.
     check_persona_text(text, card_path, out, full=not ours)
-    write_atomic(out, text)
+    guard(out, lambda: write_atomic(out, text))
     return out
 
 
@@ -302,5 +302,5 @@ def export_card(persona_path: str | Path, out: str | Path, force: bool = False) 
         text = json.dumps(persona_to_card(persona), ensure_ascii=False, indent=2, allow_nan=False)
     except ValueError:
         raise GuppyError(f"{persona_path}: holds NaN or infinity, not JSON. Remove it") from None
-    write_atomic(Path(out), text + "\n")
+    guard(Path(out), lambda: write_atomic(Path(out), text + "\n"))
     return Path(out)

@@ -30,7 +30,7 @@ from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import get_preset
 from guppyforge.model.run import pick_device, read_tokenizer
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
-from guppyforge.ownership import check_folder
+from guppyforge.ownership import check_folder, kind_of
 from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from guppyforge.train.options import TrainOptions, check_numbers, resolve_options
 from guppyforge.train.precision import Precision, pick_precision
@@ -143,7 +143,7 @@ def train(
     get_preset(o.preset)  # an unknown name fails before anything else happens
     data_dir, run = Path(data_dir).resolve(), Path(out_dir)
     ckpt_path = run / "checkpoints" / "last.pt"
-    if not (o.resume or force) and (ckpt_path.exists() or (run / "config.json").exists()):
+    if not (o.resume or force) and kind_of(run, "run") == "run":
         raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
     owned = check_folder(run, "run", force and not o.resume, inputs=[data_dir], reuse=o.resume)
     ckpt = load_checkpoint(ckpt_path) if o.resume else None
