@@ -141,6 +141,7 @@ def train(
         raise GuppyError(f"train(): {e}") from None
     check_numbers(o)
     get_preset(o.preset)  # an unknown name fails before anything else happens
+    pick_device(o.device)  # so does a device that is not there (--device mps on Linux)
     data_dir, run = Path(data_dir).resolve(), Path(out_dir)
     ckpt_path = run / "checkpoints" / "last.pt"
     if not (o.resume or force) and kind_of(run, "run") == "run":
