@@ -136,7 +136,8 @@ def test_weights_with_nan_are_refused_at_load(run_copy):
     state["h.0.attn.c_attn.weight"][0, 0] = float("nan")
     save_file(state, run_copy / "model.safetensors", metadata={"format": "pt"})
     for command in (["chat", run_copy, "--prompt", "hi", "--temperature", "0"],
-                    ["eval", run_copy, "--samples", "1"]):  # fmt: skip
+                    ["eval", run_copy, "--samples", "1"],
+                    ["serve", run_copy, "--port", "0"]):  # fmt: skip
         one_line(invoke(*command), "model.safetensors", "NaN or infinity")
 
 
