@@ -102,7 +102,8 @@ def read_yaml(path: str | Path) -> Doc:
             path, f"YAML syntax: {problem}", "Fix the YAML at this spot", line, col
         ) from None
     except yaml.YAMLError as exc:
-        raise fail(path, f"YAML syntax: {exc}".rstrip("."), "Fix the YAML") from None
+        problem = " ".join(str(exc).split()).rstrip(".")  # PyYAML's own text spans lines
+        raise fail(path, f"YAML syntax: {problem}", "Fix the YAML") from None
     if doc.data is None:
         raise fail(path, "file is empty", "Start from `guppyforge new-persona NAME`")
     if not isinstance(doc.data, dict):
