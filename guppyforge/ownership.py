@@ -67,9 +67,13 @@ class Claim:
                 (self.path / name).unlink()
 
     def take(self) -> Claim:
-        """Create the folder and mark it ours."""
+        """Create the folder and mark it ours; drop the temp files a killed run left in it."""
         guard(self.path, lambda: self.path.mkdir(parents=True, exist_ok=True))
         write_marker(self.path, self.kind, self.files)
+        for name in self.ours:
+            if name.rpartition("/")[2].startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    (self.path / name).unlink()
         return self
 
 

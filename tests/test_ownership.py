@@ -237,3 +237,14 @@ def test_a_folder_from_before_markers_is_still_recognised(persona, tmp_path):
     assert invoke("generate", persona, "-n", "20", "--out", out, "-q").exit_code == 0
     os.remove(out / MARKER)  # as written by an older guppyforge
     assert invoke("generate", persona, "-n", "20", "--out", out, "-q", "--force").exit_code == 0
+
+
+def test_temp_files_a_killed_train_left_are_removed_on_resume(data_dir, tmp_path):
+    run = tmp_path / "run"
+    base = ("train", data_dir, "--out", run, "--preset", "micro", "--batch-size", "4", "-q")
+    assert invoke(*base, "--max-steps", "4", "--stop-after", "2").exit_code == 0
+    leftover = run / "checkpoints" / ".last.pt.k3j9x.tmp"  # what kill -9 mid-save leaves
+    leftover.write_bytes(b"half a checkpoint")
+    (run / "notes.tmp").write_text("mine")  # not a temp name of ours
+    assert invoke(*base, "--resume").exit_code == 0
+    assert not leftover.exists() and (run / "notes.tmp").read_text() == "mine"
