@@ -161,8 +161,10 @@ def _owned(folder: Path, kind: str, files: Sequence[str]) -> tuple[list[str], li
 
 def kind_of(folder: str | Path, kind: str) -> str:
     """The kind of guppyforge folder `folder` is ('' if none), judged as a `kind` would be."""
-    folder = Path(folder)
-    return _owned(folder, kind, KIND_FILES.get(kind, ()))[2] if folder.is_dir() else ""
+    if not Path(folder).is_dir():
+        return ""
+    ours, _, found = _owned(Path(folder), kind, KIND_FILES.get(kind, ()))
+    return found if ours else ""  # a marker alone (a run that failed at once) holds nothing
 
 
 def _few(names: list[str]) -> str:

@@ -248,3 +248,11 @@ def test_temp_files_a_killed_train_left_are_removed_on_resume(data_dir, tmp_path
     (run / "notes.tmp").write_text("mine")  # not a temp name of ours
     assert invoke(*base, "--resume").exit_code == 0
     assert not leftover.exists() and (run / "notes.tmp").read_text() == "mine"
+
+
+def test_a_run_that_failed_before_writing_anything_can_be_retried(data_dir, tmp_path):
+    run, empty = tmp_path / "run", tmp_path / "empty"
+    empty.mkdir()
+    refused(invoke("train", empty, "--out", run, *TRAIN), "not a dataset folder")
+    assert (run / MARKER).is_file()  # claimed, then the data failed to load
+    assert invoke("train", data_dir, "--out", run, *TRAIN).exit_code == 0
