@@ -75,3 +75,13 @@ def test_a_heavy_symbol_of_5000_alternatives_draws_fast(at_the_limits):
     for i in range(200):
         sampler.conversation(i)
     assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("bad", [{"n": float("nan")}, {"workers": 1.5}, {"n": 10**10}])
+def test_generate_as_a_library_refuses_bad_numbers(tmp_path, bad):
+    from guppyforge.dataset.generate import generate_dataset
+    from guppyforge.errors import GuppyError
+
+    with pytest.raises(GuppyError):
+        generate_dataset("guppy", tmp_path / "d", progress=False, **bad)
+    assert not (tmp_path / "d").exists()

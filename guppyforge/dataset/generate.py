@@ -88,6 +88,9 @@ def generate_dataset(
     started = time.perf_counter()
     given = persona_path  # the card quotes it as typed: `guppy`, not a machine's full path
     persona_path, out_dir = _resolve_persona(persona_path), Path(out_dir)
+    for name, value in (("-n", n), ("--workers", workers), ("--seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GuppyError(f"{name} {value!r}: must be a whole number.")
     if n < 1:
         raise GuppyError(f"-n {n}: the number of conversations must be at least 1.")
     if n > MAX_ROWS:  # every row is held in memory until the split: bound it up front
