@@ -13,7 +13,6 @@ from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.load import load_persona, validate_persona
 from guppyforge.persona.templating import a_an, plural
 from guppyforge.persona.types import Alternative
-
 ROOT = Path(__file__).resolve().parent.parent  # the repository: docs/ is not shipped
 
 
