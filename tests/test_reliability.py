@@ -266,3 +266,22 @@ def test_eval_warns_when_the_persona_is_another_character(micro_run, tmp_path):
                                       str(tmp_path / "cat.yaml"), "--samples", "1"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning:" in result.output and "'cat'" in result.output and "'finn'" in result.output
+
+
+def test_an_edited_round_trip_card_is_not_imported(tmp_path):
+    card = tmp_path / "c.json"
+    assert invoke("export-card", "cat", "--out", card).exit_code == 0
+    data = json.loads(card.read_text())
+    ours = data["data"]["extensions"]["guppyforge"]
+    ours["yaml"] = ours["yaml"].replace("{{ spot }}", "{{ spot }", 1)  # found by the fuzz test
+    card.write_text(json.dumps(data))
+    one_line(invoke("import-card", card, "--out", tmp_path / "p.yaml"), "would not validate")
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_a_config_with_a_list_for_activation_is_one_line(run_copy):  # found by the fuzz test
+    config = json.loads((run_copy / "config.json").read_text())
+    config["model"]["activation"] = []
+    (run_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GuppyError, match="model.activation"):
+        load_run(run_copy)

@@ -72,7 +72,7 @@ def model_config(data, where: Path) -> ModelConfig:
     dropout = cfg.dropout
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise GuppyError(f"{where}: model.dropout: {dropout!r} is not a number in [0, 1)")
-    if cfg.activation not in ACTIVATIONS:
+    if not isinstance(cfg.activation, str) or cfg.activation not in ACTIVATIONS:
         raise GuppyError(f"{where}: model.activation: unknown {cfg.activation!r}. Use one of "
                          f"{', '.join(ACTIVATIONS)}")  # fmt: skip
     if cfg.d_model % cfg.n_head:

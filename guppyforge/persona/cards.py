@@ -282,9 +282,10 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     if len(text.encode()) > limits.MAX_FILE_BYTES:
         too_big = "its persona would pass the 1 MiB limit (embedded images, a big lorebook?)"
         raise GuppyError(f"{card_path}: {too_big}. Remove them from the card, import it again")
-    # A skeleton made here must validate; a persona a card carries back is the file as it was
-    # exported (validated then), so only the safe-YAML limits are checked on it again.
-    check_persona_text(text, card_path, out, full=not ours)
+    # What import writes must validate: a skeleton made here, and the file a card carries back
+    # (it validated when exported: failing now means it was edited). The one exception is a
+    # bare mapping from another tool, written back as it is once it passes the safe-YAML limits.
+    check_persona_text(text, card_path, out, full=not ours or isinstance(ours.get("yaml"), str))
     guard(out, lambda: write_atomic(out, text))
     return out
 
