@@ -105,6 +105,9 @@ def read_config(run_dir: Path) -> dict:
         ) from None
     if not isinstance(config, dict) or "model" not in config:
         raise GuppyError(f"{path}: no `model` settings. Retrain or restore it")
+    for key in ("train", "dataset", "persona", "tokenizer", "results"):  # read by chat, eval...
+        if not isinstance(config.get(key, {}), dict):
+            raise GuppyError(f"{path}: `{key}` is not a mapping. Retrain or restore the file")
     return config
 
 
