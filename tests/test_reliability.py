@@ -285,3 +285,9 @@ def test_a_config_with_a_list_for_activation_is_one_line(run_copy):  # found by 
     (run_copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(GuppyError, match="model.activation"):
         load_run(run_copy)
+
+
+def test_a_card_with_a_5001_digit_number_is_one_line(tmp_path):  # found by the fuzz test
+    card = tmp_path / "c.json"
+    card.write_text('{"name": "Mo", "description": "", "age": ' + "9" * 5001 + "}")
+    one_line(invoke("import-card", card, "--out", tmp_path / "p.yaml"), "not valid JSON")

@@ -37,7 +37,7 @@ def deeper_than(raw: bytes, limit: int) -> bool:
         return False
     try:
         json.loads(raw)
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, or a number too long to read
         return False  # unbalanced: json.loads says where
     except (RecursionError, UnicodeDecodeError):
         return True

@@ -71,6 +71,9 @@ def read_card(path: Path) -> dict[str, Any]:
         raise GuppyError(f"{path}: not UTF-8 JSON. Export the card as JSON") from None
     except RecursionError:
         raise too_deep from None
+    except ValueError as exc:  # e.g. a number of more than 4,300 digits
+        why = str(exc).split(":")[0]
+        raise GuppyError(f"{path}: not valid JSON ({why}). Export the card as JSON") from None
     if card is None:
         raise too_deep
     card = strip_controls(card)
