@@ -8,6 +8,7 @@ one, and a crash or Ctrl-C leaves no partial file under the real name.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,16 @@ def write_atomic(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8, newlines as they are) to `path` whole or not at all."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="")
+
+
+# Control characters (bar newline and tab) and the bidirectional overrides: a persona or a model
+# can hold them, and a terminal would obey them (clear the screen, retitle the window, hide text).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text safe to print to a terminal: control characters shown as escapes, e.g. `\\x1b`."""
+    return _CONTROL.sub(lambda m: ascii(m[0])[1:-1], text)
 
 
 def columns(text: str) -> int:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from guppyforge.errors import GuppyError
+from guppyforge.files import printable
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import load_run, pick_device
 
@@ -68,6 +69,7 @@ def repl(
 ) -> None:
     """Chat in the terminal until /quit, Ctrl-D or Ctrl-C."""
     context = engine.cfg.context
+    name = printable(name)  # the model's text and the persona's name may hold escape codes
     print(
         f"Chatting with {name} ({where}). Commands: /why traces the last reply to the persona, "
         "/reset starts over, /quit leaves."
@@ -135,7 +137,7 @@ def answer(
         on_token = keep if record is not None else None
         for piece in engine.stream(history, on_token=on_token, **options):
             pieces.append(piece)
-            print(piece, end="", flush=True)
+            print(printable(piece), end="", flush=True)
         print()
         return "".join(pieces)
 
@@ -146,7 +148,7 @@ def answer(
         print(format_candidates(engine.tokenizer, token, logits, options["temperature"]))
 
     text = engine.stream(history, on_token=show, **options).text()
-    print(f"{prefix}{text}")
+    print(f"{prefix}{printable(text)}")
     return text
 
 

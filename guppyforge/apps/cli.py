@@ -21,12 +21,32 @@ class UserError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+class BadUsage(click.UsageError):
+    """A bad option value or a missing argument, as one `error:` line (exit 2), no usage block."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()} See --help.", err=True)
+
+
 class Commands(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except GuppyError as e:
             raise UserError(str(e)) from None
+        except click.UsageError as e:
+            raise BadUsage(e.format_message(), e.ctx) from None
+        except BrokenPipeError:  # `guppyforge ... | head`: the reader left, nothing to say
+            ctx.exit(0)
+        except OSError as e:  # the disk said no (read-only, full, a file in the way): one line
+            where = f"{e.filename}: " if e.filename else ""
+            raise UserError(
+                f"{where}{e.strerror or e}. Check the path and its permissions"
+            ) from None
+        except KeyboardInterrupt:
+            # Ctrl-C: not a success. 130 is what shells report for a command stopped by SIGINT.
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(

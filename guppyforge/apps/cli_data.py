@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from guppyforge.apps.cli_types import SEED
+
 # --- persona commands (guppyforge/persona/) ----------------------------------------------------
 # Files are checked by the library, not click.Path(exists=True): a missing file must print one
 # `error:` line like every other user error, not click's three-line usage message.
@@ -49,7 +51,7 @@ def validate(files: tuple[str, ...], target: int) -> None:
 @click.option("-n", "count", type=click.IntRange(min=1), default=10, show_default=True,
               help="Conversations to show.")  # fmt: skip
 @click.option("--topic", default=None, help="Only this topic.")
-@click.option("--seed", default=0, show_default=True, help="Same seed, same text.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed, same text.")
 @click.option("--turns", default=None, metavar="N|A-B",
               help="User turns.  [default: the persona's own mix, as generate uses]")  # fmt: skip
 def preview(file: str, count: int, topic: str | None, seed: int, turns: str | None) -> None:
@@ -115,7 +117,7 @@ def personas() -> None:
 @click.option(
     "-n", "n", type=int, default=60_000, show_default=True, help="Rows to write.", metavar="N"
 )
-@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same data.")
+@click.option("--seed", type=SEED, default=42, show_default=True, help="Same seed, same data.")
 @click.option(
     "--test-size", type=float, default=0.05, show_default=True, help="Share held out, by prompt."
 )
@@ -192,7 +194,8 @@ def import_card_cmd(card, out, force) -> None:
 @click.argument("persona")
 @click.option("--out", required=True, help="Card file to write (JSON V2, or PNG with --png).")
 @click.option("--png", "image", help="Picture for a PNG card (V2 and V3 chunks) at --out.")
-def export_card_cmd(persona, out, image) -> None:
+@click.option("--force", is_flag=True, help="Replace --out if it is a card guppyforge wrote.")
+def export_card_cmd(persona, out, image, force) -> None:
     """Write PERSONA (a file, or a built-in's name) as a Character Card: V2 JSON, or a PNG card.
 
     Chat front-ends (SillyTavern...) import the card; the whole persona rides along in it, so
@@ -204,4 +207,4 @@ def export_card_cmd(persona, out, image) -> None:
     """
     from guppyforge.persona.cards import export_card
 
-    click.echo(f"wrote {export_card(persona, out, png=image)}")
+    click.echo(f"wrote {export_card(persona, out, png=image, force=force)}")

@@ -7,6 +7,7 @@ import json
 import click
 
 from guppyforge import defaults
+from guppyforge.apps.cli_types import PORT, SEED, finite
 
 DEVICES = click.Choice(defaults.DEVICES)
 
@@ -38,9 +39,10 @@ DEVICES = click.Choice(defaults.DEVICES)
 )
 @click.option("--compile", "compile_", is_flag=True, default=None, help="Use torch.compile.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from checkpoints/last.pt.")
+@click.option("--force", is_flag=True, help="Replace an earlier run in --out (its files only).")
 @click.option("--loss-on", type=click.Choice(["replies", "all"]), help="[default: replies]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(data_dir, out_dir, compile_, quiet, **options) -> None:
+def train(data_dir, out_dir, compile_, quiet, force, **options) -> None:
     """Train a character model on DATA_DIR (written by `guppyforge generate`).
 
     \b
@@ -51,7 +53,10 @@ def train(data_dir, out_dir, compile_, quiet, **options) -> None:
     options = {k: v for k, v in options.items() if v is not None}
     if compile_:
         options["compile"] = True
-    train_run(data_dir, out_dir, progress=not quiet, **options)
+    # Ctrl-C: a checkpoint, the resume hint, then KeyboardInterrupt, which exits 130.
+    train_run(
+        data_dir, out_dir, progress=not quiet, force=force, raise_on_interrupt=True, **options
+    )
 
 
 @click.command()
@@ -72,18 +77,16 @@ def presets() -> None:
 @click.command("chat", context_settings={"show_default": True})
 @click.argument("run_dir")
 @click.option("--prompt", help="Print one reply to this message and exit (for scripts).")
-@click.option(
-    "--temperature", type=click.FloatRange(min=0), default=defaults.TEMPERATURE, help="0: greedy."
-)
+@click.option("--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="0: greedy.")
 @click.option("--top-k", type=click.IntRange(min=0), default=defaults.TOP_K, help="0: no cut.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, help="Nucleus.")
+@click.option("--top-p", type=finite(0, 1, min_open=True), default=1.0, help="Nucleus.")
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(min=1),
     default=defaults.MAX_NEW_TOKENS,
     help="Reply length cap.",
 )
-@click.option("--seed", type=int, help="Same seed, same replies.  [default: random]")
+@click.option("--seed", type=SEED, help="Same seed, same replies.  [default: random]")
 @click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
 @click.option("--trace", is_flag=True, help="After each reply, the persona lines it came from.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
@@ -109,11 +112,10 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, trace, **options) -> Non
     "--topic-samples", type=click.IntRange(min=0), default=2, help="Test prompts per topic, traced."
 )
 @click.option("--json", "json_path", help="Also write the figures to this JSON file.")
-@click.option("--min-pass", type=click.FloatRange(0, 1), help="Exit 1 below this pass rate (0-1).")
-@click.option("--seed", type=int, default=0, help="Same seed, same replies.")
-@click.option(
-    "--temperature", type=click.FloatRange(min=0), default=defaults.TEMPERATURE, help="Sampling."
-)
+@click.option("--force", is_flag=True, help="Replace an earlier --json result.")
+@click.option("--min-pass", type=finite(0, 1), help="Exit 1 below this pass rate (0-1).")
+@click.option("--seed", type=SEED, default=0, help="Same seed, same replies.")
+@click.option("--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="Sampling.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
     """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2, composition.
@@ -187,7 +189,7 @@ def export_cmd(run_dir, target, out_dir, int8, fp32, gguf_type, force) -> None:
 @click.command("serve")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free).")
+@click.option("--port", type=PORT, default=8000, show_default=True, help="Port (0: any free).")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option(
     "--api-key",

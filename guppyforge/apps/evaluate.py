@@ -30,6 +30,7 @@ from guppyforge.files import text_table, write_atomic
 from guppyforge.model.batches import eval_loss, tokenize
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import dataset_dir, load_run, pick_device
+from guppyforge.ownership import check_inputs, claim_file, guard
 from guppyforge.persona.load import load_persona
 
 # The sentence ends `generate` cuts replies at (style.max_sentences), so both count alike.
@@ -93,6 +94,10 @@ def evaluate_run(
     if not persona_path.is_file():
         raise GuppyError(f"{persona_path}: no persona file. Pass one with --persona FILE.")
     p = load_persona(persona_path)
+    trained = (run.config.get("persona") or {}).get("name")
+    if persona and trained and p.name != trained:  # a typo'd path scores another character
+        print(f"warning: {persona_path} is '{p.name}', but {run.path} was trained on "
+              f"'{trained}': its probes test another character", file=sys.stderr)  # fmt: skip
     data_dir = dataset_dir(run.path, run.config, data)
     splits = load_splits(data_dir)
 
@@ -251,13 +256,19 @@ def _composition(topics: dict) -> list[str]:
     ]
 
 
-def run_eval(run_dir, json_path: str | None, min_pass: float | None, **options) -> None:
+def run_eval(
+    run_dir, json_path: str | None, min_pass: float | None, force: bool = False, **options
+) -> None:
     """`guppyforge eval`: print the table, write --json, and honour --min-pass."""
+    if json_path:  # refused before the work, and the run folder is an input like any other
+        claim_file(json_path, "eval", force, hint="Add --force to replace it, or pick --json")
+        check_inputs(Path(json_path), [run_dir])
     options["device"] = str(pick_device(options.get("device") or "auto"))
     result = evaluate_run(run_dir, **options)
     print(format_report(result))
     if json_path:
-        write_atomic(json_path, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        guard(Path(json_path), lambda: write_atomic(json_path, text))
         print(f"wrote {json_path}")
     if min_pass is not None and result["probe_pass_rate"] < min_pass:
         print(

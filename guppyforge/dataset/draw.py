@@ -126,7 +126,9 @@ class _Collector:
         self.examples = len(self.rows)
         self.drawn = 0
         self.run = 0  # consecutive duplicates
-        self.max_draws = 20 * n
+        # 4 draws per row at most: a persona that repeats itself more than that is spent, and
+        # generation time stays within a few times that of a healthy persona.
+        self.max_draws = max(4 * n, n + 10_000)
         self.max_run = max(1_000, n // 10)
         self.capacity_spent = False
         self.refused, self.refused_example = 0, ""

@@ -33,8 +33,12 @@ from guppyforge.dataset.draw import DrawResult, draw_unique, turn_mix
 from guppyforge.dataset.split import prompt_key, split_by_prompt
 from guppyforge.dataset.write import atomic_folder, check_destination, write_parquet
 from guppyforge.errors import GuppyError
+from guppyforge.persona.capacity import capacity
 from guppyforge.persona.load import load_persona
 from guppyforge.resources import builtin_persona
+
+MAX_ROWS = 5_000_000  # conversations per dataset: ~80x the default, and a few GB in memory
+MAX_WORKERS = 64
 
 
 class CapacityWarning(UserWarning):
@@ -96,15 +100,22 @@ def generate_dataset(
     started = time.perf_counter()
     given = persona_path  # the card quotes it as typed: `guppy`, not a machine's full path
     persona_path, out_dir = _resolve_persona(persona_path), Path(out_dir)
+    for name, value in (("-n", n), ("--workers", workers), ("--seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GuppyError(f"{name} {value!r}: must be a whole number.")
     if n < 1:
         raise GuppyError(f"-n {n}: the number of conversations must be at least 1.")
+    if n > MAX_ROWS:  # every row is held in memory until the split: bound it up front
+        raise GuppyError(f"-n {n}: at most {MAX_ROWS:,} conversations per dataset. Ask for fewer.")
     if workers < 1:
         raise GuppyError(f"--workers {workers}: must be at least 1.")
+    if workers > MAX_WORKERS:
+        raise GuppyError(f"--workers {workers}: at most {MAX_WORKERS}. Use about one per core.")
     if not 0 <= test_size < 1:
         raise GuppyError(f"--test-size {test_size}: must be at least 0 and below 1. Try 0.05.")
     if turns is not None:
         turn_mix(turns, None)  # a bad --turns fails before anything is read
-    check_destination(out_dir, force)  # fail before the work, not after it
+    check_destination(out_dir, force, [persona_path])  # fail before the work, not after it
 
     persona = load_persona(persona_path)
     # The copy in the folder must be the file that made the data, even if someone saves an edit
@@ -114,6 +125,8 @@ def generate_dataset(
         raise GuppyError(f"{persona_path}: the file changed while it was read. Run again.")
 
     mix = turn_mix(turns, persona)
+    if strict:
+        _check_capacity(persona, persona_path, n, mix)
     generation_started = time.perf_counter()
     draw = draw_unique(persona_path, persona, seed, n, mix, workers, progress)
     generation_seconds = time.perf_counter() - generation_started
@@ -146,7 +159,7 @@ def generate_dataset(
     if command is None:
         command = _command(given, out_dir, n, seed, test_size, turns, workers, strict)
 
-    with atomic_folder(out_dir, force) as tmp:
+    with atomic_folder(out_dir, force, [persona_path]) as tmp:
         files = {}
         for name, rows in splits.items():
             path = tmp / "data" / f"{name}-00000-of-00001.parquet"
@@ -173,6 +186,21 @@ def generate_dataset(
         generation_seconds=generation_seconds,
         stats=stats,
     )
+
+
+def _check_capacity(persona, persona_path: Path, n: int, mix) -> None:
+    """With --strict, refuse at once a request the persona's counted capacity cannot fill,
+    rather than drawing for hours first. Only exact counts of single-turn data can refuse."""
+    if tuple(turns for turns, _ in mix) != (1,):
+        return
+    table = capacity(persona)
+    total = sum(c.conversations for c in table.values()) + len(persona.examples)
+    if all(c.exact for c in table.values()) and total < n:
+        raise GuppyError(
+            f"{persona_path}: the persona can make only {total:,} distinct conversations (counted), "
+            f"fewer than the {n:,} asked for (--strict). Lower -n, or add templates or "
+            "grammar alternatives (see `guppyforge validate`)."
+        )
 
 
 def _resolve_persona(path: str | Path) -> Path:

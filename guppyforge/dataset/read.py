@@ -22,6 +22,7 @@ def load_splits(data_dir: str | Path):
     try:
         splits = datasets.load_dataset(str(data_dir))
     except Exception as e:  # datasets raises many types for a folder it cannot read
+        _name_broken_file(data_dir)
         raise GuppyError(
             f"{data_dir}: not a dataset folder ({type(e).__name__}: {str(e).splitlines()[0]}). "
             "Write one with `guppyforge generate`."
@@ -35,3 +36,16 @@ def load_splits(data_dir: str | Path):
                 "(a list of {role, content}). Write the data with `guppyforge generate`."
             )
     return splits
+
+
+def _name_broken_file(data_dir: Path) -> None:
+    """Raise a GuppyError naming the parquet file that cannot be read, if one is to blame."""
+    import pyarrow.parquet as pq
+
+    for path in sorted(data_dir.glob("data/*.parquet")):
+        try:
+            pq.read_table(path)
+        except Exception as e:  # pyarrow raises ArrowInvalid, OSError... for a damaged file
+            why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise GuppyError(f"{path}: damaged parquet file ({why}). Generate the dataset again, "
+                             "or restore the file") from None  # fmt: skip

@@ -7,6 +7,8 @@ destination that looks complete but is not.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
 from array import array
@@ -15,54 +17,69 @@ from contextlib import contextmanager
 from itertools import accumulate
 from pathlib import Path
 
-from guppyforge.errors import GuppyError
+from guppyforge.ownership import KIND_FILES, check_folder, guard, read_marker, write_marker
 
 # A row as the generator keeps it: cheap tuples rather than dicts, because 60K rows are built,
 # hashed, split and converted, and every dict allocation shows up in the timing.
 #   (messages as ((role, content), ...), topic, template_id, turns)
 Row = tuple[tuple[tuple[str, str], ...], str, str, int]
 
-# Files whose presence marks a folder as one of ours, so --force never deletes anything else.
-_DATASET_MARKERS = ("stats.json", "persona.yaml", "data")
 
-
-def check_destination(out_dir: Path, force: bool) -> None:
+def check_destination(out_dir: Path, force: bool, inputs=()) -> None:
     """Refuse, before any work starts, an output folder that exists (unless --force).
 
-    Even with --force only a folder that looks like a guppyforge dataset (or an empty one) is
-    replaced: a typo such as `--out ~ --force` must not wipe a home directory.
+    Even with --force only a guppyforge dataset (or an empty folder) is replaced, and only when
+    it holds nothing else: a typo such as `--out ~ --force` must not wipe a home directory.
+    The rule is guppyforge.ownership's, shared by every command that writes.
     """
-    if not out_dir.exists():
-        return
-    if not force:
-        raise GuppyError(f"{out_dir}: already exists. Use --force to replace it, or pick --out.")
-    if not out_dir.is_dir():
-        raise GuppyError(f"{out_dir}: exists and is not a folder. Remove it, or pick --out.")
-    is_empty = not any(out_dir.iterdir())
-    if not is_empty and not all((out_dir / name).exists() for name in _DATASET_MARKERS):
-        raise GuppyError(
-            f"{out_dir}: exists and is not a guppyforge dataset, so --force will not delete it. "
-            "Remove it yourself, or pick --out."
-        )
+    check_folder(out_dir, "dataset", force, inputs=inputs, whole=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or an odd number): not ours to judge
+    return True
+
+
+def clean_leftovers(out_dir: Path) -> list[Path]:
+    """Remove `OUT.tmp-PID` folders a killed run left, if that PID is gone and the folder is ours
+    (it holds our marker, written first, or nothing at all). Returns what was removed."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in out_dir.parent.glob(f"{glob.escape(out_dir.name)}.tmp-*"):
+            pid = path.name.rpartition(".tmp-")[2]
+            if not pid.isdigit() or _pid_alive(int(pid)) or not path.is_dir():
+                continue
+            marker = read_marker(path)
+            if (marker and marker["kind"] == "dataset") or not any(path.iterdir()):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
 
 
 @contextmanager
-def atomic_folder(out_dir: Path, force: bool) -> Iterator[Path]:
+def atomic_folder(out_dir: Path, force: bool, inputs=()) -> Iterator[Path]:
     """Yield a temporary folder to fill; on success it becomes `out_dir`, on failure it vanishes.
 
     With `force`, an existing `out_dir` is moved aside only after the new folder is complete,
     then deleted, so at no moment does `out_dir` hold a half-written dataset.
     """
-    check_destination(out_dir, force)
+    check_destination(out_dir, force, inputs)
     out_dir = Path(out_dir).absolute()  # so that `--out .` still has a name to build on
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(out_dir)
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an earlier run that had our pid
-    tmp.mkdir()
+    guard(out_dir, lambda: tmp.mkdir(parents=True))
     try:
+        # The marker first: a folder left by a kill is then known to be ours, and cleaned.
+        write_marker(tmp, "dataset", KIND_FILES["dataset"])
         yield tmp
         # Checked again: another process may have created the folder while we were working.
-        check_destination(out_dir, force)
+        check_destination(out_dir, force, inputs)
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")

@@ -79,6 +79,21 @@ def _truncated(tokenizer, tail: list[dict], after: list[list[int]], header: list
     return head + _encode(tokenizer, tail[0]["content"])[-room:] + close + rest
 
 
+def check_sampling(temperature, top_k, top_p, max_new_tokens) -> None:
+    """Sampling options a caller got wrong (NaN, infinity, out of range): one line each."""
+    numbers = {"temperature": temperature, "top_p": top_p}
+    for name, value in numbers.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise GuppyError(f"{name} {value!r}: not a number. Use e.g. 0.7 (temperature), 0.9")
+    if not 0 <= temperature < float("inf"):
+        raise GuppyError(f"temperature {temperature}: must be finite and at least 0 (0: greedy)")
+    if not 0 < top_p <= 1:
+        raise GuppyError(f"top_p {top_p}: must be above 0 and at most 1")
+    for name, value in {"top_k": top_k or 0, "max_new_tokens": max_new_tokens}.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise GuppyError(f"{name} {value!r}: must be a whole number, at least 0")
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = TEMPERATURE,
@@ -278,6 +293,7 @@ class Engine:
         there), which `completion.finish_reason` records as "length". `on_token` sees each
         token with the logits it was drawn from (chat's --show-probs).
         """
+        check_sampling(temperature, top_k, top_p, max_new_tokens)
         # A private generator: sampling never touches (or depends on) torch's global RNG.
         generator = torch.Generator(device=self.device)
         if seed is None:

@@ -23,8 +23,10 @@ from jinja2 import TemplateError
 
 from guppyforge.errors import GuppyError, where
 from guppyforge.files import write_atomic
+from guppyforge.ownership import claim_file, guard
 from guppyforge.persona import limits
 from guppyforge.persona.card_png import read_packed_card, write_png_card
+from guppyforge.persona.cardcheck import check_persona_text, deeper_than, strip_controls
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.load import load_persona
 from guppyforge.persona.templating import environment
@@ -57,14 +59,25 @@ def read_card(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise GuppyError(f"{path}: cannot read the card ({exc.strerror}). Check the path") from None
     if len(raw) > MAX_CARD_BYTES:
-        raise GuppyError(f"{path}: over {MAX_CARD_BYTES >> 20} MiB, not a card. Check the path")
+        raise GuppyError(f"{path}: larger than the {MAX_CARD_BYTES >> 20} MiB limit for a card. "
+                         "Remove embedded images or a big lorebook, and export it again")  # fmt: skip
+    too_deep = GuppyError(f"{path}: nested more than {limits.MAX_CARD_DEPTH} levels deep (lists "
+                          "in lists...). Flatten the card, or export it again")  # fmt: skip
     try:
-        card = json.loads(raw)
+        card = json.loads(raw) if not deeper_than(raw, limits.MAX_CARD_DEPTH) else None
     except json.JSONDecodeError as exc:
         at = where(path, exc.lineno, exc.colno)
         raise GuppyError(f"{at}: not valid JSON ({exc.msg}). Export the card as JSON") from None
-    except (UnicodeDecodeError, RecursionError):
+    except UnicodeDecodeError:
         raise GuppyError(f"{path}: not UTF-8 JSON. Export the card as JSON") from None
+    except RecursionError:
+        raise too_deep from None
+    except ValueError as exc:  # e.g. a number of more than 4,300 digits
+        why = str(exc).split(":")[0]
+        raise GuppyError(f"{path}: not valid JSON ({why}). Export the card as JSON") from None
+    if card is None:
+        raise too_deep
+    card = strip_controls(card)
     card = card if isinstance(card, dict) else {}
     if isinstance(card.get("data"), dict) and str(card.get("spec")).startswith("chara_card_"):
         return card
@@ -261,8 +274,8 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
         ours, persona = {}, card_to_persona(card)
     name = slugify(str(persona.get("name") or ""))  # an embedded name may not be a safe path
     out = Path(out) if out else Path("personas") / f"{name}.yaml"
-    if out.exists() and not force:
-        raise GuppyError(f"{out}: already exists. Pass --force to replace it, or --out NEW.yaml")
+    hint = "Pass --force to replace it, or --out NEW.yaml"
+    claim_file(out, "persona", force, inputs=[card_path], hint=hint)
     if not ours:
         header = _HEADER.format(display=persona["display_name"], source=card_path.name, out=out)
         text = header + dump_yaml(persona)
@@ -273,22 +286,33 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     if len(text.encode()) > limits.MAX_FILE_BYTES:
         too_big = "its persona would pass the 1 MiB limit (embedded images, a big lorebook?)"
         raise GuppyError(f"{card_path}: {too_big}. Remove them from the card, import it again")
-    write_atomic(out, text)
+    # What import writes must validate: a skeleton made here, and the file a card carries back
+    # (it validated when exported: failing now means it was edited). The one exception is a
+    # bare mapping from another tool, written back as it is once it passes the safe-YAML limits.
+    check_persona_text(text, card_path, out, full=not ours or isinstance(ours.get("yaml"), str))
+    guard(out, lambda: write_atomic(out, text))
     return out
 
 
-def export_card(persona_path: str | Path, out: str | Path, png: str | Path | None = None) -> Path:
+def export_card(
+    persona_path: str | Path, out: str | Path, png: str | Path | None = None, force: bool = False
+) -> Path:
     """Write a persona (a file, or a built-in's name) as a Character Card V2 JSON file, or,
-    given a picture `png`, as a PNG card (V2 `chara` and V3 `ccv3` chunks; card_png.py)."""
+    given a picture `png`, as a PNG card (V2 `chara` and V3 `ccv3` chunks; card_png.py).
+
+    An existing `out` is replaced only with `force`, and only if it is a card guppyforge wrote.
+    """
     path = Path(persona_path)
-    persona = load_persona(path if path.exists() else builtin_persona(str(path)) or path)
+    path = path if path.exists() else builtin_persona(str(path)) or path
+    claim_file(out, "card", force, inputs=[path])
+    persona = load_persona(path)
     card = persona_to_card(persona)
     try:  # persona files hold JSON's types only (see yamlsafe), except NaN and infinity
         text = json.dumps(card, ensure_ascii=False, indent=2, allow_nan=False)
     except ValueError:
         raise GuppyError(f"{persona_path}: holds NaN or infinity, not JSON. Remove it") from None
     if png is not None:
-        write_png_card(card, Path(png), Path(out))
+        guard(Path(out), lambda: write_png_card(card, Path(png), Path(out)))
         return Path(out)
-    write_atomic(Path(out), text + "\n")
+    guard(Path(out), lambda: write_atomic(Path(out), text + "\n"))
     return Path(out)

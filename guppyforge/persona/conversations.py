@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from guppyforge.errors import GuppyError
 from guppyforge.persona import limits
-from guppyforge.persona.grammar import Draw, Grammar, Rule
+from guppyforge.persona.grammar import INF, Draw, Grammar, Rule
 from guppyforge.persona.pairing import Stage, first_pairs, make_stage, stated
 from guppyforge.persona.templating import Compiled, TemplateProblem, compile_text, did_you_mean
 from guppyforge.persona.types import Persona, Template
@@ -83,6 +83,18 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
             ):  # a symbol past the limit on its own is reported once, as a grammar problem
                 on_error(f"{t.where}: needs {work:g} symbol expansions, more than the limit of "
                          f"{limits.MAX_GRAMMAR_WORK:,}. Use fewer or smaller symbols")  # fmt: skip
+            elif all(  # a symbol with a grammar problem is reported once, above
+                grammar.work.get(s, INF) <= limits.MAX_GRAMMAR_WORK
+                and grammar.height.get(s, INF) <= limits.MAX_GRAMMAR_DEPTH
+                for s in (*c.symbols, *c.picks)
+            ):
+                most = sum(grammar.most(s) for s in (*c.symbols, *c.picks))
+                # Jinja's sandbox makes each value it renders cost about two expansions more.
+                most *= 1 if c.parts is not None else 3
+                if most > limits.MAX_MESSAGE_WORK:  # what bounds the time a message costs
+                    on_error(f"{t.where}: can take more than {limits.MAX_MESSAGE_WORK} symbol "
+                             "expansions in one message (the limit; {% if %} templates count "
+                             "3 per expansion). Use fewer, flatter symbols")  # fmt: skip
         return out
 
     topics = [

@@ -20,6 +20,7 @@ from guppyforge.persona import limits
 
 INF = float("inf")
 _BELOW_1 = 1.0 - 2**-53
+SMALL = 64  # symbols with more alternatives than this draw in O(log n) (see Draw._choose_big)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Rule:
     cum: list[float] = field(default_factory=list)
     heights: list[float] = field(default_factory=list)  # nested levels each alternative needs
     deepest: float = 0.0
+    fitting: dict = field(default_factory=dict)  # room -> (alternatives that fit, their cum)
 
     def refs(self, i: int) -> list[str]:
         """Symbols referenced by alternative i, once per occurrence."""
@@ -47,11 +49,31 @@ class Grammar:
         self.rules = rules
         self.height = _least_cost(rules, lambda vals: 1 + max(vals, default=0))
         self.work = _least_cost(rules, lambda vals: 1 + sum(vals))
+        self._most: dict[tuple[str, int], int] = {}
         for rule in rules.values():
             rule.cum = list(itertools.accumulate(rule.weights))
             rule.heights = [1 + max((self.height.get(r, INF) for r in rule.refs(i)), default=0)
                             for i in range(len(rule.alts))]  # fmt: skip
             rule.deepest = max(rule.heights, default=INF)
+
+    def most(self, name: str, room: int = limits.MAX_GRAMMAR_DEPTH) -> int:
+        """The most expansions one draw of `name` can take with `room` levels left (the depth
+        limit stops recursion), saturating just past MAX_MESSAGE_WORK. What bounds the time a
+        message costs, where `work` (the least) only says whether it can finish."""
+        cap = limits.MAX_MESSAGE_WORK + 1
+        memo = self._most
+        if (name, room) in memo:
+            return memo[name, room]
+        rule, out = self.rules[name], 1
+        if room >= 1 and name in self.height:
+            for i in range(len(rule.alts)):
+                if rule.heights[i] <= room:
+                    refs = rule.refs(i)
+                    out = max(out, 1 + sum(self.most(r, room - 1) for r in refs))
+                    if out >= cap:
+                        break
+        memo[name, room] = min(out, cap)
+        return memo[name, room]
 
     def problems(self) -> list[tuple[str, str, str]]:
         """(where, problem, fix) for symbols that never finish or pass a limit.
@@ -240,6 +262,8 @@ class Draw:
         elif len(bag) >= n:
             bag.clear()
         random = self.rng().random
+        if n > SMALL:
+            return self._choose_big(rule, bag, free, depth, random)
         if free:
             # Rejection first: cheap while few alternatives are used, which is nearly always.
             for _ in range(4):
@@ -256,6 +280,27 @@ class Draw:
         for i in fresh:
             r -= rule.weights[i]
             if r < 0:
+                break
+        bag.add(i)
+        return i
+
+    def _choose_big(self, rule: Rule, bag: set[int], free: bool, depth: int, random) -> int:
+        """_choose for a symbol of many alternatives, in O(log n) per draw: the exact "fresh
+        alternatives only" draw costs O(n), which a 5,000-alternative symbol drawn hundreds of
+        times per message turns into seconds. After a second draw that lands in the bag, a repeat
+        is allowed: by then the bag holds most of the weight, and the weights ask for repeats."""
+        if free:
+            ok, cum = None, rule.cum
+        else:  # near the depth limit: only alternatives that can still finish in time
+            room = limits.MAX_GRAMMAR_DEPTH - depth + 1
+            if room not in rule.fitting:
+                ok = [i for i in range(len(rule.alts)) if rule.heights[i] <= room]
+                rule.fitting[room] = (ok, list(itertools.accumulate(rule.weights[i] for i in ok)))
+            ok, cum = rule.fitting[room]
+        for _ in range(2):
+            j = min(bisect(cum, random() * cum[-1]), len(cum) - 1)
+            i = j if ok is None else ok[j]
+            if i not in bag:
                 break
         bag.add(i)
         return i

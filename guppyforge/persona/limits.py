@@ -18,7 +18,15 @@ MAX_SYMBOLS = 2_000
 MAX_ALTERNATIVES = 5_000  # per symbol
 MAX_GRAMMAR_DEPTH = 12  # nested symbol references in one expansion
 MAX_GRAMMAR_WORK = 2_000  # symbol expansions per conversation
+# The most expansions one message can take (each symbol's costliest alternatives, recursion cut
+# at the depth limit). This is what bounds generation time: an expansion costs ~3 us, so a
+# persona at this limit generates 60K rows in a few times a built-in persona's time.
+MAX_MESSAGE_WORK = 16
 MAX_MESSAGE_CHARS = 2_000  # one rendered message (and one expanded symbol value)
+MAX_TEMPLATE_NESTING = 12  # brackets inside brackets, {% if %} inside {% if %}, in one template
+MAX_TAG_TOKENS = 100  # tokens in one {{ }} or {% %}: bounds chains like `not not not ... x`
+
+MAX_CARD_DEPTH = 64  # nested lists/objects in a Character Card's JSON
 
 MAX_NEVER_SAY_REDRAWS = 20  # attempts to draw a reply free of never_say phrases
 MAX_TURNS = 16  # user turns in one generated conversation

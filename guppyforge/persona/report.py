@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from guppyforge import resources
 from guppyforge.errors import GuppyError
-from guppyforge.files import text_table
+from guppyforge.files import printable, text_table
 from guppyforge.persona.load import load_persona
 
 
@@ -39,7 +39,7 @@ def format_conversation(conversation, display_name: str) -> str:
     for m in conversation.messages:
         who = "user" if m["role"] == "user" else display_name
         lines.append(f"{who}: {m['content']}")
-    return "\n".join(lines) + "\n"
+    return printable("\n".join(lines)) + "\n"  # a persona's escape codes never reach the terminal
 
 
 def list_builtin() -> str:

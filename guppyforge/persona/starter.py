@@ -7,6 +7,7 @@ from pathlib import Path
 
 from guppyforge.errors import GuppyError
 from guppyforge.files import write_atomic
+from guppyforge.ownership import claim_file, guard
 from guppyforge.persona.load import load_persona
 from guppyforge.resources import builtin_persona, templates_dir
 
@@ -53,8 +54,11 @@ def write_persona(name: str, source: str | None = None, directory: str | Path = 
             f"{name}: not a valid persona name. Use lowercase letters, digits, - and _"
         )
     out = Path(directory) / f"{name}.yaml"
-    if out.exists():
-        raise GuppyError(f"{out}: already exists. Choose another name or --dir, or delete it first")
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise GuppyError(f"--dir {directory}: is a file, not a folder. Pick another --dir")
+    # No --force here: a persona is hand-edited work, so an existing file is never replaced.
+    hint = "Choose another name or --dir, or delete it first"
+    claim_file(out, "persona", False, hint=hint)
     text = starter_text(name) if source is None else copied_text(name, source)
-    write_atomic(out, text)  # a crash never leaves half a persona behind
+    guard(out, lambda: write_atomic(out, text))  # a crash never leaves half a persona behind
     return out

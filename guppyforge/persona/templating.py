@@ -17,7 +17,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from guppyforge.persona.limits import MAX_MESSAGE_CHARS
+from guppyforge.persona.limits import MAX_MESSAGE_CHARS, MAX_TAG_TOKENS, MAX_TEMPLATE_NESTING
 
 # --- filters --------------------------------------------------------------------------------
 
@@ -177,13 +177,16 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
         )
     env = environment()
     try:
+        _check_nesting(env, text)
         tree = env.parse(text)
+        checker = _Checker(symbols)
+        checker.visit(tree)
     except TemplateSyntaxError as exc:
         raise TemplateProblem(
             f"template syntax: {exc.message}", "Check the {{ }} and {% %} pairs", exc.lineno or 1
         ) from None
-    checker = _Checker(symbols)
-    checker.visit(tree)
+    except RecursionError:  # a backstop: _check_nesting keeps every tree far below this
+        raise TemplateProblem("expressions nested too deep", "Split it up") from None
     parts = _fast_parts(tree, symbols)
     if grammar and parts is None:
         raise TemplateProblem(
@@ -200,6 +203,30 @@ def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> C
 
 
 _EMPTY = re.compile(r"\{\{[\s-]*\}\}|\{%[\s-]*%\}")
+
+
+def _check_nesting(env: SandboxedEnvironment, text: str) -> None:
+    """Refuse, from the tokens alone, a template whose tree would be deep: Jinja's parser and
+    compiler recurse once per level, and Python's recursion limit is no error message."""
+    depth = blocks = tag = 0
+    prev = ""
+    for line, kind, value in env.lex(text):
+        if kind == "whitespace":
+            continue
+        if kind in ("variable_begin", "block_begin"):
+            tag = 0
+        tag += 1
+        if kind == "operator":
+            depth += (value in "([{") - (value in ")]}")
+        if kind == "name" and value in ("if", "endif") and prev == "block_begin":
+            blocks += 1 if value == "if" else -1
+        prev = kind
+        if max(depth, blocks) > MAX_TEMPLATE_NESTING:
+            raise TemplateProblem(f"nested more than {MAX_TEMPLATE_NESTING} levels deep",
+                                  "Flatten it, or move the variety into grammar symbols", line)  # fmt: skip
+        if tag > MAX_TAG_TOKENS:
+            raise TemplateProblem(f"one {{{{ }}}} or {{% %}} holds more than {MAX_TAG_TOKENS} "
+                                  "tokens", "Split it, or use grammar symbols", line)  # fmt: skip
 
 
 def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:

@@ -102,7 +102,8 @@ def read_yaml(path: str | Path) -> Doc:
         source = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
         raise fail(path, f"YAML syntax: {problem}", _syntax_fix(source), line, col) from None
     except yaml.YAMLError as exc:
-        raise fail(path, f"YAML syntax: {exc}".rstrip("."), "Fix the YAML") from None
+        problem = " ".join(str(exc).split()).rstrip(".")  # PyYAML's own text spans lines
+        raise fail(path, f"YAML syntax: {problem}", "Fix the YAML") from None
     if doc.data is None:
         raise fail(path, "file is empty", "Start from `guppyforge new-persona NAME`")
     if not isinstance(doc.data, dict):
@@ -190,8 +191,10 @@ def _convert(doc: Doc, loader: Any, node: yaml.Node, path: Path_) -> Any:
         doc.texts[path] = node.value
         try:
             return loader.construct_object(node)
-        except ValueError:  # e.g. an int of 5,000 digits (past Python's limit): keep the text
-            return node.value
+        except (ValueError, OverflowError):  # Python refuses ints of more than 4,300 digits
+            line, col = doc.marks[path]
+            raise fail(doc.path, f"a number of {len(node.value):,} characters is too long to "
+                       "read", "Write a short number", line, col) from None  # fmt: skip
     if isinstance(node, yaml.SequenceNode):
         return [_convert(doc, loader, item, (*path, i)) for i, item in enumerate(node.value)]
     loader.flatten_mapping(node)  # applies `<<: *base` merge keys in place

@@ -28,11 +28,12 @@ from guppyforge.model.batches import batches, epoch_batches, eval_loss, padding_
 from guppyforge.model.engine import Engine
 from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import get_preset
-from guppyforge.model.run import pick_device
-from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
+from guppyforge.model.run import pick_device, read_tokenizer
+from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
+from guppyforge.ownership import check_folder, kind_of
 from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from guppyforge.train.optim import lr_scale, make_optimizer, step_progress, train_step
-from guppyforge.train.options import TrainOptions, resolve_options
+from guppyforge.train.options import TrainOptions, check_numbers, resolve_options
 from guppyforge.train.precision import pick_precision
 from guppyforge.train.run_files import (
     dataset_info,
@@ -55,7 +56,7 @@ def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
     splits = load_splits(data_dir)
     run.mkdir(parents=True, exist_ok=True)
     if resumed:
-        tok = load_tokenizer(run)
+        tok = read_tokenizer(run)  # cut short by a kill or a full disk: one line naming it
     else:
         tok = train_tokenizer(chat_texts(splits["train"]), cfg.vocab_size)
         save_tokenizer(tok, run, cfg.context)
@@ -80,20 +81,36 @@ def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
 
 
 def train(
-    data_dir: str | Path, out_dir: str | Path, preset: str = DEFAULT_PRESET, **options
+    data_dir: str | Path,
+    out_dir: str | Path,
+    preset: str = DEFAULT_PRESET,
+    force: bool = False,
+    raise_on_interrupt: bool = False,
+    **options,
 ) -> Path:
-    """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`."""
+    """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`.
+
+    `force` replaces an earlier run in `out_dir` (its files only, see guppyforge.ownership).
+    Ctrl-C stops after the current step with a checkpoint and returns; with
+    `raise_on_interrupt` it then raises KeyboardInterrupt (the CLI does: exit status 130).
+    """
     started = time.monotonic()
     try:
         o = TrainOptions(preset=preset, **options)
     except TypeError as e:
         raise GuppyError(f"train(): {e}") from None
+    check_numbers(o)
     get_preset(o.preset)  # an unknown name fails before anything else happens
+    pick_device(o.device)  # so does a device that is not there (--device mps on Linux)
     data_dir, run = Path(data_dir).resolve(), Path(out_dir)
     ckpt_path = run / "checkpoints" / "last.pt"
-    ckpt = load_checkpoint(ckpt_path) if o.resume else None
-    if ckpt is None and (ckpt_path.exists() or (run / "config.json").exists()):
+    if not (o.resume or force) and kind_of(run, "run") == "run":
         raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
+    owned = check_folder(run, "run", force and not o.resume, inputs=[data_dir], reuse=o.resume)
+    ckpt = load_checkpoint(ckpt_path) if o.resume else None
+    if not o.resume:
+        owned.clear()  # an earlier run's files (after --force): none may be left stale
+    owned.take()
     o = resolve_options(o, ckpt["train"] if ckpt else None)
     cfg = get_preset(o.preset)
     device = pick_device(o.device)
@@ -242,6 +259,8 @@ def train(
     if state["stop"]:
         say(f"stopped at step {step} of {o.max_steps} ({state['stop']}); checkpoint saved.")
         say(f"continue with: guppyforge train {data_dir} --out {run} --resume")
+        if state["stop"] == "interrupted" and raise_on_interrupt:
+            raise KeyboardInterrupt  # the caller (the CLI: exit 130) must not see a success
         return run
 
     speed = tokens / max(time.monotonic() - t0 - eval_seconds[0], 1e-9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from guppyforge.defaults import DEFAULT_PRESET, DEVICES
@@ -70,7 +71,37 @@ def resolve_options(o: TrainOptions, saved: dict | None) -> TrainOptions:
         )
     if o.loss_on not in LOSS_ON:
         raise GuppyError(f"--loss-on: unknown '{o.loss_on}'. Use replies or all.")
-    for key in ("max_steps", "batch_size", "eval_every", "log_every", "stop_after"):
-        if getattr(o, key) is not None and getattr(o, key) < 1:
-            raise GuppyError(f"--{key.replace('_', '-')}: must be at least 1.")
+    check_numbers(o)
     return o
+
+
+# (low, high, low_open) per numeric option: NaN, infinity and values outside are refused, so a
+# typo never trains one step at --epochs 0 or stops at once at --max-minutes -1.
+INTS = {"max_steps": (1, 10**9), "batch_size": (1, 65_536), "eval_every": (1, 10**9),
+        "log_every": (1, 10**9), "stop_after": (1, 10**9), "warmup_steps": (0, 10**9),
+        "seed": (0, 2**32 - 1)}  # fmt: skip
+FLOATS = {"epochs": (0, 1e6, True), "max_minutes": (0, 1e7, True), "lr": (0, 10, True),
+          "min_lr": (0, 10, False), "weight_decay": (0, 10, False),
+          "grad_clip": (0, 1e6, True)}  # fmt: skip
+
+
+def check_numbers(o: TrainOptions) -> None:
+    """Every numeric option a finite number in its range; one line naming the option if not."""
+    for key, (low, high) in INTS.items():
+        value = getattr(o, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise GuppyError(f"--{key.replace('_', '-')} {value!r}: must be a whole number.")
+        if not low <= value <= high:
+            raise GuppyError(f"--{key.replace('_', '-')} {value}: must be from {low} to {high:,}.")
+    for key, (low, high, low_open) in FLOATS.items():
+        value = getattr(o, key)
+        if value is None:
+            continue
+        name = f"--{key.replace('_', '-')} {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GuppyError(f"{name}: must be a number.")
+        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+            above = "above" if low_open else "at least"
+            raise GuppyError(f"{name}: must be a finite number {above} {low:g}, at most {high:g}.")

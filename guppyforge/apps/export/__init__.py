@@ -11,7 +11,6 @@ This module picks the target and checks the output folder.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from guppyforge.apps.export.gguf import DEFAULT_GGUF_TYPE, check_gguf_type, export_gguf
@@ -20,6 +19,7 @@ from guppyforge.apps.export.onnx import export_onnx
 from guppyforge.apps.export.web import export_web
 from guppyforge.errors import GuppyError
 from guppyforge.model.run import load_run
+from guppyforge.ownership import claim
 
 TARGETS = ("hf", "onnx", "gguf", "web")
 
@@ -39,8 +39,9 @@ OUTPUT_FILES = (
     "index.html",
     "chat.js",
     "guppy.json",
-    "character",  # web: folders, replaced whole
-    "runtime",
+    "character/*",  # web: the model's folder and the JavaScript runtime
+    "character/onnx/*",
+    "runtime/*",
     "model.gguf",
     "Modelfile",
 )
@@ -79,19 +80,10 @@ def export_run(
     return export_onnx(run, out, int8=int8)
 
 
-def prepare_out_dir(run_dir: Path, out: Path, force: bool) -> None:
-    """Create `out`, refusing to overwrite a previous export unless `force`."""
+def prepare_out_dir(run_dir: Path, out: Path, force: bool, files=OUTPUT_FILES) -> None:
+    """Create and mark `out` (guppyforge.ownership): an earlier export is replaced only with
+    `force`, and the user's own files are never overwritten. A new target passes its `files`."""
     if out.resolve() == run_dir.resolve():
         # The GPT-2 config.json would replace the run's own config.json: the run would be lost.
         raise GuppyError(f"--out {out}: that is the run folder itself. Choose another folder.")
-    if out.exists() and not out.is_dir():
-        raise GuppyError(f"--out {out}: exists and is not a folder.")
-    present = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if present and not force:
-        raise GuppyError(
-            f"--out {out}: already holds an export ({present[0]}, ...). Add --force to replace it."
-        )
-    for name in present:
-        # Stale files from an earlier export (say model.int8.onnx) would not match the new one.
-        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "export", force, inputs=[run_dir], files=files).clear()

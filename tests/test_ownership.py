@@ -1,0 +1,258 @@
+"""The ownership rule (guppyforge/ownership.py), command by command, on folders of user files.
+
+Without --force nothing that exists is replaced; with --force only what guppyforge wrote is, and
+the user's files survive every command. Each test is one of issue 15's lost-files reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from guppyforge.apps.cli import cli
+from guppyforge.dataset.write import clean_leftovers
+from guppyforge.ownership import MARKER, write_marker
+
+USER_FILES = {
+    "src/main.py": "print('mine')\n",
+    "thesis.md": "# my thesis\n",
+    "data/measurements.csv": "t,v\n1,2\n",
+    "README.md": "# my project\n",
+    "config.json": '{"mine": true}\n',
+    "metrics.jsonl": '{"mine": 1}\n',
+}
+PERSONA = """\
+guppyforge: 1
+name: finn
+display_name: Finn
+summary: A tiny fish for tests.
+grammar:
+  food: [worms, flakes, bugs, shrimp, crumbs, moss]
+topics:
+  food:
+    ask: ["are you hungry", "do you like {{ food }}", "what about {{ food }}"]
+    say: ["{{ food }}? yes.", "{{ food }}. always {{ food }}."]
+"""
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def add_user_files(folder: Path) -> None:
+    for name, text in USER_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+def assert_kept(folder: Path) -> None:
+    for name, text in USER_FILES.items():
+        assert (folder / name).read_text() == text, f"{name} was changed"
+
+
+def refused(result, *needles: str) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+    return result.output
+
+
+@pytest.fixture
+def persona(tmp_path) -> Path:
+    path = tmp_path / "finn.yaml"
+    path.write_text(PERSONA)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(micro_run) -> Path:
+    return Path(micro_run).parent / "data"
+
+
+TRAIN = ("--preset", "micro", "--max-steps", "2", "--batch-size", "4", "-q")
+
+
+# --- generate ------------------------------------------------------------------------------------
+
+
+def test_generate_force_keeps_a_dataset_folder_that_also_holds_user_files(persona, tmp_path):
+    proj = tmp_path / "proj"
+    assert invoke("generate", persona, "-n", "20", "--out", proj, "-q").exit_code == 0
+    add_user_files(proj)
+    line = refused(invoke("generate", persona, "-n", "20", "--out", proj, "-q", "--force"),
+                   "guppyforge did not write", "data/measurements.csv")  # fmt: skip
+    assert "and 2 more" in line  # a few named, the rest counted
+    assert_kept(proj)
+    assert (proj / "stats.json").is_file()  # the dataset itself is untouched too
+
+
+def test_generate_without_force_refuses_a_user_folder(persona, tmp_path):
+    add_user_files(tmp_path / "proj")
+    refused(invoke("generate", persona, "--out", tmp_path / "proj", "-q"), "already exists")
+    assert_kept(tmp_path / "proj")
+
+
+def test_generate_refuses_the_root_and_a_file_as_out(persona, tmp_path):
+    refused(invoke("generate", "guppy", "-n", "20", "--out", "/", "--force", "-q"), "--force")
+    (tmp_path / "file").write_text("mine")
+    refused(
+        invoke("generate", persona, "--out", tmp_path / "file", "--force", "-q"), "not a folder"
+    )
+    refused(invoke("generate", persona, "--out", tmp_path / "file" / "sub", "-q"), "in the way")
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_generate_on_an_unwritable_place_is_one_line(persona):
+    # /proc takes no new folders, even for root (a chmod'ed folder would not stop root).
+    refused(invoke("generate", persona, "-n", "20", "--out", "/proc/guppy-out", "-q"),
+            "cannot write")  # fmt: skip
+
+
+def test_a_killed_generates_leftover_is_cleaned_only_when_dead_and_ours(persona, tmp_path):
+    out = tmp_path / "d"
+    dead, alive, foreign = (tmp_path / f"d.tmp-{pid}" for pid in (2**22 + 7, 1, 2**22 + 9))
+    for folder in (dead, alive):
+        folder.mkdir()
+        write_marker(folder, "dataset", ["data/*.parquet"])
+        (folder / "data").mkdir()
+    add_user_files(foreign)  # a dead pid, but not our folder: the user's
+    assert invoke("generate", persona, "-n", "20", "--out", out, "-q").exit_code == 0
+    assert not dead.exists()
+    assert alive.exists() and (alive / MARKER).is_file()  # pid 1 is running: not ours to judge
+    assert_kept(foreign)
+    assert clean_leftovers(out) == []
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+
+def test_train_never_replaces_user_files(data_dir, tmp_path):
+    user = tmp_path / "userdir"
+    add_user_files(user)
+    refused(invoke("train", data_dir, "--out", user, *TRAIN), "not a guppyforge run folder")
+    assert_kept(user)
+    line = refused(invoke("train", data_dir, "--out", user, *TRAIN, "--force"), "README.md")
+    assert "metrics.jsonl" in line and "will not overwrite" in line
+    assert_kept(user)
+
+
+def test_train_refuses_the_dataset_folder_itself(data_dir, tmp_path):
+    dsx = tmp_path / "dsx"
+    shutil.copytree(data_dir, dsx)
+    (dsx / "README.md").write_text("the dataset card\n")
+    for out in (dsx, dsx / "run"):
+        refused(invoke("train", dsx, "--out", out, *TRAIN, "--force"), "input")
+    assert (dsx / "README.md").read_text() == "the dataset card\n"
+    assert not (dsx / "run").exists()
+
+
+def test_train_force_replaces_a_run_and_keeps_the_users_notes(data_dir, tmp_path):
+    run = tmp_path / "run"
+    assert invoke("train", data_dir, "--out", run, *TRAIN).exit_code == 0
+    (run / "notes.txt").write_text("what I tried")
+    refused(invoke("train", data_dir, "--out", run, *TRAIN), "already holds a run")
+    result = invoke("train", data_dir, "--out", run, *TRAIN, "--force", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["train"]["seed"] == 3
+    assert (run / "notes.txt").read_text() == "what I tried"
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def test_export_force_refuses_an_ordinary_folder(micro_run, tmp_path):
+    add_user_files(tmp_path / "out")
+    line = refused(invoke("export", micro_run, "--to", "hf", "--out", tmp_path / "out", "--force"),
+                   "README.md")  # fmt: skip
+    assert "config.json" in line
+    assert_kept(tmp_path / "out")
+    refused(invoke("export", micro_run, "--to", "hf", "--out", tmp_path / "out"), "already exists")
+    assert_kept(tmp_path / "out")
+
+
+def test_export_force_replaces_its_own_export_only(micro_run, tmp_path):
+    out = tmp_path / "out"
+    assert invoke("export", micro_run, "--to", "onnx", "--out", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    result = invoke("export", micro_run, "--to", "hf", "--out", out, "--force")
+    assert result.exit_code == 0, result.output
+    assert not (out / "model.onnx").exists() and (out / "model.safetensors").is_file()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+# --- cards, personas, eval --json ----------------------------------------------------------------
+
+
+def test_export_card_never_overwrites_a_file_it_did_not_write(persona, tmp_path):
+    card = tmp_path / "mycard.json"
+    card.write_text('{"my": "own card"}\n')
+    refused(invoke("export-card", persona, "--out", card), "already exists")
+    refused(invoke("export-card", persona, "--out", card, "--force"), "not a card guppyforge")
+    assert card.read_text() == '{"my": "own card"}\n'
+    card.unlink()
+    assert invoke("export-card", persona, "--out", card).exit_code == 0
+    assert invoke("export-card", persona, "--out", card, "--force").exit_code == 0  # ours: ok
+    refused(invoke("export-card", persona, "--out", persona, "--force"), "input file itself")
+
+
+def test_import_card_force_replaces_only_a_persona_file(persona, tmp_path):
+    card = tmp_path / "finn.json"
+    assert invoke("export-card", persona, "--out", card).exit_code == 0
+    thesis = tmp_path / "thesis.md"
+    thesis.write_text("# my thesis\n")
+    refused(invoke("import-card", card, "--out", thesis), "already exists")
+    refused(invoke("import-card", card, "--out", thesis, "--force"), "not a YAML file")
+    assert thesis.read_text() == "# my thesis\n"
+
+
+def test_new_persona_never_replaces_a_file(tmp_path):
+    (tmp_path / "mine.yaml").write_text("my own words\n")
+    refused(invoke("new-persona", "mine", "--dir", tmp_path), "already exists")
+    assert (tmp_path / "mine.yaml").read_text() == "my own words\n"
+    (tmp_path / "afile").write_text("x")
+    refused(invoke("new-persona", "x", "--dir", tmp_path / "afile"), "not a folder")
+
+
+def test_eval_json_replaces_only_an_earlier_result(micro_run, tmp_path):
+    mine = tmp_path / "results.json"
+    mine.write_text('{"my": "results"}\n')
+    base = ("eval", micro_run, "--samples", "1")
+    refused(invoke(*base, "--json", mine), "already exists")
+    refused(invoke(*base, "--json", mine, "--force"), "not an eval result")
+    assert mine.read_text() == '{"my": "results"}\n'
+    out = tmp_path / "eval.json"
+    assert invoke(*base, "--json", out).exit_code == 0
+    assert invoke(*base, "--json", out, "--force").exit_code == 0
+    refused(invoke(*base, "--json", Path(micro_run) / "eval.json"), "input")
+
+
+def test_a_folder_from_before_markers_is_still_recognised(persona, tmp_path):
+    out = tmp_path / "d"
+    assert invoke("generate", persona, "-n", "20", "--out", out, "-q").exit_code == 0
+    os.remove(out / MARKER)  # as written by an older guppyforge
+    assert invoke("generate", persona, "-n", "20", "--out", out, "-q", "--force").exit_code == 0
+
+
+def test_temp_files_a_killed_train_left_are_removed_on_resume(data_dir, tmp_path):
+    run = tmp_path / "run"
+    base = ("train", data_dir, "--out", run, "--preset", "micro", "--batch-size", "4", "-q")
+    assert invoke(*base, "--max-steps", "4", "--stop-after", "2").exit_code == 0
+    leftover = run / "checkpoints" / ".last.pt.k3j9x.tmp"  # what kill -9 mid-save leaves
+    leftover.write_bytes(b"half a checkpoint")
+    (run / "notes.tmp").write_text("mine")  # not a temp name of ours
+    assert invoke(*base, "--resume").exit_code == 0
+    assert not leftover.exists() and (run / "notes.tmp").read_text() == "mine"
+
+
+def test_a_run_that_failed_before_writing_anything_can_be_retried(data_dir, tmp_path):
+    run, empty = tmp_path / "run", tmp_path / "empty"
+    empty.mkdir()
+    refused(invoke("train", empty, "--out", run, *TRAIN), "not a dataset folder")
+    assert (run / MARKER).is_file()  # claimed, then the data failed to load
+    assert invoke("train", data_dir, "--out", run, *TRAIN).exit_code == 0
