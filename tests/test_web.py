@@ -218,14 +218,18 @@ def test_no_npm_is_one_clear_error(monkeypatch, tmp_path):
         install_runtime(tmp_path / "cache")
 
 
-def test_force_replaces_the_web_folders_and_keeps_the_rest(micro_run, tmp_path):
-    (tmp_path / "runtime").mkdir()
-    (tmp_path / "runtime" / "old.js").write_text("from an earlier export")
-    (tmp_path / "notes.txt").write_text("the user's own file")
+def test_force_replaces_an_earlier_web_export_and_keeps_the_users_files(micro_run, tmp_path):
+    out = tmp_path / "site"
+    prepare_out_dir(Path(micro_run), out, force=False)  # a new folder: made and marked as ours
+    (out / "runtime").mkdir()
+    (out / "runtime" / "old.js").write_text("from an earlier export")
     with pytest.raises(GuppyError, match="--force"):
-        prepare_out_dir(Path(micro_run), tmp_path, force=False)
-    prepare_out_dir(Path(micro_run), tmp_path, force=True)
-    assert not (tmp_path / "runtime").exists() and (tmp_path / "notes.txt").is_file()
+        prepare_out_dir(Path(micro_run), out, force=False)
+    prepare_out_dir(Path(micro_run), out, force=True)
+    assert not (out / "runtime" / "old.js").exists()  # stale runtime files go
+    (out / "notes.txt").write_text("the user's own file")  # kept: not a name export writes
+    prepare_out_dir(Path(micro_run), out, force=True)
+    assert (out / "notes.txt").read_text() == "the user's own file"
 
 
 def test_fp32_is_only_for_web(micro_run, tmp_path):
