@@ -28,7 +28,7 @@ rm -rf "$DEMO/run"
 guppyforge train "$DEMO/data" --out "$DEMO/run" --preset tiny --max-minutes "$MINUTES"
 
 step "6. score it: perplexity, probes, memorisation, diversity"
-guppyforge eval "$DEMO/run" --samples 3 --json "$DEMO/run/eval.json"
+guppyforge eval "$DEMO/run" --samples 3 --json "$DEMO/eval.json"
 
 step "7. talk to it"
 for prompt in "hi" "are you hungry" "what is the meaning of life"; do
