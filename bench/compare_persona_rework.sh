@@ -29,7 +29,7 @@ done
 for run in before after; do
   for data in before after; do
     guppyforge eval "$OUT/run-$run" --data "$OUT/data-$data" --persona "$OUT/guppy-after.yaml" \
-      --samples 5 --json "$OUT/eval-$run-on-$data.json" > /dev/null
+      --samples 3 --topic-samples 0 --json "$OUT/eval-$run-on-$data.json" > /dev/null
   done
 done
 
