@@ -136,18 +136,14 @@ def generate_dataset(
             f"the {n:,} asked for ({draw.drawn:,} drawn). Add `ask`/`say` templates or grammar "
             "alternatives, or lower -n."
         )
-        if strict:
-            raise GuppyError(message)
-        warnings.warn(message, CapacityWarning, stacklevel=2)
+        _warn_or_fail(message, CapacityWarning, strict)
     if draw.refused:
         message = (
             f"{persona_path}: {draw.refused:,} generated rows still held template syntax and were "
             f"left out, e.g. {draw.refused_example}. Fix that template (quote it, close its "
             "{{ }}, or write {{ name }} rather than {name})"
         )
-        if strict:
-            raise GuppyError(message)
-        warnings.warn(message, TemplateTextWarning, stacklevel=2)
+        _warn_or_fail(message, TemplateTextWarning, strict)
 
     train_at, test_at = split_by_prompt([prompt_key(row[0]) for row in draw.rows], test_size, seed)
     splits = {"train": [draw.rows[i] for i in train_at]}
@@ -186,6 +182,13 @@ def generate_dataset(
         generation_seconds=generation_seconds,
         stats=stats,
     )
+
+
+def _warn_or_fail(message: str, category: type[Warning], strict: bool) -> None:
+    """With --strict a shortfall is an error; without, a warning the CLI prints as one line."""
+    if strict:
+        raise GuppyError(message)
+    warnings.warn(message, category, stacklevel=3)
 
 
 def _check_capacity(persona, persona_path: Path, n: int, mix) -> None:
