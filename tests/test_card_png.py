@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from PIL import Image  # noqa: E402  (the test extra installs Pillow)
 
 from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
@@ -20,8 +21,6 @@ from guppyforge.persona import card_png
 from guppyforge.persona.cards import export_card, import_card
 from guppyforge.persona.load import load_persona
 from guppyforge.resources import builtin_personas
-
-Image = pytest.importorskip("PIL.Image")
 
 CARDS = Path(__file__).parent / "fixtures" / "cards"
 PERSONAS = [*builtin_personas(), CARDS / "persona.yaml"]

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import gguf  # noqa: E402  (the test extra installs it)
 import numpy as np
 import pytest
 import torch
@@ -22,8 +23,6 @@ from guppyforge.errors import GuppyError
 from guppyforge.model.engine import Engine, build_prompt
 from guppyforge.model.run import load_run
 from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, SPECIAL_TOKENS, format_chat
-
-gguf = pytest.importorskip("gguf")
 
 # Probes, and a few more prompts: seen in training, unseen, multi-turn, and one out of domain.
 PROMPTS = [
