@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image  # noqa: E402  (the test extra installs Pillow)
+from PIL import Image
 
 from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from guppyforge.errors import GuppyError  # noqa: E402
-from guppyforge.model.run import load_run  # noqa: E402
-from guppyforge.persona.cards import export_card, import_card, read_card  # noqa: E402
-from guppyforge.persona.load import load_persona, validate_persona  # noqa: E402
-from guppyforge.resources import builtin_persona  # noqa: E402
+from guppyforge.errors import GuppyError
+from guppyforge.model.run import load_run
+from guppyforge.persona.cards import export_card, import_card, read_card
+from guppyforge.persona.load import load_persona, validate_persona
+from guppyforge.resources import builtin_persona
 
 # GUPPYFORGE_FUZZ_SCALE=20 runs 20x the examples, freshly random: a longer hunt by hand.
 SCALE = int(os.environ.get("GUPPYFORGE_FUZZ_SCALE", "1"))

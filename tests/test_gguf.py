@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-import gguf  # noqa: E402  (the test extra installs it)
+import gguf
 import numpy as np
 import pytest
 import torch
