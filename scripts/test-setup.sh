@@ -26,7 +26,7 @@ fi
 # transformers.js and onnxruntime-web for `export --to web`, from the npm registry at the
 # versions package-lock.json pins; never committed. --ignore-scripts: we only copy files.
 if command -v npm >/dev/null; then
-  npm ci --ignore-scripts --no-audit --no-fund --silent --prefix guppyforge/apps/export/page
+  npm ci --ignore-scripts --no-audit --no-fund --silent --prefix guppyforge/apps/page
 else
   note "no npm: the web export tests will skip (install Node.js 20 with npm)"
 fi

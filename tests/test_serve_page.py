@@ -1,5 +1,8 @@
 """The chat page at `/`, driven in headless Chromium: persona, streamed reply, settings, new chat.
 
+The page is the web export's too (guppyforge/apps/page, test_web.py): here with its server.js
+backend, which page.json names.
+
 Needs Debian's Chromium (`apt-get install -y chromium`) and the `playwright` package, which
 drives it without downloading a browser of its own.
 """
@@ -50,6 +53,9 @@ def page(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page()
         page.goto(server.url.removesuffix("v1"))
+        # page.json read and the backend started: the name, the greeting and the form are there.
+        page.wait_for_function("document.getElementById('status').dataset.state !== 'loading'")
+        assert page.get_attribute("#status", "data-state") == "ready", page.inner_text("#status")
         yield page
         browser.close()
 
@@ -63,7 +69,7 @@ def test_the_page_shows_the_persona_and_streams_a_reply(page, server, run):
     page.locator("#temperature").fill("0")
     page.locator("#top-k").fill("7")
     with page.expect_request("**/v1/chat/completions") as request:
-        page.locator("#input").fill("are you hungry")
+        page.locator("#prompt").fill("are you hungry")
         page.locator("#send").click()
     sent = json.loads(request.value.post_data)
     assert sent["stream"] is True and sent["temperature"] == 0 and sent["top_k"] == 7

@@ -4,9 +4,10 @@ What a user would notice: the page served by `python -m http.server` shows the c
 streams replies, and at temperature 0 says exactly what `guppyforge chat --temperature 0` says,
 without one request leaving the page's own folder.
 
-Needs Debian's `chromium`, the `playwright` Python package and the npm packages of
-guppyforge/apps/export/page
-(`npm ci --ignore-scripts --prefix guppyforge/apps/export/page`); skipped without them.
+The page is serve's too (guppyforge/apps/page, test_serve_page.py): here with its browser.js
+backend. Needs Debian's `chromium`, the `playwright` Python package and the npm packages of
+guppyforge/apps/page (`npm ci --ignore-scripts --prefix guppyforge/apps/page`); skipped without
+them.
 GUPPYFORGE_WEB_SCREENSHOT=docs/web-chat.png saves a screenshot of the chat.
 """
 
@@ -51,9 +52,7 @@ def _needs_browser() -> None:
         pytest.skip(f"no {CHROMIUM}: apt-get install -y chromium")
     pytest.importorskip("playwright", reason="pip install playwright")
     if find_runtime(install=False) is None:
-        pytest.skip(
-            "no transformers.js: npm ci --ignore-scripts --prefix guppyforge/apps/export/page"
-        )
+        pytest.skip("no transformers.js: npm ci --ignore-scripts --prefix guppyforge/apps/page")
 
 
 @contextlib.contextmanager
@@ -149,7 +148,8 @@ def cli_reply(run_dir: Path, prompt: str) -> str:
 
 def test_folder_holds_the_page_the_model_and_the_runtime(web_int8, web_fp32):
     names = {p.relative_to(web_int8).as_posix() for p in web_int8.rglob("*") if p.is_file()}
-    assert {"index.html", "chat.js", "guppy.json", "character/config.json"} <= names
+    assert {"index.html", "ui.js", "browser.js", "page.json", "character/config.json"} <= names
+    assert "server.js" not in names  # serve's backend: nothing here to ask
     assert {"character/tokenizer.json", "character/tokenizer_config.json"} <= names
     assert {"runtime/transformers.min.js", "runtime/ort-wasm-simd-threaded.wasm"} <= names
     assert (
@@ -157,9 +157,10 @@ def test_folder_holds_the_page_the_model_and_the_runtime(web_int8, web_fp32):
     )
     assert (web_fp32 / "character/onnx/model.onnx").is_file()
     assert not (web_fp32 / "character/onnx/model_quantized.onnx").exists()
-    settings = json.loads((web_int8 / "guppy.json").read_text())
+    settings = json.loads((web_int8 / "page.json").read_text())
     assert (settings["name"], settings["summary"]) == ("Finn", "A tiny fish for tests.")
-    assert json.loads((web_fp32 / "guppy.json").read_text())["dtype"] == "fp32"
+    assert settings["backend"] == "browser"
+    assert json.loads((web_fp32 / "page.json").read_text())["dtype"] == "fp32"
 
 
 def test_fp32_page_says_what_chat_says_at_temperature_0(browser, web_fp32, micro_run):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from guppyforge.defaults import MAX_NEW_TOKENS
+from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 
 if TYPE_CHECKING:  # serve_http.py imports this module
     from guppyforge.apps.serve_http import Limits
@@ -333,9 +333,11 @@ class Health(BaseModel):
     waiting: int  # replies waiting for a free batch row
 
 
-class PersonaInfo(BaseModel):  # what the chat page shows first, and the model it asks
+class PageSettings(BaseModel):  # page.json: who the chat page shows, what it asks and how
+    backend: Literal["server"] = "server"  # apps/page/server.js; an export writes "browser"
     model: str
-    name: str
-    display_name: str
+    name: str  # the display name
     summary: str
-    first_message: str
+    first_message: str  # the greeting, shown and never sent
+    temperature: float = TEMPERATURE
+    top_k: int = TOP_K

@@ -46,7 +46,8 @@ from guppyforge.model.batching import BatchDecoder, Busy
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import Run, load_run, pick_device
 
-PAGE = files("guppyforge.apps") / "serve_page"
+# The chat page, shared with `export --to web`: here page.json picks its server.js backend.
+PAGE = files("guppyforge.apps") / "page"
 
 
 class Reply:
@@ -224,17 +225,19 @@ def create_app(server: Server) -> FastAPI:
         decoder = server.decoder
         return api.Health(model=model_id, active=decoder.active, waiting=len(decoder.waiting))
 
-    @app.get("/persona.json")
-    async def persona() -> api.PersonaInfo:
-        return server.persona
+    @app.get("/page.json")
+    async def page_settings() -> api.PageSettings:
+        return server.page
 
     @app.get("/", include_in_schema=False)
     async def page():
         return FileResponse(str(PAGE / "index.html"))
 
-    @app.get("/app.js", include_in_schema=False)
-    async def page_script():
-        return FileResponse(str(PAGE / "app.js"), media_type="text/javascript")
+    @app.get("/{name}.js", include_in_schema=False)
+    async def page_script(name: str):
+        if name not in ("ui", "server"):  # a name from the URL never reaches the file system
+            raise HTTPException(404)
+        return FileResponse(str(PAGE / f"{name}.js"), media_type="text/javascript")
 
     return app
 
@@ -251,7 +254,7 @@ class Server:
         self.created = int(time.time())
         self.engine = Engine.from_run(run)
         self.decoder = BatchDecoder(self.engine, self.limits.max_batch, self.limits.max_waiting)
-        self.persona = _persona_info(run, self.model_id)
+        self.page = _page_settings(run, self.model_id)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.create_server((host, port), family=family, backlog=2048)
         protocol = type("Protocol", (HeadTimeoutH11,), {"head_timeout": self.limits.head_timeout})
@@ -301,19 +304,18 @@ def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000, **options) 
     return Server(run, host, port, **options)
 
 
-def _persona_info(run: Run, model_id: str) -> api.PersonaInfo:
-    """The persona's name, summary and first message (its card's), for the chat page."""
+def _page_settings(run: Run, model_id: str) -> api.PageSettings:
+    """page.json: the persona's name, summary and first message (its card's), for the chat page."""
     try:
         from guppyforge.persona.cards import persona_to_card
         from guppyforge.persona.load import load_persona
 
         persona = load_persona(run.persona_path)
         first = persona_to_card(persona)["data"]["first_mes"]
-        return api.PersonaInfo(model=model_id, name=persona.name, display_name=persona.display_name,
-                               summary=persona.summary, first_message=first)  # fmt: skip
+        return api.PageSettings(model=model_id, name=persona.display_name or persona.name,
+                                summary=persona.summary, first_message=first)  # fmt: skip
     except (GuppyError, OSError):  # no persona.yaml, or one this version cannot read
-        return api.PersonaInfo(model=model_id, name=model_id, display_name=model_id, summary="",
-                               first_message="")  # fmt: skip
+        return api.PageSettings(model=model_id, name=model_id, summary="", first_message="")
 
 
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",

@@ -4,7 +4,7 @@ One target, one module:
 - `hf` (hf.py): a GPT-2 folder that `transformers` loads with `from_pretrained`.
 - `onnx` (onnx.py): model.onnx (+ model.int8.onnx) for onnxruntime and friends.
 - `gguf` (gguf.py): model.gguf + an Ollama Modelfile, for llama.cpp and Ollama.
-- `web` (web.py, page/): a static page that chats with the character in the browser.
+- `web` (web.py, apps/page/): a static page that chats with the character in the browser.
 
 This module picks the target and checks the output folder.
 """
@@ -37,8 +37,9 @@ OUTPUT_FILES = (
     "model.int8.onnx",
     "onnx_io.json",
     "index.html",
-    "chat.js",
-    "guppy.json",
+    "ui.js",
+    "browser.js",
+    "page.json",
     "character/*",  # web: the model's folder and the JavaScript runtime
     "character/onnx/*",
     "runtime/*",

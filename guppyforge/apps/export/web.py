@@ -3,15 +3,17 @@
     guppyforge export runs/cat --to web --out cat-web
     python -m http.server -d cat-web        # then open http://localhost:8000
 
-DIR/index.html, chat.js   the page (copied from page/, next to this module)
-DIR/guppy.json            the persona's name and summary, the sampling defaults
+DIR/index.html, ui.js,    the chat page `guppyforge serve` shows too (copied from apps/page/),
+    browser.js            with the backend that runs the model here instead of asking a server
+DIR/page.json             the page's settings: the persona's name, summary and greeting, the
+                          sampling defaults, and what browser.js needs to load the model
 DIR/character/            a transformers.js model folder: config.json, generation_config.json,
                           tokenizer files (with the chat template), onnx/model_quantized.onnx
                           (int8, the default) or onnx/model.onnx (fp32)
 DIR/runtime/              transformers.js and onnxruntime-web's WebAssembly build, plus licenses
 
 Nothing is fetched from the network when the page runs. The JavaScript comes from npm at export
-time, pinned by page/package-lock.json and never committed: see `find_runtime`.
+time, pinned by apps/page/package-lock.json and never committed: see `find_runtime`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ from guppyforge.errors import GuppyError
 from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import save_tokenizer
 
-WEB_DIR = Path(__file__).resolve().parent / "page"
-PAGE_FILES = ("index.html", "chat.js")
+# The chat page of `guppyforge serve` too: the export leaves out its server.js backend.
+WEB_DIR = Path(__file__).resolve().parents[1] / "page"
+PAGE_FILES = ("index.html", "ui.js", "browser.js")
 RUNTIME_ENV = "GUPPYFORGE_WEB_RUNTIME"
 
 # What the page loads from node_modules. transformers.min.js bundles everything it imports
@@ -61,7 +64,7 @@ def find_runtime(install: bool = True) -> Path | None:
     """The node_modules folder to copy the page's JavaScript from.
 
     Looked for in order: $GUPPYFORGE_WEB_RUNTIME (a node_modules folder, or the folder holding
-    one), page/node_modules (a checkout after `npm ci --prefix guppyforge/apps/export/page`), the
+    one), WEB_DIR/node_modules (a checkout after `npm ci --prefix guppyforge/apps/page`), the
     user cache. With `install`, a missing runtime is installed into the cache with `npm ci`
     (once; needs npm and the npm registry); otherwise None.
     """
@@ -133,17 +136,22 @@ def copy_runtime(node_modules: Path, out: Path) -> list[Path]:
 
 
 def page_settings(run: Run, dtype: str) -> dict:
-    """guppy.json: what the page shows and its sampling defaults (those of `guppyforge chat`)."""
+    """page.json: what the page shows, its sampling defaults (those of `guppyforge chat`), and
+    what browser.js needs to load the model (the same fields serve's page.json has, and more)."""
     name = (run.config.get("persona") or {}).get("name") or run.path.name
-    summary = ""
+    summary = first_message = ""
     if run.persona_path.is_file():
         from guppyforge import load_persona
+        from guppyforge.persona.cards import persona_to_card
 
         persona = load_persona(run.persona_path)
         name, summary = persona.display_name or persona.name, persona.summary
+        first_message = persona_to_card(persona)["data"]["first_mes"]  # as serve's page shows
     return {
+        "backend": "browser",
         "name": name,
         "summary": summary,
+        "first_message": first_message,
         "model": "character",
         "dtype": dtype,
         "parameters": run.model.num_params(),
@@ -194,7 +202,7 @@ def export_web(run: Run, out: Path, *, int8: bool = True) -> list[Path]:
     for name in PAGE_FILES:
         files.append(out / name)
         shutil.copyfile(WEB_DIR / name, files[-1])
-    files.append(out / "guppy.json")
+    files.append(out / "page.json")
     files[-1].write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
     files.append(out / "README.md")
     files[-1].write_text(README.format(name=settings["name"]))

@@ -1,5 +1,6 @@
-// Chat with a guppyforge character in the browser: transformers.js runs the ONNX model (with its
-// KV cache) on onnxruntime-web's WebAssembly backend. Every file comes from this folder.
+// Replies from the model itself, in this tab: transformers.js runs the ONNX model (with its KV
+// cache) on onnxruntime-web's WebAssembly backend. Every file comes from the exported folder
+// (`guppyforge export --to web`): runtime/ and character/. ui.js describes the interface.
 import {
   AutoModelForCausalLM,
   AutoTokenizer,
@@ -22,32 +23,17 @@ env.backends.onnx.wasm.wasmPaths = {
   wasm: new URL("runtime/ort-wasm-simd-threaded.wasm", location.href).href,
 };
 
-const $ = (id) => document.getElementById(id);
-const settings = await (await fetch("guppy.json")).json();
-$("name").textContent = settings.name;
-$("summary").textContent = settings.summary;
-document.title = `${settings.name} · guppyforge`;
-$("temperature").value = settings.temperature;
-$("top-k").value = settings.top_k;
-const showTemperature = () => ($("temperature-value").textContent = $("temperature").value);
-$("temperature").addEventListener("input", showTemperature);
-showTemperature();
+let settings, tokenizer, model;
 
-const status = (text, state) => {
-  $("status").textContent = text;
-  $("status").dataset.state = state;
-};
-
-let tokenizer, model;
-try {
+export async function start(pageSettings) {
+  settings = pageSettings;
   tokenizer = await AutoTokenizer.from_pretrained(settings.model);
   model = await AutoModelForCausalLM.from_pretrained(settings.model, {
     dtype: settings.dtype,
     device: "wasm",
   });
-} catch (error) {
-  status(`could not load the model: ${error.message}`, "error");
-  throw error;
+  const parameters = settings.parameters.toLocaleString();
+  return `ready: ${parameters} parameters, ${settings.dtype} weights, in your browser`;
 }
 
 const encode = (text) => tokenizer.encode(text, { add_special_tokens: false });
@@ -75,28 +61,9 @@ function promptIds(history) {
   return [...pieces.slice(start).flat(), ...header];
 }
 
-function bubble(role, text) {
-  const div = document.createElement("div");
-  div.className = `msg ${role}`;
-  div.textContent = text;
-  $("log").append(div);
-  div.scrollIntoView({ block: "end" });
-  return div;
-}
-
-let history = [];
-
-async function answer(text) {
-  history.push({ role: "user", content: text });
-  bubble("user", text);
-  const out = bubble("assistant", "");
+export async function reply(history, { temperature, topK }, onText) {
   const ids = promptIds(history);
-  const temperature = Number($("temperature").value);
-  const streamer = new TextStreamer(tokenizer, {
-    skip_prompt: true,
-    callback_function: (piece) => (out.textContent += piece),
-  });
-  const start = performance.now();
+  const streamer = new TextStreamer(tokenizer, { skip_prompt: true, callback_function: onText });
   const sequences = await model.generate({
     input_ids: new Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]),
     attention_mask: new Tensor("int64", new BigInt64Array(ids.length).fill(1n), [1, ids.length]),
@@ -104,42 +71,11 @@ async function answer(text) {
     max_new_tokens: Math.min(settings.max_new_tokens, settings.context + 1 - ids.length),
     do_sample: temperature > 0, // temperature 0 is greedy: the same reply every time
     temperature: temperature > 0 ? temperature : 1,
-    top_k: Number($("top-k").value) || 0,
+    top_k: topK,
     streamer,
   });
-  const seconds = (performance.now() - start) / 1000;
   const newIds = sequences.tolist()[0].slice(ids.length).map(Number);
-  const reply = tokenizer.decode(newIds, { skip_special_tokens: true });
-  out.textContent = reply; // the streamer holds back a word until it is complete
-  history.push({ role: "assistant", content: reply });
-  const tokens = newIds.length;
-  status(`${tokens} tokens in ${seconds.toFixed(2)} s (${(tokens / seconds).toFixed(0)} tokens/s)`, "ready");
-  Object.assign($("status").dataset, { tokens, seconds });
+  // The streamer holds back a word until it is complete, so the end may never have reached
+  // onText: the whole reply is decoded once more.
+  return { text: tokenizer.decode(newIds, { skip_special_tokens: true }), tokens: newIds.length };
 }
-
-$("form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  const text = $("prompt").value.trim();
-  if (!text || $("send").disabled) return;
-  $("prompt").value = "";
-  $("send").disabled = $("new-chat").disabled = true;
-  status("thinking…", "busy");
-  try {
-    await answer(text);
-  } catch (error) {
-    status(`error: ${error.message}`, "error");
-  } finally {
-    $("send").disabled = $("new-chat").disabled = false;
-    $("prompt").focus();
-  }
-});
-
-$("new-chat").addEventListener("click", () => {
-  history = [];
-  $("log").replaceChildren();
-  status("a fresh conversation: earlier turns are forgotten", "ready");
-});
-
-$("prompt").disabled = $("send").disabled = false;
-status(`ready: ${settings.parameters.toLocaleString()} parameters, ${settings.dtype} weights, in your browser`, "ready");
-$("prompt").focus();
