@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${DEMO:-demo}
-MINUTES=${MINUTES:-3.5}  # the training budget: the schedule is fitted to it, whatever the CPU
+MINUTES=${MINUTES:-4}  # the training budget: the schedule is fitted to it, whatever the CPU
 mkdir -p "$DEMO"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 start=$(date +%s)

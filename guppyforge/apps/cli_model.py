@@ -28,9 +28,10 @@ DEVICES = click.Choice(defaults.DEVICES)
 @click.option("--stop-after", type=int, help="Stop (with a checkpoint) after this step.")
 @click.option("--batch-size", type=int, help="Rows of `context` tokens per step.  [default: 16]")
 @click.option(
-    "--optimizer", type=click.Choice(["adamw", "muon"]), help="Update rule.  [default: adamw]"
+    "--optimizer", type=click.Choice(["muon", "adamw"]), help="Update rule.  [default: muon]"
 )
-@click.option("--lr", type=float, help="Peak learning rate.  [default: 0.001]")
+@click.option("--lr", type=float, help="Peak AdamW learning rate.  [default: 0.003]")
+@click.option("--muon-lr", type=float, help="Peak Muon learning rate.  [default: 0.003]")
 @click.option("--eval-every", type=int, help="Steps between evals.  [default: max-steps / 10]")
 @click.option("--seed", type=int, help="Same seed, same run.  [default: 0]")
 @click.option("--device", type=DEVICES, help="[default: auto]")

@@ -44,7 +44,7 @@ from guppyforge.train.run_files import (
 )
 from guppyforge.train.stopping import stop_on_ctrl_c, time_a_step
 
-EVAL_ROWS = 128  # rows evaluated at each interval (about 16K tokens); the final eval uses all
+EVAL_ROWS = 64  # rows evaluated at each interval (about 8K tokens); the final eval uses all
 
 
 def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
@@ -172,7 +172,9 @@ def train(
         say(f"every conversation fits the {cfg.context}-token context")
     say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows of up to {cfg.context} tokens")
     say(f"packed: {pad:.1%} of the positions computed are padding")
-    say(f"device: {device}; {precision.describe()}; optimizer {o.optimizer}")
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    say(f"device: {device}{threads}; {precision.describe()}")
+    say(f"optimizer: {optimizer.describe()}; {o.batch_size} rows per step")
     if o.schedule_seconds:
         say(f"schedule fitted to --max-minutes {o.max_minutes:g}: {o.schedule_seconds:.0f} s of "
             f"training, about {o.max_steps} steps")  # fmt: skip
