@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="dataset folder (default: generate guppy)")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--optimizer", default="adamw")
+    ap.add_argument("--optimizer", default=TrainOptions.optimizer, help="the default: muon")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per variant")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (slow start)")
     args = ap.parse_args()

@@ -17,8 +17,9 @@ the persona's probes, greedily, and the share that pass `eval`'s checks is recor
             longest, loss on every non-pad token, AdamW 3e-4 -> 3e-5 on all weights, fp32 on a
             CPU (fp16 autocast + GradScaler on CUDA).
   adamw     guppyforge's loop with --optimizer adamw: packed rows, block-diagonal mask, SDPA,
-            loss on the replies, AdamW on matrices + decay on matrices only.
-  muon      the same with --optimizer muon: Muon for the blocks' matrices, AdamW for the rest.
+            loss on the replies, AdamW at 3e-3 on every weight, decay on matrices only.
+  muon      the default, --optimizer muon: Muon for the blocks' matrices, AdamW for the rest
+            (Muon's Newton-Schulz runs in fp32 on a CPU without native bf16, see optim.py).
 
 The headline is time to quality: the time GuppyLM's recipe needs to reach its final loss (the
 whole budget) divided by the time each guppyforge recipe needs to reach that same loss
