@@ -211,3 +211,27 @@ def test_a_long_conversation_is_cut_after_its_last_whole_turn():
     assert turn_end(reply, 12) == 10  # the third turn does not fit: cut after the second
     assert turn_end(reply, 10) == 10
     assert turn_end(reply, 4) == 0  # not even the first turn fits: the caller drops it
+
+
+def test_the_reply_mask_covers_exactly_the_tokens_that_start_inside_a_reply():
+    """The mask by binary search equals its definition, token by token, on awkward text."""
+    from guppyforge.model.tokenizer import END, START, encode_conversations
+
+    conversations = [
+        [{"role": "user", "content": "héllo 🐟🐟 fish?"}, {"role": "assistant", "content": "blub 🫧 ok"}],
+        [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""},
+         {"role": "user", "content": "  spaces  "}, {"role": "assistant", "content": "日本語 ok\n"}],
+    ]  # fmt: skip
+    tok = train_tokenizer([c["content"] for conv in conversations for c in conv] * 5, 300)
+    ids, masks = encode_conversations(tok, conversations)
+    for conv, got in zip(conversations, masks, strict=True):
+        text, spans = "", []
+        for m in conv:
+            head = f"{START}{m['role']}\n"
+            start = len(text) + len(head)
+            text += head + m["content"] + END
+            spans += [(start, len(text))] if m["role"] == "assistant" else []
+            text += "\n"
+        offsets = tok.encode(text, add_special_tokens=False).offsets
+        assert got == [int(any(a <= s < b for a, b in spans)) for s, _ in offsets]
+        assert sum(got) >= len(spans)  # each reply has at least its <|im_end|>

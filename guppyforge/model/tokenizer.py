@@ -15,6 +15,7 @@ on the character's own data spends its few thousand entries on the words the cha
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -110,8 +111,15 @@ def encode_conversations(tok: Tokenizer, conversations: list[list[dict]]):
     encodings = tok.encode_batch(texts, add_special_tokens=False)
     out_ids, out_mask = [], []
     for enc, reply_spans in zip(encodings, spans, strict=True):
+        # Token start offsets never decrease, so each reply is one run of tokens, found by two
+        # binary searches (a test per token and span took seconds on 60,000 conversations).
+        starts = [s for s, _ in enc.offsets]
+        mask = [0] * len(starts)
+        for a, b in reply_spans:
+            i, j = bisect_left(starts, a), bisect_left(starts, b)
+            mask[i:j] = [1] * (j - i)
         out_ids.append(enc.ids)
-        out_mask.append([int(any(a <= s < b for a, b in reply_spans)) for s, _ in enc.offsets])
+        out_mask.append(mask)
     return out_ids, out_mask
 
 
