@@ -30,7 +30,9 @@ DEVICES = click.Choice(defaults.DEVICES)
 @click.option(
     "--optimizer", type=click.Choice(["muon", "adamw"]), help="Update rule.  [default: muon]"
 )
-@click.option("--lr", type=float, help="Peak AdamW learning rate.  [default: 0.003]")
+@click.option(
+    "--lr", type=float, help="AdamW's peak rate.  [default: 0.006 with muon, 0.003 adamw]"
+)
 @click.option("--muon-lr", type=float, help="Peak Muon learning rate.  [default: 0.003]")
 @click.option("--eval-every", type=int, help="Steps between evals.  [default: max-steps / 10]")
 @click.option("--seed", type=int, help="Same seed, same run.  [default: 0]")

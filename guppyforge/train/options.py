@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from guppyforge.defaults import DEFAULT_PRESET, DEVICES
 from guppyforge.errors import GuppyError
 from guppyforge.model.batches import LOSS_ON
-from guppyforge.train.optim import OPTIMIZERS
+from guppyforge.train.optim import OPTIMIZERS, PEAK_LR
 
 
 @dataclass
@@ -24,10 +24,10 @@ class TrainOptions:
     # Rows of up to `context` tokens per step: ~2,000 tokens, ~60 conversations with guppy-9m.
     # 32 rows train no faster on a CPU and peak ~0.3 GiB higher (guppy-9m: ~1.4 vs ~1.1 GiB).
     batch_size: int = 16
-    # Muon + AdamW at 3e-3: on 2 fp32 cores the tiny cat reached eval loss 0.41 in 225 steps,
-    # where AdamW at 1e-3 had 2.07 and at 3e-3 1.31 after 250 (bench_train.py has the study).
+    # Muon: on 2 fp32 cores a tiny cat reached eval loss 0.41 in 225 steps, where AdamW at 1e-3
+    # had 2.07 and at 3e-3 1.31 after 250 (bench_train.py has the study).
     optimizer: str = "muon"  # muon | adamw (see optim.py)
-    lr: float = 3e-3  # AdamW's peak: every weight with adamw, the rest with muon
+    lr: float | None = None  # AdamW's peak (every weight with adamw); None: optim.PEAK_LR
     muon_lr: float = 3e-3  # Muon's peak rate for the blocks' matrices (AdamW-matched scale)
     min_lr: float = 3e-4
     warmup_steps: int | None = None  # default: 5 % of max_steps, at most 100
@@ -76,6 +76,8 @@ def resolve_options(o: TrainOptions, saved: dict | None) -> TrainOptions:
         raise GuppyError(
             f"--optimizer: unknown '{o.optimizer}'. Use one of: {', '.join(OPTIMIZERS)}."
         )
+    if o.lr is None:
+        o.lr = PEAK_LR[o.optimizer]  # recorded as a number, so a resume keeps it
     if o.loss_on not in LOSS_ON:
         raise GuppyError(f"--loss-on: unknown '{o.loss_on}'. Use replies or all.")
     check_numbers(o)
