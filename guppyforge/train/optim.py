@@ -42,14 +42,13 @@ class Optimizers:
         self.optimizers = optimizers
 
     def describe(self) -> str:
+        """What moves which weights, for the line the trainer prints at start."""
         names = {torch.optim.Muon: "muon (bf16 Newton-Schulz)", Fp32Muon: "muon (fp32 Newton-"
                  "Schulz: no native bf16 here)", torch.optim.AdamW: "adamw"}  # fmt: skip
         kinds = [names.get(type(opt), type(opt).__name__) for opt in self.optimizers]
-        return (
-            kinds[0]
-            if len(kinds) == 1
-            else f"{kinds[0]} for the blocks' matrices, " + (f"{kinds[1]} for the rest")
-        )
+        if len(kinds) == 1:
+            return kinds[0]
+        return f"{kinds[0]} for the blocks' matrices, {kinds[1]} for the rest"
 
     def set_scale(self, scale: float) -> None:
         for opt in self.optimizers:
