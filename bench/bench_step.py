@@ -85,9 +85,11 @@ def main() -> None:
     ]
     if args.compile:
         variants.append(Variant("torch.compile", cfg, samples, args, compile_=True))
-    for v in variants:  # warm-up: allocators, kernels, compilation
+    for v in variants:  # warm-up: allocators, kernels, compilation (timed: compile's start cost)
+        t = time.perf_counter()
         for _ in range(3):
             v.step(False)
+        v.warmup = time.perf_counter() - t
     one_thread = Variant("1 thread", cfg, samples, args)
     variants.append(one_thread)
     for _ in range(args.steps):
@@ -101,11 +103,13 @@ def main() -> None:
     )
     base = variants[0]
     base_rate = base.tokens / sum(base.times)
-    print(f"{'variant':<26} {'median step ms':>14} {'conv tok/s':>11} {'vs default':>10}")
+    print(f"{'variant':<26} {'median step ms':>14} {'conv tok/s':>11} {'vs default':>10} "
+          f"{'3 warm-up steps s':>17}")  # fmt: skip
     for v in variants:
         rate = v.tokens / sum(v.times)
+        warmup = f"{v.warmup:>17.1f}" if hasattr(v, "warmup") else f"{'-':>17}"
         print(f"{v.name:<26} {1e3 * statistics.median(v.times):>14.1f} {rate:>11,.0f} "
-              f"{rate / base_rate:>9.2f}x")  # fmt: skip
+              f"{rate / base_rate:>9.2f}x {warmup}")  # fmt: skip
 
 
 if __name__ == "__main__":
