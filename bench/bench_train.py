@@ -348,11 +348,8 @@ def report(args, rows: dict, tmp: Path, device) -> None:
     for name, r in rows.items():
         line = f"{name:<8} {r['precision']:>9}"
         for b in BUDGETS:
-            p = next(
-                p
-                for p in r["curve"]
-                if "probes" in p and abs(p["seconds"] - b * args.seconds) < 0.2 * args.seconds
-            )
+            scored = [p for p in r["curve"] if "probes" in p]
+            p = min(scored, key=lambda p: abs(p["seconds"] - b * args.seconds))  # that budget's
             line += f" {p['eval_loss']:>14.3f} / {p['probes']:>6.1%}"
         last = r["curve"][-1]
         print(line + f" {last['tokens'] / last['seconds']:>7,.0f} {r['peak_rss_mib']:>8.0f}")
