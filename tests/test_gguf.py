@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import gguf
+import llama_cpp  # scripts/test-setup.sh installs it (a wheel it builds once)
 import numpy as np
 import pytest
 import torch
@@ -159,9 +160,6 @@ def test_activation_llama_cpp_lacks_is_refused(micro_run: Path, tmp_path: Path) 
 
 
 def open_llama(path: Path, context: int):
-    llama_cpp = pytest.importorskip(
-        "llama_cpp", reason="llama.cpp checks: pip install llama-cpp-python"
-    )
     # logits_all: keep every position's logits, so greedy picks can be read back as numbers.
     return llama_cpp.Llama(str(path), n_ctx=context, n_threads=1, logits_all=True, verbose=False)
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
 from guppyforge.apps.export import export_run
 from guppyforge.model.run import load_run
-
-ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import shutil
 import threading
 
 import pytest
+from playwright import sync_api
 
 from guppyforge.apps.serve import make_server
 from guppyforge.model.engine import Engine
@@ -48,7 +49,6 @@ def server(run):
 
 @pytest.fixture(scope="module")
 def page(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page()
