@@ -55,6 +55,13 @@ def assert_kept(folder: Path) -> None:
         assert (folder / name).read_text() == text, f"{name} was changed"
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
 def refused(result, *needles: str) -> str:
     assert result.exit_code == 1, result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
@@ -135,10 +142,10 @@ def test_a_killed_generates_leftover_is_cleaned_only_when_dead_and_ours(persona,
 def test_train_never_replaces_user_files(data_dir, tmp_path):
     user = tmp_path / "userdir"
     add_user_files(user)
-    refused(invoke("train", data_dir, "--out", user, *TRAIN), "not a guppyforge run folder")
+    line = refused(invoke("train", data_dir, "--out", user, *TRAIN), "no .guppyforge.json")
+    assert "--force to" not in line  # --force would be refused too: never suggested
     assert_kept(user)
-    line = refused(invoke("train", data_dir, "--out", user, *TRAIN, "--force"), "README.md")
-    assert "metrics.jsonl" in line and "will not overwrite" in line
+    refused(invoke("train", data_dir, "--out", user, *TRAIN, "--force"), "README.md", "new --out")
     assert_kept(user)
 
 
@@ -207,7 +214,7 @@ def test_import_card_force_replaces_only_a_persona_file(persona, tmp_path):
     thesis = tmp_path / "thesis.md"
     thesis.write_text("# my thesis\n")
     refused(invoke("import-card", card, "--out", thesis), "already exists")
-    refused(invoke("import-card", card, "--out", thesis, "--force"), "not a YAML file")
+    refused(invoke("import-card", card, "--out", thesis, "--force"), "not a guppyforge persona")
     assert thesis.read_text() == "# my thesis\n"
 
 
@@ -232,11 +239,16 @@ def test_eval_json_replaces_only_an_earlier_result(micro_run, tmp_path):
     refused(invoke(*base, "--json", Path(micro_run) / "eval.json"), "input")
 
 
-def test_a_folder_from_before_markers_is_still_recognised(persona, tmp_path):
+def test_a_folder_from_before_markers_is_refused_with_how_to_proceed(persona, tmp_path):
     out = tmp_path / "d"
     assert invoke("generate", persona, "-n", "20", "--out", out, "-q").exit_code == 0
-    os.remove(out / MARKER)  # as written by an older guppyforge
-    assert invoke("generate", persona, "-n", "20", "--out", out, "-q", "--force").exit_code == 0
+    os.remove(out / MARKER)  # as written by an older guppyforge: nothing proves it is ours
+    before = snapshot(out)
+    for force in ((), ("--force",)):
+        line = refused(invoke("generate", persona, "-n", "20", "--out", out, "-q", *force),
+                       "no .guppyforge.json", "new --out", "move the folder")  # fmt: skip
+        assert "--force to" not in line
+    assert snapshot(out) == before
 
 
 def test_temp_files_a_killed_train_left_are_removed_on_resume(data_dir, tmp_path):
