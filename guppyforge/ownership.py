@@ -255,8 +255,8 @@ class Claim:
         if clash:  # made while we worked, or a folder or link in the way
             raise _in_the_way(self.path, clash, NOUNS[self.kind], "overwrite")
         # Listed before they move in: a kill from here on leaves only files the marker names.
-        write_marker(self.path, self.kind, [n for n in ours if n in new or not n.endswith("/")]
-                     + new)  # fmt: skip
+        earlier = [n for n in self.ours if not _staging(self.path, n)]
+        write_marker(self.path, self.kind, earlier + new)
         Claim(self.path, self.kind, self.files, [n for n in self.ours if n not in new]).clear()
         for name in new:
             (self.path / name).parent.mkdir(parents=True, exist_ok=True)
