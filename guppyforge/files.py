@@ -1,4 +1,5 @@
-"""Writing files whole or not at all, and the text tables commands print.
+"""Writing files whole or not at all, refusing inputs that are not files, and the text tables
+commands print.
 
 Every file guppyforge writes goes through `atomic_path`: a temp file in the same folder (so the
 same file system), then one `os.replace`. Readers see the old file or the new one, never half of
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+from guppyforge.errors import GuppyError
 
 
 @contextmanager
@@ -36,6 +40,20 @@ def write_atomic(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8, newlines as they are) to `path` whole or not at all."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8", newline="")
+
+
+def require_regular(path: str | Path, fix: str = "Give the file itself") -> None:
+    """Refuse a FIFO, device or socket as an input before opening it: reading one may never end.
+
+    A missing file passes: the open that follows says so in its own words.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+        raise GuppyError(f"{path}: {kind}, not a regular file. {fix}")
 
 
 # Control characters (bar newline and tab) and the bidirectional overrides: a persona or a model

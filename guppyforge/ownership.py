@@ -1,18 +1,20 @@
 """What guppyforge owns on disk, and so what `--force` may replace: one rule for every command.
 
-Every output folder gets a marker, `.guppyforge.json`: the kind of folder (dataset, run,
-export) and the files guppyforge writes there. With it the rule is simple:
+Only a marker proves ownership, never what a file or folder looks like:
 
-- without `--force`, nothing that exists is replaced: the folder must be new or empty;
-- with `--force`, only the files the marker lists are replaced, and a folder holding anything
-  else is refused with a line naming a few of those files. A folder that a command swaps as a
-  whole (a dataset) must hold nothing else at all; a folder a command writes into (a run, an
-  export) keeps the user's other files untouched but refuses any that would be overwritten;
+- a folder guppyforge writes (dataset, run, export) holds `.guppyforge.json`: the kind of
+  folder and the files guppyforge wrote there, by name. A folder without one is not
+  guppyforge's: unless it is empty it is refused, with or without `--force`;
+- with the marker, `--force` replaces exactly the files it lists and never touches another
+  one; a file of the user's in the way of what the command writes is refused, never replaced.
+  Without `--force` an earlier output is never replaced;
+- a single file carries guppyforge's signature inside instead (a card's
+  `extensions.guppyforge`, a persona's `guppyforge:` key with the name being written, an eval
+  result's `schema`); a file without it is refused even with `--force`;
 - `--out` equal to an input, inside one, or holding one is refused.
 
-Single files (a card, a persona, `eval --json`) carry no marker: with `--force` a file is
-replaced only when its content (or, for personas, its YAML name) shows it is of the kind the
-command writes. Folders written before markers existed are recognised by their usual files.
+A refusal never suggests `--force` where `--force` would be refused too. Exports are written
+into a staging folder inside `--out` first, so a full disk or a crash leaves the old files.
 """
 
 from __future__ import annotations
@@ -21,19 +23,24 @@ import contextlib
 import fnmatch
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from guppyforge.errors import GuppyError
 from guppyforge.files import write_atomic
 
 MARKER = ".guppyforge.json"
+EVAL_SCHEMA = "guppyforge.eval/1"  # the `schema` of an `eval --json` result
 MAX_LISTED = 3  # foreign files named in a refusal
 MAX_SCAN = 10_000  # entries looked at in a folder: `--out ~` must not walk a whole disk
 
-# The files each kind of folder holds; `*` patterns match one path segment. A run's and an
-# export's temporary files (`.name.XXXX.tmp`, left by a kill) are theirs too.
+# The files each kind of folder holds, as patterns (`*` matches within one path segment): what a
+# command may write, checked against the user's files before any work. What is *ours* is only
+# ever what a marker lists.
 KIND_FILES: dict[str, tuple[str, ...]] = {
     "dataset": ("data/*.parquet", "README.md", "stats.json", "persona.yaml"),
     "run": (
@@ -43,42 +50,44 @@ KIND_FILES: dict[str, tuple[str, ...]] = {
     "export": (),  # each target names its own files
 }  # fmt: skip
 NOUNS = {"dataset": "dataset", "run": "run folder", "export": "export"}
-# Folders written before markers existed: the files that must all be there to count as ours.
-_LEGACY = {
-    "dataset": (("stats.json", "persona.yaml", "data"),),
-    "run": (("checkpoints/last.pt",), ("config.json", "model.safetensors")),
-    "export": (("model.safetensors",), ("model.onnx",), ("model.int8.onnx",)),
-}
+# Markers written before they listed files by name held these patterns: still guppyforge's word.
+_OLD_PATTERNS = {"data/*.parquet", "character/*", "character/onnx/*", "runtime/*"}
+# What an atomic write leaves when killed (files.atomic_path, gguf): `.NAME.RANDOM.tmp`.
+_TEMP = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]+\.tmp")
+_STAGING = ".guppyforge.tmp-"  # + pid: where an export is written before it is moved in
 
 
-@dataclass
-class Claim:
-    """An output folder this command may write: what it held of ours before, and its marker."""
+def _safe_name(name: object) -> bool:
+    """A path a marker may list: relative, inside the folder, not the marker itself."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    path = PurePosixPath(name)
+    return not path.is_absolute() and ".." not in path.parts and path.as_posix() == name != MARKER
 
-    path: Path
-    kind: str
-    files: tuple[str, ...]
-    ours: list[str]  # files of an earlier output, relative to `path`
 
-    def clear(self) -> None:
-        """Remove the earlier output's files (after --force), so none is left stale."""
-        for name in self.ours:
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
-                (self.path / name).unlink()
+def read_marker(folder: Path) -> dict | None:
+    """The marker of `folder` ({kind, files}), or None when it has none (or one that is not ours).
 
-    def take(self) -> Claim:
-        """Create the folder and mark it ours; drop the temp files a killed run left in it."""
-        guard(self.path, lambda: self.path.mkdir(parents=True, exist_ok=True))
-        write_marker(self.path, self.kind, self.files)
-        for name in self.ours:
-            if name.rpartition("/")[2].startswith(".") and name.endswith(".tmp"):
-                with contextlib.suppress(OSError):
-                    (self.path / name).unlink()
-        return self
+    Listed names that would lead outside the folder are dropped: a marker in a folder from a
+    stranger must not point `--force` at the user's other files.
+    """
+    path = Path(folder) / MARKER
+    try:
+        if not path.is_file() or path.stat().st_size > 4 << 20:  # a FIFO would block the read
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("guppyforge"), str):
+        return None
+    files = data.get("files")
+    if not isinstance(files, list):
+        return None
+    return {"kind": data["guppyforge"], "files": [f for f in files if _safe_name(f)]}
 
 
 def write_marker(folder: Path, kind: str, files: Iterable[str]) -> None:
-    """Record in `folder` that guppyforge wrote it, and which files are its own."""
+    """Record in `folder` that guppyforge wrote it, and which files (by name) are its own."""
     text = json.dumps({"guppyforge": kind, "files": sorted(set(files))}, indent=2) + "\n"
     guard(folder / MARKER, lambda: write_atomic(folder / MARKER, text))
 
@@ -106,26 +115,15 @@ def check_inputs(out: Path, inputs: Sequence[str | Path]) -> None:
                              "replace. Pick a folder of its own for --out")  # fmt: skip
 
 
-def read_marker(folder: Path) -> dict | None:
-    """The marker of `folder`, or None when it has none (or one that is not ours)."""
-    try:
-        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    files = data.get("files") if isinstance(data, dict) else None
-    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-        return None
-    return {"kind": str(data.get("guppyforge")), "files": files}
-
-
 def listing(folder: Path) -> list[str]:
-    """Files (and empty folders) under `folder`, as relative POSIX paths; at most MAX_SCAN."""
+    """Files, links and empty folders under `folder`, as relative POSIX paths; at most MAX_SCAN."""
     out: list[str] = []
     for root, dirs, names in os.walk(folder):
         rel = Path(root).relative_to(folder)
         if not dirs and not names and rel != Path("."):
             out.append(rel.as_posix() + "/")
-        for name in names:
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]  # not walked: listed
+        for name in names + links:
             out.append((rel / name).as_posix().removeprefix("./"))
         if len(out) > MAX_SCAN:
             break
@@ -133,43 +131,161 @@ def listing(folder: Path) -> list[str]:
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
-    """Does `name` match a pattern (or is it an atomic write's leftover of one that does)?"""
+    """Does `name` match one of `patterns` (`*` within one path segment)?"""
+    return any(fnmatch.fnmatchcase(name, p) and name.count("/") == p.count("/") for p in patterns)
+
+
+def _listed(name: str, files: set[str]) -> bool:
+    """Is `name` a file the marker lists, or what a killed atomic write of one left?"""
+    if name in files or matches(name, _OLD_PATTERNS & files):
+        return True
     head, _, base = name.rpartition("/")
-    if base.startswith(".") and base.endswith(".tmp"):  # `.model.safetensors.k3j9.tmp`
-        name = f"{head}/{base[1:].rsplit('.', 2)[0]}".lstrip("/")
-    return name == MARKER or any(
-        fnmatch.fnmatchcase(name, p) and name.count("/") == p.count("/") for p in patterns
+    temp = _TEMP.fullmatch(base)
+    return bool(temp) and (
+        temp["name"] == MARKER or _listed(f"{head}/{temp['name']}".lstrip("/"), files)
     )
 
 
-def _owned(folder: Path, kind: str, files: Sequence[str]) -> tuple[list[str], list[str], str]:
-    """(ours, foreign, the kind the folder is) for an existing folder."""
-    present = listing(folder)
+def _staging(folder: Path, name: str) -> bool:
+    """Is `name` (a top-level entry) an export's staging folder, marked as such?"""
+    top = name.partition("/")[0]
+    if not top.startswith(_STAGING):
+        return False
+    marker = read_marker(folder / top)
+    return marker is not None and marker["kind"] == "staging"
+
+
+def _owned(folder: Path) -> tuple[list[str], list[str], dict | None]:
+    """(ours, foreign, marker) for an existing folder: ours is only what the marker lists."""
+    present = [n for n in listing(folder) if n != MARKER]
     marker = read_marker(folder)
-    if marker is not None:
-        patterns, found = marker["files"], marker["kind"]
-    else:
-        legacy = any(all((folder / f).exists() for f in need) for need in _LEGACY.get(kind, ()))
-        patterns, found = (tuple(files) + KIND_FILES.get(kind, ()), kind) if legacy else ((), "")
-        if legacy and kind == "export" and not (folder / "model.safetensors").exists():
-            patterns = [p for p in patterns if p not in ("README.md", "config.json")]
-    ours = [n for n in present if matches(n, patterns) and n != MARKER]
-    foreign = [n for n in present if n not in ours and n != MARKER and not n.endswith("/")]
-    foreign += [n for n in present if n.endswith("/") and not any(p.startswith(n) for p in ours)]
-    return ours, sorted(foreign), found
+    files = set(marker["files"]) if marker else set()
+    ours = [
+        n for n in present if _staging(folder, n) or (not n.endswith("/") and _listed(n, files))
+    ]
+    parents = {str(PurePosixPath(f).parent) + "/" for f in ours + list(files)}
+    foreign = [n for n in present if n not in ours and n not in parents]
+    if (folder / MARKER).exists() and marker is None:
+        foreign.append(MARKER)  # a broken marker proves nothing
+    return ours, sorted(foreign), marker
 
 
-def kind_of(folder: str | Path, kind: str) -> str:
-    """The kind of guppyforge folder `folder` is ('' if none), judged as a `kind` would be."""
+def kind_of(folder: str | Path, kind: str = "") -> str:
+    """The kind of guppyforge folder `folder` is by its marker ('' if none, or if it holds
+    nothing of ours yet: a run that failed at once)."""
     if not Path(folder).is_dir():
         return ""
-    ours, _, found = _owned(Path(folder), kind, KIND_FILES.get(kind, ()))
-    return found if ours else ""  # a marker alone (a run that failed at once) holds nothing
+    ours, _, marker = _owned(Path(folder))
+    return marker["kind"] if marker and ours else ""
 
 
 def _few(names: list[str]) -> str:
     shown = ", ".join(names[:MAX_LISTED])
     return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
+
+
+def _in_the_way(out: Path, names: list[str], noun: str, would: str) -> GuppyError:
+    return GuppyError(f"{out}: holds files guppyforge did not write ({_few(names)}) that this "
+                      f"{noun} would {would}, and --force never replaces them. Move them out "
+                      "of it, or choose a new --out")  # fmt: skip
+
+
+@dataclass
+class Claim:
+    """An output folder this command may write: what it held of ours before, and its marker."""
+
+    path: Path
+    kind: str
+    files: tuple[str, ...]  # patterns of what this command writes
+    ours: list[str] = field(default_factory=list)  # an earlier output's files, relative to path
+
+    def clear(self) -> None:
+        """Remove the earlier output's files (after --force): exactly those its marker listed."""
+        for name in self.ours:
+            target = self.path / name
+            if _staging(self.path, name):
+                shutil.rmtree(self.path / name.partition("/")[0], ignore_errors=True)
+                continue
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                target.unlink()
+
+    def take(self) -> Claim:
+        """Create the folder and mark it ours; drop the temp files a killed run left in it."""
+        guard(self.path, lambda: self.path.mkdir(parents=True, exist_ok=True))
+        kept = [n for n in self.ours if (self.path / n).exists() and not _staging(self.path, n)]
+        temps = [n for n in kept if _TEMP.fullmatch(n.rpartition("/")[2])]
+        exact = [f for f in self.files if "*" not in f]
+        write_marker(self.path, self.kind, exact + [n for n in kept if n not in temps])
+        for name in temps:
+            with contextlib.suppress(OSError):
+                (self.path / name).unlink()
+        return self
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[Path]:
+        """A folder to write the new output into; on success its files replace the earlier
+        output's (see `_commit`), on any failure it vanishes and `path` is as it was."""
+        existed = self.path.exists()
+        guard(self.path, lambda: self.path.mkdir(parents=True, exist_ok=True))
+        stage = Path(guard(self.path, lambda: tempfile.mkdtemp(prefix=_STAGING, dir=self.path)))
+        done = False
+        try:
+            write_marker(stage, "staging", [])  # so a kill's leftover is known to be ours
+            try:
+                yield stage
+            except Exception as exc:
+                why = _write_failure(exc)
+                if why is None:
+                    raise
+                raise GuppyError(f"{self.path}: cannot write ({why}); nothing was changed. Free "
+                                 "some space, or pick another --out") from None  # fmt: skip
+            guard(self.path, lambda: self._commit(stage))
+            done = True
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+            if not done and not existed:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+
+    def _commit(self, stage: Path) -> None:
+        """Move the staged files into place: the earlier output's files go, no other file."""
+        new = [n for n in listing(stage) if n != MARKER and not n.endswith("/")]
+        ours = set(self.ours)
+        clash = [n for n in new if n not in ours and self._blocked(n)]
+        if clash:  # made while we worked, or a folder or link in the way
+            raise _in_the_way(self.path, clash, NOUNS[self.kind], "overwrite")
+        # Listed before they move in: a kill from here on leaves only files the marker names.
+        earlier = [n for n in self.ours if not _staging(self.path, n)]
+        write_marker(self.path, self.kind, earlier + new)
+        Claim(self.path, self.kind, self.files, [n for n in self.ours if n not in new]).clear()
+        for name in new:
+            (self.path / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / name, self.path / name)
+        write_marker(self.path, self.kind, new)
+
+    def _blocked(self, name: str) -> bool:
+        target = self.path / name
+        parents = [p for p in target.parents if self.path in p.parents]
+        return (
+            target.exists()
+            or target.is_symlink()
+            or any(p.is_symlink() or (p.exists() and not p.is_dir()) for p in parents)
+        )
+
+
+def _write_failure(exc: Exception) -> str | None:
+    """Why writing failed, when the disk is to blame (a full disk, a read-only one), else None.
+
+    Writers wrap the OSError in their own types (safetensors' SafetensorError, for one), so the
+    message is looked at too.
+    """
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    text = str(exc)
+    for why in ("No space left on device", "Disk quota exceeded", "Read-only file system"):
+        if why in text:
+            return why
+    return None
 
 
 def check_folder(
@@ -185,8 +301,8 @@ def check_folder(
     """Decide, before any work, whether `out` may be written as a `kind` folder; write nothing.
 
     `files`: the patterns this command writes (default: the kind's usual files). `whole`: the
-    command replaces the folder as a whole, so any foreign file is refused. `reuse`: an earlier
-    output of this kind is continued, not replaced (`train --resume`).
+    command replaces the folder as a whole, so any file the marker does not list is refused.
+    `reuse`: an earlier output of this kind is continued, not replaced (`train --resume`).
     """
     out = Path(out)
     files = tuple(files) or KIND_FILES[kind]
@@ -195,41 +311,27 @@ def check_folder(
     if not out.exists():
         if out.is_symlink() or any(p.is_file() for p in out.parents):
             raise GuppyError(f"--out {out}: a file (or broken link) is in the way. Pick --out")
-        return Claim(out, kind, files, [])
+        return Claim(out, kind, files)
     if not out.is_dir():
-        raise GuppyError(f"--out {out}: exists and is not a folder. Remove it, or pick --out")
-    ours, foreign, found = _owned(out, kind, files)
-    if not foreign and not ours:
-        return Claim(out, kind, files, [])  # an empty folder (or only an empty marker)
-    if found and found != kind:
-        raise GuppyError(f"--out {out}: holds a guppyforge {NOUNS.get(found, found)}, not a "
-                         f"{noun}. Pick another --out")  # fmt: skip
-    if not force and not (reuse and found):
-        if not found:
-            raise GuppyError(f"{out}: already exists and is not a guppyforge {noun} (it holds "
-                             f"{_few(foreign)}). Pick another --out")  # fmt: skip
-        raise GuppyError(f"{out}: already exists. Use --force to replace it, or pick --out.")
-    in_the_way = foreign if whole else [n for n in foreign if matches(n, files)]
+        raise GuppyError(f"--out {out}: exists and is not a folder. Move it away, or pick --out")
+    ours, foreign, marker = _owned(out)
+    if marker is None:
+        if not foreign:
+            return Claim(out, kind, files, ours)  # empty, or only a killed export's staging
+        raise GuppyError(f"{out}: already exists and has no {MARKER}, so none of its files "
+                         f"({_few(foreign)}) are guppyforge's to replace, even with --force. "
+                         "Choose a new --out, or move the folder away")  # fmt: skip
+    if marker["kind"] != kind and (ours or marker["kind"] != "staging"):
+        found = NOUNS.get(marker["kind"], marker["kind"])
+        raise GuppyError(f"--out {out}: holds a guppyforge {found}, not a {noun}. Choose a "
+                         "new --out")  # fmt: skip
+    in_the_way = foreign if whole else [n for n in foreign if matches(n.rstrip("/"), files)]
     if in_the_way:
-        would = "delete" if whole else "overwrite"
-        raise GuppyError(f"{out}: not a guppyforge {noun}: it holds files guppyforge did not "
-                         f"write ({_few(in_the_way)}), so --force will not {would} them. Move "
-                         "them away, or pick another --out")  # fmt: skip
+        raise _in_the_way(out, in_the_way, noun, "delete" if whole else "overwrite")
+    if ours and not force and not reuse:
+        raise GuppyError(f"{out}: already holds a guppyforge {noun}. Add --force to replace "
+                         "the files it wrote (and no other), or choose a new --out")  # fmt: skip
     return Claim(out, kind, files, ours)
-
-
-def claim(
-    out: str | Path,
-    kind: str,
-    force: bool,
-    *,
-    inputs: Sequence[str | Path] = (),
-    files: Sequence[str] = (),
-    reuse: bool = False,
-) -> Claim:
-    """check_folder, then create `out` and mark it ours; an earlier output's files stay until
-    `Claim.clear()` (after --force) removes them."""
-    return check_folder(out, kind, force, inputs=inputs, files=files, reuse=reuse).take()
 
 
 # --- single files -------------------------------------------------------------------------
@@ -245,18 +347,35 @@ def _json_object(path: Path, limit: int = 64 << 20) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _is_card(path: Path) -> bool:
-    data = _json_object(path).get("data")
+def _is_card(path: Path, _name: str | None) -> bool:
+    from guppyforge.persona.card_png import read_packed_card  # persona imports this module
+
+    try:
+        raw = read_packed_card(path)  # a PNG card or a .charx; None for anything else
+        data = json.loads(raw).get("data") if raw else _json_object(path).get("data")
+    except (GuppyError, OSError, ValueError, RecursionError, AttributeError):
+        return False
     ext = data.get("extensions") if isinstance(data, dict) else None
-    return isinstance(ext, dict) and "guppyforge" in ext
+    return isinstance(ext, dict) and isinstance(ext.get("guppyforge"), dict)
 
 
-# What `--force` may replace for each kind of single file, and how it is told apart.
-FILE_KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
-    "card": ("a card guppyforge exported", _is_card),
-    "persona": ("a YAML file", lambda p: p.suffix.lower() in (".yaml", ".yml")),
-    "eval": ("an eval result", lambda p: {"run", "probe_pass_rate"} <= _json_object(p).keys()),
-}
+def _is_persona(path: Path, name: str | None) -> bool:
+    from guppyforge.persona.yamlsafe import read_yaml  # the persona layer imports this module
+
+    try:
+        data = read_yaml(path).data
+    except GuppyError:
+        return False
+    return isinstance(data, dict) and "guppyforge" in data and data.get("name") == name
+
+
+# What `--force` may replace for each kind of single file: the signature guppyforge writes.
+FILE_KINDS: dict[str, tuple[str, Callable[[Path, str | None], bool]]] = {
+    "card": ("a card guppyforge exported (data.extensions.guppyforge)", _is_card),
+    "persona": ("a guppyforge persona named '{name}'", _is_persona),
+    "eval": (f"an eval result (\"schema\": \"{EVAL_SCHEMA}\")",
+             lambda p, _: _json_object(p).get("schema") == EVAL_SCHEMA),
+}  # fmt: skip
 
 
 def claim_file(
@@ -265,11 +384,18 @@ def claim_file(
     force: bool,
     *,
     inputs: Sequence[str | Path] = (),
-    hint: str = "Use --force to replace it, or pick --out",
+    name: str | None = None,
+    hint: str = "Add --force to replace it, or pick another --out",
+    elsewhere: str = "Pick another --out, or move the file away",
 ) -> Path:
-    """Check that `path` may be written as a `kind` file (see FILE_KINDS); write nothing."""
+    """Check that `path` may be written as a `kind` file (see FILE_KINDS); write nothing.
+
+    `name`: the persona's name (a persona file is ours only under the same name). `hint`
+    follows "already exists" for a file that is ours; `elsewhere`, for one that is not.
+    """
     path = Path(path)
     what, recognise = FILE_KINDS[kind]
+    what = what.format(name=name)
     for given in inputs:
         if path.resolve() == Path(given).resolve():
             raise GuppyError(f"{path}: that is the input file itself. Pick another --out")
@@ -278,9 +404,9 @@ def claim_file(
     if any(p.is_file() for p in path.parents):
         raise GuppyError(f"{path}: a file is in the way of that path. Pick another --out")
     if path.exists() or path.is_symlink():
+        if path.is_symlink() or not path.is_file() or not recognise(path, name):
+            raise GuppyError(f"{path}: already exists and is not {what}, so guppyforge never "
+                             f"replaces it, not even with --force. {elsewhere}")  # fmt: skip
         if not force:
             raise GuppyError(f"{path}: already exists. {hint}")
-        if not recognise(path):
-            raise GuppyError(f"{path}: not {what}, so --force will not replace it. Move it "
-                             "away, or pick another --out")  # fmt: skip
     return path

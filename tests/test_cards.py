@@ -260,12 +260,18 @@ def test_bad_card_is_one_line_error(tmp_path: Path, content: bytes, message: str
     assert not (tmp_path / "p.yaml").exists()
 
 
-def test_import_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+def test_import_replaces_only_a_persona_of_the_same_name_and_only_with_force(tmp_path) -> None:
     out = tmp_path / "p.yaml"
-    out.write_text("mine\n")
+    for mine in ("mine\n", "guppyforge: 1\nname: other\n", "name: biscuit\n"):  # not ours
+        out.write_text(mine)
+        for force in (False, True):
+            with pytest.raises(GuppyError, match="not even with --force") as refusal:
+                import_card(CARDS / "v1_card.json", out, force=force)
+            assert "Pass --force" not in str(refusal.value)
+        assert out.read_text() == mine
+    out.write_text("guppyforge: 1\nname: biscuit\n")  # the signature: a persona of this name
     with pytest.raises(GuppyError, match="already exists. Pass --force"):
         import_card(CARDS / "v1_card.json", out)
-    assert out.read_text() == "mine\n"
     import_card(CARDS / "v1_card.json", out, force=True)
     assert load_persona(out).name == "biscuit"
 

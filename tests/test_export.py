@@ -31,6 +31,7 @@ from guppyforge.model.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
+from guppyforge.ownership import write_marker
 
 # transformers must only ever read the local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -272,6 +273,9 @@ def test_force_replaces_an_export_and_only_its_files(run_dir, tmp_path):
     out.mkdir()
     (out / "model.int8.onnx").write_text("stale, from an earlier onnx export")
     (out / "notes.txt").write_text("the user's own file")
+    with pytest.raises(GuppyError, match="no .guppyforge.json"):  # nothing proves it is ours
+        export_run(run_dir, "hf", out, force=True)
+    write_marker(out, "export", ["model.int8.onnx"])  # what the earlier export left
     with pytest.raises(GuppyError, match="--force"):
         export_run(run_dir, "hf", out)
     export_run(run_dir, "hf", out, force=True)

@@ -1,7 +1,8 @@
 """The ownership rule (guppyforge/ownership.py), command by command, on folders of user files.
 
 Without --force nothing that exists is replaced; with --force only what guppyforge wrote is, and
-the user's files survive every command. Each test is one of issue 15's lost-files reports.
+the user's files survive every command. Each test is one of the lost-files reports of issues 15
+and 19: only a marker (or a single file's signature) proves a file is guppyforge's.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def add_user_files(folder: Path) -> None:
 def assert_kept(folder: Path) -> None:
     for name, text in USER_FILES.items():
         assert (folder / name).read_text() == text, f"{name} was changed"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def refused(result, *needles: str) -> str:
@@ -135,10 +143,10 @@ def test_a_killed_generates_leftover_is_cleaned_only_when_dead_and_ours(persona,
 def test_train_never_replaces_user_files(data_dir, tmp_path):
     user = tmp_path / "userdir"
     add_user_files(user)
-    refused(invoke("train", data_dir, "--out", user, *TRAIN), "not a guppyforge run folder")
+    line = refused(invoke("train", data_dir, "--out", user, *TRAIN), "no .guppyforge.json")
+    assert "--force to" not in line  # --force would be refused too: never suggested
     assert_kept(user)
-    line = refused(invoke("train", data_dir, "--out", user, *TRAIN, "--force"), "README.md")
-    assert "metrics.jsonl" in line and "will not overwrite" in line
+    refused(invoke("train", data_dir, "--out", user, *TRAIN, "--force"), "README.md", "new --out")
     assert_kept(user)
 
 
@@ -207,7 +215,7 @@ def test_import_card_force_replaces_only_a_persona_file(persona, tmp_path):
     thesis = tmp_path / "thesis.md"
     thesis.write_text("# my thesis\n")
     refused(invoke("import-card", card, "--out", thesis), "already exists")
-    refused(invoke("import-card", card, "--out", thesis, "--force"), "not a YAML file")
+    refused(invoke("import-card", card, "--out", thesis, "--force"), "not a guppyforge persona")
     assert thesis.read_text() == "# my thesis\n"
 
 
@@ -232,11 +240,16 @@ def test_eval_json_replaces_only_an_earlier_result(micro_run, tmp_path):
     refused(invoke(*base, "--json", Path(micro_run) / "eval.json"), "input")
 
 
-def test_a_folder_from_before_markers_is_still_recognised(persona, tmp_path):
+def test_a_folder_from_before_markers_is_refused_with_how_to_proceed(persona, tmp_path):
     out = tmp_path / "d"
     assert invoke("generate", persona, "-n", "20", "--out", out, "-q").exit_code == 0
-    os.remove(out / MARKER)  # as written by an older guppyforge
-    assert invoke("generate", persona, "-n", "20", "--out", out, "-q", "--force").exit_code == 0
+    os.remove(out / MARKER)  # as written by an older guppyforge: nothing proves it is ours
+    before = snapshot(out)
+    for force in ((), ("--force",)):
+        line = refused(invoke("generate", persona, "-n", "20", "--out", out, "-q", *force),
+                       "no .guppyforge.json", "new --out", "move the folder")  # fmt: skip
+        assert "--force to" not in line
+    assert snapshot(out) == before
 
 
 def test_temp_files_a_killed_train_left_are_removed_on_resume(data_dir, tmp_path):
@@ -256,3 +269,145 @@ def test_a_run_that_failed_before_writing_anything_can_be_retried(data_dir, tmp_
     refused(invoke("train", empty, "--out", run, *TRAIN), "not a dataset folder")
     assert (run / MARKER).is_file()  # claimed, then the data failed to load
     assert invoke("train", data_dir, "--out", run, *TRAIN).exit_code == 0
+
+
+# --- what a careless --force met (issue 19): only a marker proves a folder or file is ours -------
+
+HF_FOLDER = {  # a user's own Hugging Face model folder: no marker
+    "config.json": b'{"model_type": "llama"}\n',
+    "model.safetensors": b"\x00my weights",
+    "README.md": b"# my model\n",
+    "tokenizer.json": b'{"mine": true}\n',
+    "tokenizer_config.json": b"{}\n",
+    "model.onnx": b"my onnx",
+    "model.gguf": b"GGUF mine",
+    "Modelfile": b"FROM ./model.gguf\n",
+}
+
+
+def make_folder(folder: Path, files: dict[str, bytes]) -> dict[str, bytes]:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return snapshot(folder)
+
+
+@pytest.mark.parametrize("target", ["hf", "onnx", "gguf"])
+def test_export_force_into_a_users_model_folder_keeps_every_file(micro_run, tmp_path, target):
+    before = make_folder(tmp_path / "mymodel", HF_FOLDER)
+    export = ("export", micro_run, "--to", target, "--out", tmp_path / "mymodel")
+    line = refused(invoke(*export), "no .guppyforge.json", "new --out")
+    assert "--force to" not in line  # it would be refused too: never suggested
+    refused(invoke(*export, "--force"), "no .guppyforge.json", "even with --force")
+    assert snapshot(tmp_path / "mymodel") == before
+
+
+@pytest.mark.parametrize("extra", [{}, {"checkpoints/last.pt": b"my checkpoint"}])
+def test_train_force_on_a_users_folder_keeps_every_file(data_dir, tmp_path, extra):
+    before = make_folder(tmp_path / "mymodel", HF_FOLDER | extra)
+    for force in ((), ("--force",)):
+        refused(invoke("train", data_dir, "--out", tmp_path / "mymodel", *TRAIN, *force),
+                "no .guppyforge.json")  # fmt: skip
+    assert snapshot(tmp_path / "mymodel") == before
+
+
+def test_import_card_force_never_replaces_a_compose_file_or_another_persona(persona, tmp_path):
+    card = tmp_path / "finn.json"
+    assert invoke("export-card", persona, "--out", card).exit_code == 0
+    compose = tmp_path / "compose.yaml"
+    compose.write_text("services:\n  web:\n    image: nginx\n")
+    other = tmp_path / "persona.yaml"  # a run's persona, of another character
+    other.write_text(PERSONA.replace("name: finn", "name: mochi"))
+    for path in (compose, other):
+        before = path.read_bytes()
+        line = refused(invoke("import-card", card, "--out", path), "not a guppyforge persona")
+        assert "--force to" not in line and "Pass --force" not in line
+        refused(invoke("import-card", card, "--out", path, "--force"), "not even with --force")
+        assert path.read_bytes() == before
+    same = tmp_path / "finn.yaml"
+    same.write_text(PERSONA)  # guppyforge's key and the same name: ours to replace
+    refused(invoke("import-card", card, "--out", same), "Pass --force")
+    assert invoke("import-card", card, "--out", same, "--force").exit_code == 0
+
+
+def test_eval_json_force_never_replaces_a_users_json_with_the_same_keys(micro_run, tmp_path):
+    mine = tmp_path / "results.json"
+    mine.write_text('{"run": "mine", "probe_pass_rate": 0.5}\n')
+    base = ("eval", micro_run, "--samples", "1", "--json", mine)
+    refused(invoke(*base), "not an eval result", "--json")
+    refused(invoke(*base, "--force"), "not even with --force")
+    assert mine.read_text() == '{"run": "mine", "probe_pass_rate": 0.5}\n'
+
+
+def test_force_never_follows_a_marker_out_of_its_folder(micro_run, tmp_path):
+    (tmp_path / "precious.txt").write_text("mine")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").mkdir()
+    (out / "sub" / "note.md").write_text("mine too")
+    # A folder from a stranger whose marker names files outside it (and one inside by `..`).
+    write_marker(out, "export", ["../precious.txt", "/etc/hostname", "sub/../sub/note.md"])
+    result = invoke("export", micro_run, "--to", "hf", "--out", out, "--force")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "precious.txt").read_text() == "mine"
+    assert (out / "sub" / "note.md").read_text() == "mine too"
+
+
+def test_force_replaces_exactly_the_files_the_marker_lists(micro_run, tmp_path):
+    out = tmp_path / "out"
+    assert invoke("export", micro_run, "--to", "gguf", "--out", out).exit_code == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker == {"guppyforge": "export", "files": ["Modelfile", "model.gguf"]}  # by name
+    (out / "notes.txt").write_text("mine")
+    (out / "README.md").write_text("my readme")  # a name hf writes, but not listed: the user's
+    refused(invoke("export", micro_run, "--to", "hf", "--out", out, "--force"),
+            "README.md", "never replaces them")  # fmt: skip
+    assert (out / "README.md").read_text() == "my readme" and (out / "model.gguf").is_file()
+    (out / "README.md").unlink()
+    assert invoke("export", micro_run, "--to", "hf", "--out", out, "--force").exit_code == 0
+    assert not (out / "model.gguf").exists() and not (out / "Modelfile").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    assert "notes.txt" not in json.loads((out / MARKER).read_text())["files"]
+
+
+@pytest.mark.parametrize("error", ["oserror", "safetensors"])
+def test_export_on_a_full_disk_leaves_the_earlier_export_as_it_was(
+    micro_run, tmp_path, monkeypatch, error
+):
+    import errno
+
+    import safetensors
+
+    import guppyforge.apps.export.hf as hf
+
+    out = tmp_path / "out"
+    assert invoke("export", micro_run, "--to", "hf", "--out", out).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+
+    def full_disk(*args, **kwargs):
+        if error == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise safetensors.SafetensorError("Error while serializing: IoError(Os { code: 28, "
+                                          'kind: StorageFull, message: "No space left on device" })')  # fmt: skip
+
+    monkeypatch.setattr(hf, "save_file", full_disk)
+    refused(invoke("export", micro_run, "--to", "hf", "--out", out, "--force"),
+            "No space left on device", "nothing was changed")  # fmt: skip
+    assert snapshot(out) == before  # no file changed, no staging folder left
+    refused(invoke("export", micro_run, "--to", "hf", "--out", tmp_path / "new"), "No space left")
+    assert not (tmp_path / "new").exists()  # a new folder that could not be written is not left
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next(micro_run, tmp_path):
+    from guppyforge.ownership import check_folder
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with check_folder(out, "export", False, files=("model.gguf",)).staged() as stage:
+            (stage / "model.gguf").write_bytes(b"half")
+            os.rename(stage, out / ".guppyforge.tmp-killed")  # as if killed: it stays behind
+            raise KeyboardInterrupt
+    assert (out / ".guppyforge.tmp-killed" / MARKER).is_file()
+    assert invoke("export", micro_run, "--to", "gguf", "--out", out).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "Modelfile", "model.gguf"]

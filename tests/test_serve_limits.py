@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -188,3 +189,48 @@ def test_a_missing_serve_extra_gets_a_one_line_install_hint(micro_run):
     assert out.stderr.strip().splitlines() == [
         "error: guppyforge serve needs FastAPI, uvicorn and sse-starlette (fastapi is missing): pip install 'guppyforge[serve]'"
     ]
+
+
+# --- refusals a client can read: the body is never half-read into a reset -----------------------
+
+
+def test_a_10_mb_body_gets_the_413_json_not_a_reset(server):
+    status, body = send(server, "POST", "/v1/chat/completions", b"x" * (10 << 20))
+    assert status == 413, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "body_too_large" and "--max-body" in body["error"]["message"]
+
+
+def test_a_too_slow_body_gets_the_408_json_not_a_broken_pipe(server):
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sesame\r\nContent-Length: 3000\r\n\r\n"
+    with socket.create_connection(server.server_address, timeout=10) as sock:
+        sock.sendall(head + b"{" * 10)
+        assert select.select([sock], [], [], 10)[0]  # the 408 is on its way (--timeout 0.5 s)
+        sock.sendall(b"{" * 2990)  # the rest, late: read and dropped, never a reset
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 408 " in status_line, answer[:200]
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "request_timeout" and set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_serve_timeout_must_be_a_finite_number(micro_run, value):
+    from click.testing import CliRunner
+
+    from guppyforge.apps.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", str(micro_run), "--timeout", value])
+    assert result.exit_code == 2 and "--timeout" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_host_beyond_loopback_without_a_key_is_refused_before_torch_is_imported(micro_run):
+    code = "import sys; from guppyforge.apps.cli import main; sys.argv = ['guppyforge', 'serve', sys.argv[1], '--host', '0.0.0.0']\ntry:\n    main()\nexcept SystemExit:\n    print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code, micro_run], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.stdout.strip() == "False"  # neither torch nor the model was loaded
+    assert out.stderr.strip().splitlines()[0].startswith("error: --host 0.0.0.0:")
+    assert "--api-key" in out.stderr

@@ -31,6 +31,7 @@ from guppyforge.apps.export.web import RUNTIME_ENV, find_runtime, install_runtim
 from guppyforge.errors import GuppyError
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import load_run
+from guppyforge.ownership import write_marker
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags for a quiet, offline, container-friendly headless Chromium.
@@ -221,16 +222,17 @@ def test_no_npm_is_one_clear_error(monkeypatch, tmp_path):
 
 def test_force_replaces_an_earlier_web_export_and_keeps_the_users_files(micro_run, tmp_path):
     out = tmp_path / "site"
-    prepare_out_dir(Path(micro_run), out, force=False)  # a new folder: made and marked as ours
-    (out / "runtime").mkdir()
+    (out / "runtime").mkdir(parents=True)
     (out / "runtime" / "old.js").write_text("from an earlier export")
+    write_marker(out, "export", ["runtime/old.js"])  # the earlier export listed it
     with pytest.raises(GuppyError, match="--force"):
         prepare_out_dir(Path(micro_run), out, force=False)
-    prepare_out_dir(Path(micro_run), out, force=True)
+    prepare_out_dir(Path(micro_run), out, force=True).clear()
     assert not (out / "runtime" / "old.js").exists()  # stale runtime files go
-    (out / "notes.txt").write_text("the user's own file")  # kept: not a name export writes
-    prepare_out_dir(Path(micro_run), out, force=True)
-    assert (out / "notes.txt").read_text() == "the user's own file"
+    (out / "runtime" / "mine.js").write_text("the user's own file")  # a name export may write
+    with pytest.raises(GuppyError, match="never replaces them"):
+        prepare_out_dir(Path(micro_run), out, force=True)
+    assert (out / "runtime" / "mine.js").read_text() == "the user's own file"
 
 
 def test_fp32_is_only_for_web(micro_run, tmp_path):

@@ -207,7 +207,7 @@ def export_cmd(run_dir, target, out_dir, int8, fp32, gguf_type, force) -> None:
 @click.option("--max-prompt-chars", type=click.IntRange(1), default=32_000, show_default=True)
 @click.option("--max-body", type=click.IntRange(1), default=1 << 20, show_default=True,
               help="Largest request body, in bytes.")  # fmt: skip
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--timeout", type=finite(min=0.1), default=10.0, show_default=True,
               help="Seconds a client may take to send a request.")  # fmt: skip
 def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
     """Serve RUN_DIR: an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
@@ -218,8 +218,12 @@ def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
     # then open http://127.0.0.1:8000/ or, from any OpenAI client:
     # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     """
+    try:
+        from guppyforge.apps.serve_http import Limits, check_exposure
+    except ImportError:  # the serve extra is missing: serve.py says so in one line
+        import guppyforge.apps.serve  # noqa: F401
+    check_exposure(host, api_key)  # before torch is imported and the model loads: seconds sooner
     from guppyforge.apps.serve import serve
-    from guppyforge.apps.serve_http import Limits
 
     limits = Limits(**limits, body_timeout=timeout, head_timeout=timeout)
     serve(run_dir, host, port, device, api_key=api_key, limits=limits)

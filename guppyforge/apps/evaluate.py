@@ -30,7 +30,7 @@ from guppyforge.files import text_table, write_atomic
 from guppyforge.model.batches import eval_loss, tokenize
 from guppyforge.model.engine import Engine
 from guppyforge.model.run import dataset_dir, load_run, pick_device
-from guppyforge.ownership import check_inputs, claim_file, guard
+from guppyforge.ownership import EVAL_SCHEMA, check_inputs, claim_file, guard
 from guppyforge.persona.load import load_persona
 
 # The sentence ends `generate` cuts replies at (style.max_sentences), so both count alike.
@@ -261,13 +261,15 @@ def run_eval(
 ) -> None:
     """`guppyforge eval`: print the table, write --json, and honour --min-pass."""
     if json_path:  # refused before the work, and the run folder is an input like any other
-        claim_file(json_path, "eval", force, hint="Add --force to replace it, or pick --json")
+        claim_file(json_path, "eval", force, hint="Add --force to replace it, or pick --json",
+                   elsewhere="Pick another --json, or move the file away")  # fmt: skip
         check_inputs(Path(json_path), [run_dir])
     options["device"] = str(pick_device(options.get("device") or "auto"))
     result = evaluate_run(run_dir, **options)
     print(format_report(result))
     if json_path:
-        text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        # The schema id is what lets a later `--json FILE --force` know the file is ours.
+        text = json.dumps({"schema": EVAL_SCHEMA, **result}, indent=2, ensure_ascii=False) + "\n"
         guard(Path(json_path), lambda: write_atomic(json_path, text))
         print(f"wrote {json_path}")
     if min_pass is not None and result["probe_pass_rate"] < min_pass:

@@ -40,7 +40,7 @@ except ImportError as e:  # the optional extra is not installed
 
 from guppyforge.apps import openai_api as api
 from guppyforge.apps.openai_api import ApiError
-from guppyforge.apps.serve_http import HeadTimeoutH11, Limits, check_key, is_loopback, read_body
+from guppyforge.apps.serve_http import HeadTimeoutH11, Limits, check_exposure, check_key, read_body
 from guppyforge.errors import GuppyError
 from guppyforge.model.batching import BatchDecoder, Busy
 from guppyforge.model.engine import Engine
@@ -321,10 +321,7 @@ def _page_settings(run: Run, model_id: str) -> api.PageSettings:
 def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
           api_key: str | None = None, limits: Limits | None = None) -> None:  # fmt: skip
     """`guppyforge serve`: load the run and answer requests until Ctrl+C."""
-    if not is_loopback(host) and not api_key:
-        raise GuppyError(
-            f"--host {host}: serving beyond this machine needs --api-key KEY (or GUPPYFORGE_API_KEY); clients send it as 'Authorization: Bearer KEY'."
-        )
+    check_exposure(host, api_key)
     run = load_run(run_dir, device=str(pick_device(device)))
     try:
         server = make_server(run, host, port, api_key=api_key, limits=limits, log_level="info")

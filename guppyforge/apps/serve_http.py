@@ -3,7 +3,10 @@
 uvicorn parses HTTP and FastAPI routes; what they leave to the application is here: a bearer
 key, a cap and a deadline on the body (uvicorn waits for a body for ever), and a deadline on the
 request head (uvicorn waits for that for ever too), so a stalled client costs one idle socket
-for a few seconds and never holds anything another request needs.
+for a few seconds and never holds anything another request needs. A request refused before its
+body is in (413, 408) is answered, then the connection lingers to read and drop what the client
+still sends: closing on unread data makes the kernel reset the connection, and the client would
+see "connection reset" or "broken pipe" instead of the answer.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from fastapi import Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from guppyforge.apps.openai_api import ApiError
+from guppyforge.errors import GuppyError
 
 
 @dataclass
@@ -42,6 +46,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to anything
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """Refuse to serve beyond this machine without a key (checked before the model loads)."""
+    if not is_loopback(host) and not api_key:
+        raise GuppyError(
+            f"--host {host}: serving beyond this machine needs --api-key KEY (or GUPPYFORGE_API_KEY); clients send it as 'Authorization: Bearer KEY'."
+        )
 
 
 def check_key(api_key: str | None):
@@ -69,19 +81,14 @@ async def read_body(request: Request, limits: Limits) -> bytes:
         f"The request body is over this server's limit of {limits.max_body} bytes (--max-body)."
     )
     if declared is not None and int(declared) > limits.max_body:  # h11 checked it is a number
-        # Read (a bounded part of) what the client sends before answering: closing on unread
-        # data makes the kernel reset the connection, and the client would see "connection
-        # reset" instead of this error.
-        if int(declared) <= 8 * limits.max_body:
-            await _receive(request, 8 * limits.max_body, limits.body_timeout, keep=False)
-        raise ApiError(413, too_big, None, "body_too_large")
+        raise ApiError(413, too_big, None, "body_too_large")  # the body is never read
     body = await _receive(request, limits.max_body, limits.body_timeout)
     if body is None:
         raise ApiError(413, too_big, None, "body_too_large")
     return body
 
 
-async def _receive(request: Request, cap: int, timeout: float, keep: bool = True) -> bytes | None:
+async def _receive(request: Request, cap: int, timeout: float) -> bytes | None:
     """Up to `cap` bytes of body (None past it); ApiError 408 when it does not come in time."""
     parts, size = [], 0
 
@@ -91,8 +98,7 @@ async def _receive(request: Request, cap: int, timeout: float, keep: bool = True
             size += len(chunk)
             if size > cap:
                 return
-            if keep:
-                parts.append(chunk)
+            parts.append(chunk)
 
     try:
         await asyncio.wait_for(collect(), timeout)
@@ -100,6 +106,35 @@ async def _receive(request: Request, cap: int, timeout: float, keep: bool = True
         message = f"The request body did not arrive within {timeout:g} s (--timeout)."
         raise ApiError(408, message, None, "request_timeout") from None
     return None if size > cap else b"".join(parts)
+
+
+LINGER_BYTES = 128 << 20  # what a refused client may still send before it is cut off
+
+
+class _Lingering:
+    """A connection's transport whose close() waits for the client's unsent body: the answer
+    goes out, then a FIN, and what still arrives is dropped until the client closes, has sent
+    LINGER_BYTES, or the head timeout passes."""
+
+    def __init__(self, transport, protocol: HeadTimeoutH11) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingered is not None or self._transport.is_closing()
+
+    def close(self) -> None:
+        p, transport = self._protocol, self._transport
+        mid_body = p.conn.their_state is h11.SEND_BODY
+        if p.lingered is not None or not mid_body or not transport.can_write_eof():
+            transport.close()
+            return
+        p.lingered = 0
+        transport.write_eof()  # after the answer already written
+        transport.resume_reading()  # flow control may have paused it
+        p.loop.call_later(p.head_timeout, transport.close)
 
 
 class HeadTimeoutH11(H11Protocol):
@@ -112,12 +147,19 @@ class HeadTimeoutH11(H11Protocol):
     """
 
     head_timeout = 10.0
+    lingered: int | None = None  # bytes dropped since a refusal; None: not lingering
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        self.transport = _Lingering(transport, self)
         self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
 
     def data_received(self, data: bytes) -> None:
+        if self.lingered is not None:  # a refused request's body: dropped, never parsed
+            self.lingered += len(data)
+            if self.lingered > LINGER_BYTES:
+                self.transport._transport.close()
+            return
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
             self._head_timer.cancel()
@@ -127,6 +169,11 @@ class HeadTimeoutH11(H11Protocol):
         super().on_response_complete()
         if not self.transport.is_closing():
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def eof_received(self) -> bool | None:
+        if self.lingered is not None:
+            self.transport._transport.close()  # the client has sent all it will: it has the answer
+        return super().eof_received()
 
     def connection_lost(self, exc) -> None:
         if self._head_timer is not None:

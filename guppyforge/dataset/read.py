@@ -1,7 +1,9 @@
 """Reading a dataset folder back: the train and test splits that `generate` wrote.
 
 The folder is read with `datasets.load_dataset`, exactly as the same folder pushed to the Hub
-would be, so what `train` and `eval` see is what anyone else sees.
+would be, so what `train` and `eval` see is what anyone else sees. Each parquet file's
+`messages` column is checked first, so a file from another tool is refused with its name and
+row rather than failing deep inside tokenizing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ def load_splits(data_dir: str | Path):
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise GuppyError(f"{data_dir}: no such folder. Write one with `guppyforge generate`.")
+    for path in sorted(data_dir.glob("data/*.parquet")):
+        check_messages(path)
     datasets.disable_progress_bars()  # training draws its own progress bar
     try:
         splits = datasets.load_dataset(str(data_dir))
@@ -49,3 +53,63 @@ def _name_broken_file(data_dir: Path) -> None:
             why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
             raise GuppyError(f"{path}: damaged parquet file ({why}). Generate the dataset again, "
                              "or restore the file") from None  # fmt: skip
+
+
+FIX = "Write the data with `guppyforge generate`, or mend that row"
+
+
+def check_messages(path: Path) -> None:
+    """Refuse a parquet file whose `messages` are not lists of {role, content} strings, naming
+    the first row at fault (counting from 0)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not path.is_file():  # a FIFO or a device would block the read for ever
+        raise GuppyError(f"{path}: not a regular file. Give the parquet file itself")
+    try:
+        schema = pq.read_schema(path)
+    except Exception:  # damaged: _name_broken_file says so once datasets fails on it
+        return
+    if "messages" not in schema.names:
+        columns = ", ".join(schema.names[:5]) or "none"
+        raise GuppyError(f"{path}: no 'messages' column (it has: {columns}). Name the column "
+                         "of conversations 'messages', or write the data with `guppyforge "
+                         "generate`")  # fmt: skip
+    kind = schema.field("messages").type
+    item = kind.value_type if pa.types.is_list(kind) or pa.types.is_large_list(kind) else None
+    texts = (pa.types.is_string(t) or pa.types.is_large_string(t) for t in _fields(item))
+    if item is None or not pa.types.is_struct(item) or not all(texts):
+        raise GuppyError(f"{path}: the 'messages' column holds {kind}, not lists of "
+                         "{role, content} strings. Write the data with `guppyforge generate`")  # fmt: skip
+    column = pq.read_table(path, columns=["messages"]).column("messages").combine_chunks()
+    row = _first(column.is_null())
+    if row is not None:
+        raise GuppyError(f"{path}: row {row}: 'messages' is null. {FIX}")
+    row = _first(pc.equal(pc.list_value_length(column), 0))
+    if row is not None:
+        raise GuppyError(f"{path}: row {row}: 'messages' is an empty list. {FIX}")
+    flat, parents = pc.list_flatten(column), pc.list_parent_indices(column)
+    for name in ("role", "content"):
+        at = _first(pc.or_(flat.is_null(), pc.struct_field(flat, name).is_null()))
+        if at is not None:
+            row = parents[at].as_py()
+            raise GuppyError(f"{path}: row {row}: a message with no '{name}'. {FIX}")
+
+
+def _fields(struct) -> list:
+    """The role and content field types of a message struct ([None] if either is missing)."""
+    import pyarrow as pa
+
+    if struct is None or not pa.types.is_struct(struct):
+        return [None]
+    names = [struct.field(i).name for i in range(struct.num_fields)]
+    return [struct.field(n).type if n in names else None for n in ("role", "content")]
+
+
+def _first(mask) -> int | None:
+    """Index of the first true value of a boolean array (nulls count as false), or None."""
+    import pyarrow.compute as pc
+
+    hits = pc.indices_nonzero(pc.fill_null(mask, False))
+    return hits[0].as_py() if len(hits) else None

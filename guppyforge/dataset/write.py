@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from itertools import accumulate
 from pathlib import Path
 
-from guppyforge.ownership import KIND_FILES, check_folder, guard, read_marker, write_marker
+from guppyforge.ownership import MARKER, check_folder, guard, listing, read_marker, write_marker
 
 # A row as the generator keeps it: cheap tuples rather than dicts, because 60K rows are built,
 # hashed, split and converted, and every dict allocation shows up in the timing.
@@ -28,8 +28,8 @@ Row = tuple[tuple[tuple[str, str], ...], str, str, int]
 def check_destination(out_dir: Path, force: bool, inputs=()) -> None:
     """Refuse, before any work starts, an output folder that exists (unless --force).
 
-    Even with --force only a guppyforge dataset (or an empty folder) is replaced, and only when
-    it holds nothing else: a typo such as `--out ~ --force` must not wipe a home directory.
+    Even with --force only a guppyforge dataset (its marker lists its files) or an empty folder
+    is replaced, and only when it holds nothing else: `--out ~ --force` must not wipe a home.
     The rule is guppyforge.ownership's, shared by every command that writes.
     """
     check_folder(out_dir, "dataset", force, inputs=inputs, whole=True)
@@ -76,8 +76,10 @@ def atomic_folder(out_dir: Path, force: bool, inputs=()) -> Iterator[Path]:
     guard(out_dir, lambda: tmp.mkdir(parents=True))
     try:
         # The marker first: a folder left by a kill is then known to be ours, and cleaned.
-        write_marker(tmp, "dataset", KIND_FILES["dataset"])
+        write_marker(tmp, "dataset", [])
         yield tmp
+        written = [n for n in listing(tmp) if n != MARKER and not n.endswith("/")]
+        write_marker(tmp, "dataset", written)  # by name: what a later --force may replace
         # Checked again: another process may have created the folder while we were working.
         check_destination(out_dir, force, inputs)
         old = None

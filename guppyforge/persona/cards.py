@@ -22,11 +22,16 @@ import yaml
 from jinja2 import TemplateError
 
 from guppyforge.errors import GuppyError, where
-from guppyforge.files import write_atomic
+from guppyforge.files import require_regular, write_atomic
 from guppyforge.ownership import claim_file, guard
 from guppyforge.persona import limits
 from guppyforge.persona.card_png import read_packed_card, write_png_card
-from guppyforge.persona.cardcheck import check_persona_text, deeper_than, strip_controls
+from guppyforge.persona.cardcheck import (
+    check_card_text,
+    check_persona_text,
+    deeper_than,
+    strip_controls,
+)
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.load import load_persona
 from guppyforge.persona.templating import environment
@@ -51,6 +56,7 @@ _PERSONALITY = re.compile(r"^Personality:[ \t]*", re.MULTILINE)  # where notes' 
 
 def read_card(path: Path) -> dict[str, Any]:
     """Read a card (JSON, PNG or .charx) as `{spec, spec_version, data, ...}` (V1 -> `data`)."""
+    require_regular(path, "Give the card file itself")
     try:
         raw = read_packed_card(path)  # the JSON inside a PNG card or a .charx; None otherwise
         if raw is None:
@@ -271,11 +277,14 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     ours = ours.get("guppyforge") if isinstance(ours, dict) else None
     persona = ours.get("persona") if isinstance(ours, dict) else None
     if not (isinstance(persona, dict) and persona):  # not a card that guppyforge exported
+        check_card_text(card, card_path)
         ours, persona = {}, card_to_persona(card)
+    elif not isinstance(ours.get("yaml"), str):  # only the mapping: it becomes the YAML
+        check_card_text(persona, card_path)
     name = slugify(str(persona.get("name") or ""))  # an embedded name may not be a safe path
     out = Path(out) if out else Path("personas") / f"{name}.yaml"
     hint = "Pass --force to replace it, or --out NEW.yaml"
-    claim_file(out, "persona", force, inputs=[card_path], hint=hint)
+    claim_file(out, "persona", force, inputs=[card_path], hint=hint, name=persona.get("name"))
     if not ours:
         header = _HEADER.format(display=persona["display_name"], source=card_path.name, out=out)
         text = header + dump_yaml(persona)

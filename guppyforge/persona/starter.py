@@ -58,7 +58,7 @@ def write_persona(name: str, source: str | None = None, directory: str | Path = 
         raise GuppyError(f"--dir {directory}: is a file, not a folder. Pick another --dir")
     # No --force here: a persona is hand-edited work, so an existing file is never replaced.
     hint = "Choose another name or --dir, or delete it first"
-    claim_file(out, "persona", False, hint=hint)
+    claim_file(out, "persona", False, name=name, hint=hint, elsewhere=hint)
     text = starter_text(name) if source is None else copied_text(name, source)
     guard(out, lambda: write_atomic(out, text))  # a crash never leaves half a persona behind
     return out

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from guppyforge.errors import GuppyError, where
+from guppyforge.files import require_regular
 from guppyforge.persona import limits
 
 try:  # libyaml is ~10x faster; both keep line/column marks
@@ -67,6 +68,7 @@ def read_yaml(path: str | Path) -> Doc:
     import hashlib
 
     path = Path(path)
+    require_regular(path, "A persona is a YAML text file")
     try:
         with open(path, "rb") as f:
             raw = f.read(limits.MAX_FILE_BYTES + 1)

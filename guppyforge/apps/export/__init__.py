@@ -6,7 +6,8 @@ One target, one module:
 - `gguf` (gguf.py): model.gguf + an Ollama Modelfile, for llama.cpp and Ollama.
 - `web` (web.py, apps/page/): a static page that chats with the character in the browser.
 
-This module picks the target and checks the output folder.
+This module picks the target and checks the output folder. Every target writes into a staging
+folder first (ownership.Claim.staged): a full disk or a crash leaves the earlier export as it was.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from guppyforge.apps.export.onnx import export_onnx
 from guppyforge.apps.export.web import export_web
 from guppyforge.errors import GuppyError
 from guppyforge.model.run import load_run
-from guppyforge.ownership import claim
+from guppyforge.ownership import Claim, check_folder
 
 TARGETS = ("hf", "onnx", "gguf", "web")
 
-# Every file an export may write. With --force only these are replaced or removed, never the
-# rest of the folder: `--out .` by mistake must not wipe a user's working directory.
+# Every file an export may write: a user's file under one of these names is refused, never
+# replaced. With --force only the files the earlier export's marker lists are replaced.
 OUTPUT_FILES = (
     "config.json",
     "generation_config.json",
@@ -71,20 +72,23 @@ def export_run(
         check_gguf_type(gguf_type)
     run_dir, out = Path(run_dir), Path(out)
     run = load_run(run_dir)
-    prepare_out_dir(run_dir, out, force)
-    if to == "hf":
-        return export_hf(run, out)
-    if to == "web":
-        return export_web(run, out, int8=not fp32)
-    if to == "gguf":
-        return export_gguf(run, out, gguf_type or DEFAULT_GGUF_TYPE)
-    return export_onnx(run, out, int8=int8)
+    claim = prepare_out_dir(run_dir, out, force)
+    with claim.staged() as stage:
+        if to == "hf":
+            written = export_hf(run, stage)
+        elif to == "web":
+            written = export_web(run, stage, int8=not fp32)
+        elif to == "gguf":
+            written = export_gguf(run, stage, gguf_type or DEFAULT_GGUF_TYPE)
+        else:
+            written = export_onnx(run, stage, int8=int8)
+    return [out / path.relative_to(stage) for path in written]
 
 
-def prepare_out_dir(run_dir: Path, out: Path, force: bool, files=OUTPUT_FILES) -> None:
-    """Create and mark `out` (guppyforge.ownership): an earlier export is replaced only with
-    `force`, and the user's own files are never overwritten. A new target passes its `files`."""
+def prepare_out_dir(run_dir: Path, out: Path, force: bool, files=OUTPUT_FILES) -> Claim:
+    """Check `out` before any work (guppyforge.ownership): an earlier export is replaced only
+    with `force`, the user's own files never. A new target passes its `files`."""
     if out.resolve() == run_dir.resolve():
         # The GPT-2 config.json would replace the run's own config.json: the run would be lost.
         raise GuppyError(f"--out {out}: that is the run folder itself. Choose another folder.")
-    claim(out, "export", force, inputs=[run_dir], files=files).clear()
+    return check_folder(out, "export", force, inputs=[run_dir], files=files)
