@@ -128,7 +128,7 @@ class Sampler:
 
     def __init__(self, persona: Persona, seed: int = 0):
         self.persona, self.seed = persona, seed
-        self.compiled = compile_persona(persona, _raise)
+        self.compiled = persona.compiled or compile_persona(persona, _raise)
         self.grammar = self.compiled.grammar
         self.topics = {t.name: t for t in self.compiled.topics}
         self._topic_list = self.compiled.topics

@@ -75,4 +75,5 @@ def _load(path: str | Path) -> tuple[Persona, list[str], list[str]]:
         for name, sym in persona.grammar.items():
             if name not in used:
                 r.warnings.append(f"{sym.where}: symbol is never used. Use it or delete it")
+        object.__setattr__(persona, "compiled", compiled)  # frozen, but this is its own cache
     return persona, r.errors, r.warnings
