@@ -229,7 +229,9 @@ class Draw:
         alts = rule.alts
         if len(alts) == 1:
             alt = alts[0]
-        elif self.u is not None and rule.name not in self.bags and depth + rule.deepest - 1 <= _DEPTH:
+        elif (
+            self.u is not None and rule.name not in self.bags and depth + rule.deepest - 1 <= _DEPTH
+        ):
             # The common case, inlined: a symbol's first draw in a conversation, decoded from u.
             cum = rule.cum
             x = self.u * cum[-1]
