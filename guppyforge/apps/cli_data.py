@@ -41,7 +41,7 @@ def validate(files: tuple[str, ...], target: int) -> None:
         failed = failed or bool(report.errors)
         if not report.errors:
             click.echo(f"{file}: ok")
-            click.echo(capacity_table(report.capacity))
+            click.echo(capacity_table(report.capacity, report.forecast))
     if failed:
         raise SystemExit(1)
 

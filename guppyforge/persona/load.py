@@ -19,6 +19,7 @@ from guppyforge.persona.checks import (
     smoke_test,
 )
 from guppyforge.persona.conversations import Sampler, compile_persona
+from guppyforge.persona.forecast import forecast
 from guppyforge.persona.schema import Reader
 from guppyforge.persona.types import Persona, Report
 from guppyforge.persona.yamlsafe import read_yaml
@@ -50,15 +51,19 @@ def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> R
     if total < target:
         warnings.append(f"{persona.path}: capacity: {total:,} distinct conversations, fewer "
                         f"than the {target:,} requested. Add alternatives or templates")  # fmt: skip
-    else:  # enough in all, but a topic's weight may ask it for more than it can make
-        weights = sum(t.weight for t in persona.topics.values())
-        for name, t in persona.topics.items():
-            share = round(target * t.weight / weights)
-            if table[name].conversations < share:
-                warnings.append(f"{persona.path}: topics.{name}: {table[name].conversations:,} "
-                                f"distinct conversations, but its weight asks for {share:,} of "
-                                f"{target:,}. Add alternatives or lower its weight")  # fmt: skip
-    return Report(errors, warnings, table)
+    predicted = forecast(persona, target, sampler=sampler)
+    warnings += [p.warning(target) for p in predicted.pairs if p.dry]
+    weights = sum(t.weight for t in persona.topics.values())
+    for name, t in persona.topics.items():
+        share = target * t.weight / weights
+        rows = predicted.rows[name]
+        if abs(rows - share) > max(0.10 * share, 10):  # as generate warns, but before drawing
+            where = t.ask[0] if t.ask else None
+            at = f"{where.file}:{where.line}:{where.column}" if where else str(persona.path)
+            warnings.append(f"{at}: topics.{name}: about {rows:,} rows predicted for "
+                            f"-n {target:,}, but its weight asks for {round(share):,}. Fix its "
+                            "dry pairs (above), or change its weight")  # fmt: skip
+    return Report(errors, warnings, table, predicted)
 
 
 def _load(path: str | Path) -> tuple[Persona, list[str], list[str]]:
