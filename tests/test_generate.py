@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -392,3 +393,19 @@ def test_a_missing_or_broken_persona_is_a_one_line_error(tmp_path):
     result = run_cli(str(broken), "--out", str(tmp_path / "x"))
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert result.output.startswith(f"error: {broken}")
+
+
+def test_card_reproduce_command_names_the_folders_own_persona_copy(
+    fish_data, monkeypatch, tmp_path
+):
+    out, result = fish_data
+    card = (out / "README.md").read_text()
+    block = card.split("## Reproduce", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    assert block.startswith("guppyforge generate persona.yaml ")
+    assert str(out) not in card and str(out.parent) not in block  # no path of the author's
+    # Run as written, in (a copy of) the folder: the very same rows.
+    shutil.copytree(out, tmp_path / "fish")
+    monkeypatch.chdir(tmp_path / "fish")
+    again = run_cli(*block.split()[2:], "--quiet")
+    assert again.exit_code == 0, again.output
+    assert json.loads(Path("rebuilt/stats.json").read_text())["fingerprint"] == (result.fingerprint)

@@ -98,7 +98,7 @@ def generate_dataset(
     `strict` when the persona cannot fill `n` rows (otherwise a CapacityWarning is issued).
     """
     started = time.perf_counter()
-    given = persona_path  # the card quotes it as typed: `guppy`, not a machine's full path
+    given = persona_path
     persona_path, out_dir = _resolve_persona(persona_path), Path(out_dir)
     for name, value in (("-n", n), ("--workers", workers), ("--seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -246,13 +246,18 @@ def _stats(persona, draw: DrawResult, splits: dict, **settings) -> dict:
 
 
 def _command(persona_path, out_dir, n, seed, test_size, turns, workers, strict) -> str:
-    """The `guppyforge generate` command line that makes this same dataset."""
-    args = ["guppyforge", "generate", str(persona_path), "-n", str(n), "--seed", str(seed)]
+    """The `guppyforge generate` command line that makes this same dataset, run in its folder.
+
+    It names the folder's own copy, persona.yaml (the exact bytes that made the rows), never the
+    path on the author's machine, which means nothing to whoever downloads the dataset.
+    """
+    del persona_path, out_dir  # the author's paths: deliberately left out
+    args = ["guppyforge", "generate", "persona.yaml", "-n", str(n), "--seed", str(seed)]
     args += ["--test-size", str(test_size)]
     args += ["--turns", str(turns)] if turns is not None else []
     if workers != 1:
         args += ["--workers", str(workers)]
     if strict:
         args.append("--strict")
-    args += ["--out", str(out_dir)]
+    args += ["--out", "rebuilt"]
     return shlex.join(args)
