@@ -146,6 +146,7 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 
     from guppyforge.dataset.generate import (
         CapacityWarning,
+        DataWarning,
         TemplateTextWarning,
         generate_dataset,
     )
@@ -154,6 +155,7 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CapacityWarning)
         warnings.simplefilter("always", TemplateTextWarning)
+        warnings.simplefilter("always", DataWarning)
         result = generate_dataset(
             persona,
             out_dir,
