@@ -9,6 +9,7 @@ of them) compile to a list of parts that Python joins directly: no Jinja call pe
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,67 +22,86 @@ from guppyforge.persona.limits import MAX_MESSAGE_CHARS, MAX_TAG_TOKENS, MAX_TEM
 
 # --- filters --------------------------------------------------------------------------------
 
-_IRREGULAR = {
-    "man": "men", "woman": "women", "child": "children", "person": "people", "mouse": "mice",
-    "louse": "lice", "goose": "geese", "foot": "feet", "tooth": "teeth", "ox": "oxen", "die": "dice",
-}  # fmt: skip
-_SAME = {
-    "fish",
-    "sheep",
-    "deer",
-    "moose",
-    "salmon",
-    "trout",
-    "shrimp",
-    "squid",
-    "series",
-    "species",
-}
-_VES = {"leaf", "loaf", "wolf", "calf", "half", "knife", "life", "wife", "shelf", "thief", "elf"}
-_OES = {"potato", "tomato", "hero", "echo", "veto", "mosquito"}
+# English inflection comes from `inflect` (a kept dictionary of irregular nouns and verbs, and of
+# compounds: "cup of tea" -> "cups of tea"), never from rules written here. Filters stay pure
+# functions of one bounded string, cached: a persona renders the same few values over and over.
+_MAX_INFLECT = 80  # characters: longer text is returned as it is (bounds inflect's regex work)
 
 
-def plural(text: str) -> str:
-    """English plural of a phrase's last word: mouse -> mice, fly -> flies, box -> boxes."""
-    head, _, word = str(text).rpartition(" ")
-    low = word.lower()
-    if not low.isascii() or not low.isalpha():
-        return text  # not an English word (or a script without plurals): leave it alone
-    if low in _SAME:
-        out = low
-    elif low in _IRREGULAR:
-        out = _IRREGULAR[low]
-    elif low in _VES:
-        out = low[:-2] + "ves" if low.endswith("fe") else low[:-1] + "ves"
-    elif low in _OES or low.endswith(("s", "x", "z", "ch", "sh")):
-        out = low + "es"
-    elif low.endswith("y") and low[-2:-1] not in ("a", "e", "i", "o", "u", ""):
-        out = low[:-1] + "ies"
-    else:
-        out = low + "s"
-    if word.isupper() and len(word) > 1:
-        out = out.upper()
-    elif word[:1].isupper():
-        out = out[:1].upper() + out[1:]
-    return f"{head} {out}" if head else out
+@lru_cache(maxsize=1)
+def _engine():
+    import inflect
+
+    engine = inflect.engine()
+    engine.classical(all=False)  # everyday English: "operas", not "opera" as the plural of "opus"
+    return engine
 
 
-_A_WORDS = ("uni", "use", "usu", "uti", "eu", "one", "once", "ur")
-_AN_WORDS = ("hour", "honest", "honor", "honour", "heir")
+def _inflectable(text: str) -> bool:
+    word = text.rpartition(" ")[2].replace("-", "")
+    return 0 < len(text) <= _MAX_INFLECT and word.isascii() and word.isalpha()
 
 
-def a_an(text: str) -> str:
-    """Prefix the right English article: apple -> an apple, unicorn -> a unicorn, hour -> an hour."""
+@lru_cache(maxsize=4096)
+def is_plural(text: str) -> bool:
+    """True when `text` reads as a plural noun phrase ("spiders", "long walks"; not "fish")."""
     text = str(text)
-    low = text.lower()
-    if not low[:1].isascii() or not low[:1].isalpha():
+    if not _inflectable(text):
+        return False
+    if text.partition(" of ")[0].endswith("ss"):  # glass (of water), boss: not plurals of "glas"
+        return False
+    single = _engine().singular_noun(text)
+    # The round trip keeps a singular inflect can also read as a Latin plural ("opera") singular.
+    return bool(single) and single != text and _engine().plural_noun(single) == text
+
+
+@lru_cache(maxsize=4096)
+def plural(text: str) -> str:
+    """Plural of a noun phrase: e-reader -> e-readers, cup of tea -> cups of tea, mouse -> mice.
+    Already plural (or not English letters): unchanged."""
+    text = str(text)
+    if not _inflectable(text) or is_plural(text):
+        return text
+    return _keep_case(text, _engine().plural_noun(text.lower()))
+
+
+@lru_cache(maxsize=4096)
+def singular(text: str) -> str:
+    """Singular of a noun phrase: spiders -> spider, cups of tea -> cup of tea, mice -> mouse."""
+    text = str(text)
+    if not _inflectable(text):
+        return text
+    return _keep_case(text, _engine().singular_noun(text.lower()) or text.lower())
+
+
+@lru_cache(maxsize=4096)
+def a_an(text: str) -> str:
+    """Prefix the right English article: apple -> an apple, unicorn -> a unicorn, hour -> an hour;
+    a plural takes none (keys -> keys)."""
+    text = str(text)
+    if not text[:1].isascii() or not text[:1].isalpha() or len(text) > _MAX_INFLECT:
         return text  # digits or another script: no article rule we can trust
-    vowel = low[0] in "aeiou"
-    if low.startswith(_A_WORDS):
-        vowel = False
-    elif low.startswith(_AN_WORDS):
-        vowel = True
-    return ("an " if vowel else "a ") + text
+    if is_plural(text):
+        return text
+    return _engine().a(text)
+
+
+@lru_cache(maxsize=4096)
+def verb(subject: str, form: str) -> str:
+    """`form` (a verb as it goes with "it": is, has, does, frightens) agreeing with `subject`:
+    `{{ thing }} {{ thing | verb('is') }}` -> "spiders are", "the sea is"."""
+    subject, form = str(subject), str(form)
+    if len(form) > _MAX_INFLECT or not is_plural(subject):
+        return form
+    return _keep_case(form, _engine().plural_verb(form.lower()))
+
+
+def _keep_case(original: str, out: str) -> str:
+    if original.isupper() and len(original) > 1:
+        return out.upper()
+    if original[:1].isupper():
+        return out[:1].upper() + out[1:]
+    return out
 
 
 def capitalize(text: str) -> str:
@@ -98,8 +118,11 @@ TEXT_FILTERS = {
     "title": lambda s: str(s).title(),
     "trim": lambda s: str(s).strip(),
     "plural": plural,
+    "singular": singular,
     "a_an": a_an,
 }
+# Filters with one constant argument, e.g. `{{ thing | verb('is') }}`: (value, argument) -> text.
+ARG_FILTERS = {"verb": verb}
 # Jinja built-ins also allowed in templates: none can grow a value or reach an object.
 _JINJA_FILTERS = {"default", "d", "first", "last", "length", "count", "string"}
 _TESTS = {"defined", "undefined", "none", "string", "number", "eq", "ne", "in", "lower", "upper"}
@@ -113,6 +136,7 @@ def environment() -> SandboxedEnvironment:
         undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
     )
     env.filters.update(TEXT_FILTERS)
+    env.filters.update(ARG_FILTERS)
     return env
 
 
@@ -239,8 +263,13 @@ def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:
             parts.append(node.data)
             continue
         filters = []
-        while isinstance(node, nodes.Filter) and node.name in TEXT_FILTERS and not node.args:
-            filters.append(TEXT_FILTERS[node.name])
+        while isinstance(node, nodes.Filter):
+            if node.name in TEXT_FILTERS and not node.args:
+                filters.append(TEXT_FILTERS[node.name])
+            elif node.name in ARG_FILTERS and _const_word(node) is not None:
+                filters.append(functools.partial(_flip, ARG_FILTERS[node.name], _const_word(node)))
+            else:
+                break
             node = node.node
         if isinstance(node, nodes.Name) and node.name in symbols:
             parts.append((False, node.name, tuple(reversed(filters))))
@@ -249,6 +278,18 @@ def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:
         else:
             return None
     return tuple(parts)
+
+
+def _const_word(node: nodes.Filter) -> str | None:
+    """The one quoted argument of a filter like verb('is'), or None."""
+    if len(node.args) != 1 or not isinstance(node.args[0], nodes.Const):
+        return None
+    value = node.args[0].value
+    return value if isinstance(value, str) else None
+
+
+def _flip(f, argument: str, value: str) -> str:
+    return f(value, argument)
 
 
 class _Checker:
@@ -283,9 +324,13 @@ class _Checker:
         elif isinstance(node, nodes.Call):
             self._pick(node)
             return
+        elif isinstance(node, nodes.Filter) and node.name in ARG_FILTERS:
+            if _const_word(node) is None:
+                self.refuse(node, f"filter '{node.name}' takes one quoted word",
+                            f"Write {{{{ thing | {node.name}('is') }}}}")  # fmt: skip
         elif isinstance(node, nodes.Filter) and node.name not in TEXT_FILTERS:
             if node.name not in _JINJA_FILTERS:
-                allowed = ", ".join(sorted(set(TEXT_FILTERS) | _JINJA_FILTERS))
+                allowed = ", ".join(sorted(set(TEXT_FILTERS) | set(ARG_FILTERS) | _JINJA_FILTERS))
                 self.refuse(node, f"filter '{node.name}' is not allowed", f"Use one of: {allowed}")
         elif isinstance(node, nodes.Test) and node.name not in _TESTS:
             self.refuse(node, f"test '{node.name}' is not allowed", f"Use one of: {sorted(_TESTS)}")
