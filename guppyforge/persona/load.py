@@ -20,6 +20,7 @@ from guppyforge.persona.checks import (
 )
 from guppyforge.persona.conversations import Sampler, compile_persona
 from guppyforge.persona.forecast import forecast
+from guppyforge.persona.lints import reply_lints
 from guppyforge.persona.schema import Reader
 from guppyforge.persona.types import Persona, Report
 from guppyforge.persona.yamlsafe import read_yaml
@@ -27,7 +28,7 @@ from guppyforge.persona.yamlsafe import read_yaml
 
 def load_persona(path: str | Path) -> Persona:
     """Load and fully check a persona file; raise GuppyError with the first problem."""
-    persona, errors, _ = _load(path)
+    persona, errors, _, _ = _load(path)
     if errors:
         raise GuppyError(errors[0])
     return persona
@@ -36,7 +37,7 @@ def load_persona(path: str | Path) -> Persona:
 def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> Report:
     """Check a persona and report every problem, every warning and its capacity."""
     try:
-        persona, errors, warnings = _load(path)
+        persona, errors, warnings, doc = _load(path)
     except GuppyError as exc:  # the file could not be read as YAML at all
         return Report([str(exc)], [])
     if errors:
@@ -45,11 +46,12 @@ def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> R
     if errors:
         return Report(errors, warnings)
     sampler = Sampler(persona)
-    warnings += sentence_warnings(sampler) + placeholder_warnings(persona)
+    warnings += sentence_warnings(sampler) + placeholder_warnings(persona, doc.at)
+    warnings += reply_lints(sampler.compiled)
     table = capacity(persona)
     total = sum(c.conversations for c in table.values())
     if total < target:
-        warnings.append(f"{persona.path}: capacity: {total:,} distinct conversations, fewer "
+        warnings.append(f"{doc.at(('topics',), key=True)}: capacity: {total:,} distinct conversations, fewer "
                         f"than the {target:,} requested. Add alternatives or templates")  # fmt: skip
     predicted = forecast(persona, target, sampler=sampler)
     warnings += [p.warning(target) for p in predicted.pairs if p.dry]
@@ -66,7 +68,7 @@ def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> R
     return Report(errors, warnings, table, predicted)
 
 
-def _load(path: str | Path) -> tuple[Persona, list[str], list[str]]:
+def _load(path: str | Path) -> tuple[Persona, list[str], list[str], object]:
     r = Reader(read_yaml(path))
     persona = r.persona()
     # Templates are checked even after other schema errors, so one run reports every problem.
@@ -81,4 +83,4 @@ def _load(path: str | Path) -> tuple[Persona, list[str], list[str]]:
             if name not in used:
                 r.warnings.append(f"{sym.where}: symbol is never used. Use it or delete it")
         object.__setattr__(persona, "compiled", compiled)  # frozen, but this is its own cache
-    return persona, r.errors, r.warnings
+    return persona, r.errors, r.warnings, r.doc
