@@ -18,7 +18,7 @@ from guppyforge.persona.checks import (
     sentence_warnings,
     smoke_test,
 )
-from guppyforge.persona.conversations import Sampler, compile_persona
+from guppyforge.persona.conversations import Sampler, compile_persona, remember_compiled
 from guppyforge.persona.forecast import forecast
 from guppyforge.persona.lints import reply_lints
 from guppyforge.persona.schema import Reader
@@ -82,5 +82,5 @@ def _load(path: str | Path) -> tuple[Persona, list[str], list[str], object]:
         for name, sym in persona.grammar.items():
             if name not in used:
                 r.warnings.append(f"{sym.where}: symbol is never used. Use it or delete it")
-        object.__setattr__(persona, "compiled", compiled)  # frozen, but this is its own cache
+        remember_compiled(persona, compiled)  # a Sampler of this persona need not parse again
     return persona, r.errors, r.warnings, r.doc

@@ -101,9 +101,6 @@ class Persona:
     raw: dict = field(default_factory=dict)
     spec: tuple[int, int] = (1, 0)  # the format version the file declares: (1, 0) or (1, 1)
     turns: tuple[tuple[int, float], ...] = ()  # 1.1: (user turns, weight) mix; () = one turn
-    # The templates as load_persona compiled them while checking the file, so a Sampler need not
-    # parse them all again (conversations.CompiledPersona; None for a persona built by hand).
-    compiled: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass
