@@ -48,7 +48,7 @@ def test_follow_up_questions_asking_different_things_are_named(tmp_path):
     unlike = [w for w in validate_persona(path, 10).warnings if "unlike the question" in w]
     assert len(unlike) == 1 and unlike[0].startswith(f"{path}:17:22: ")
     assert (
-        "follow_ups[0].ask[1]: asks for an open answer, unlike the question at line 17:15 "
+        "follow_ups[0].ask[1]: asks for something else, unlike the question at line 17:15 "
         "(a reason)" in unlike[0]
     )
 

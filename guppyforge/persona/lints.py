@@ -5,8 +5,9 @@ where the pairing is allowed but reads badly:
 - a reply that reads none of the values an open question names ("what do you think of
   {{ thing }}" answered by a reply about something else): it answers every such question alike
   (a yes-or-no question, "do you want some {{ food }}", may well be answered "always.");
-- a follow-up whose questions look unlike each other: every reply of the step answers every one
-  of its questions, so a reply written for one is given to the others.
+- a follow-up that asks both for a reason ("why") and for something else ("what else do you
+  like"): every reply of the step answers every one of its questions, so a reason is given to
+  "what else" and the reverse.
 """
 
 from __future__ import annotations
@@ -71,15 +72,15 @@ def _named_value(template, stage) -> str | None:
 
 def _unlike_questions(topic: str, k: int, st) -> list[str]:
     """Questions of one follow-up that ask for another kind of answer than the rest of it: a
-    reason ("why"), a yes or no ("do you..."), or an open answer ("what else...")."""
+    reason ("why") where the others ask for something else ("what else..."), or the reverse."""
     kinds = [_kind(t.text) for t, _ in st.asks]
-    if len(set(kinds) - {None}) < 2:
+    if not {"reason", "more"} <= set(kinds):
         return []
-    known = [x for x in kinds if x]
+    known = [x for x in kinds if x in ("reason", "more")]
     usual = max(dict.fromkeys(known), key=known.count)  # a tie: the kind asked first
     out = []
     for (t, _), kind in zip(st.asks, kinds, strict=True):
-        if kind and kind != usual:
+        if kind in ("reason", "more") and kind != usual:
             like = next(q for (q, _), x in zip(st.asks, kinds, strict=True) if x == usual)
             out.append(f"{t.where}: asks for {_KINDS[kind]}, unlike the question at line "
                        f"{like.line}:{like.column} ({_KINDS[usual]}) of the same follow-up, yet "
@@ -88,15 +89,28 @@ def _unlike_questions(topic: str, k: int, st) -> list[str]:
     return out
 
 
-_KINDS = {"reason": "a reason", "yesno": "a yes or no", "open": "an open answer"}
+_KINDS = {"reason": "a reason", "more": "something else", "yesno": "a yes or no",
+          "open": "an open answer"}  # fmt: skip
 _AUX = {"do", "does", "did", "are", "is", "was", "were", "can", "could", "will", "would",
         "have", "has", "should", "may", "shall", "am"}  # fmt: skip
 
 
 def _kind(text: str) -> str | None:
+    """What a question asks for. Only a reason ("why", "how come", "what made...") against
+    something else ("what else...", "anything else") counts as unlike: a reply written as
+    the reason ("it makes me feel calm.") reads wrong after "what else do you like"."""
     words = _WORD_ANY.findall(_JINJA.sub(" ", text).lower())
     if not words:
         return None
+    if words[0] == "why" or words[:2] in (["how", "come"], ["what", "for"], ["what", "made"]):
+        return "reason"
+    if {"else", "other"} & set(words[:3]):
+        return "more"
+    if words[0] in _AUX:
+        return "yesno"
+    if words[0] in {"what", "which", "where", "when", "who", "how", "tell"}:
+        return "open"
+    return None
     if words[0] == "why" or words[:2] == ["how", "come"] or words[:2] == ["what", "for"]:
         return "reason"
     if words[0] in _AUX:
