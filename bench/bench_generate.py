@@ -3,6 +3,10 @@
     python bench/bench_generate.py            # 60K conversations per persona
     python bench/bench_generate.py -n 10000   # quicker
 
+After the built-ins it runs bench/fixtures/guppy_single_turn.yaml, the guppy file as it was before
+follow-ups and turn mixes (single-turn, format 1): the before of every later change to the
+sampler, measured by today's code on the same machine in the same run.
+
 For each persona it prints: the whole command's wall time (a fresh `guppyforge generate`
 process, imports included), the generation time on one core and conversations per second, the
 share of draws that were unique, distinct-1/distinct-2 of the replies, and the speed-up of
@@ -27,8 +31,10 @@ from pathlib import Path
 from guppyforge.dataset.generate import generate_dataset
 from guppyforge.resources import builtin_personas
 
+BEFORE = Path(__file__).parent / "fixtures" / "guppy_single_turn.yaml"
+
 COLUMNS = [  # (header, format); each column is as wide as the wider of the two
-    ("persona", "{:<12}"),
+    ("persona", "{:<17}"),
     ("cmd s", "{:6.2f}"),
     ("gen s", "{:6.2f}"),
     ("conv/s", "{:8,.0f}"),
@@ -107,7 +113,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the best counts")
     parser.add_argument("personas", nargs="*", type=Path, help="default: every built-in persona")
     args = parser.parse_args()
-    personas = args.personas or builtin_personas()
+    personas = args.personas or [*builtin_personas(), BEFORE]
 
     # Timings on a shared machine mean little without the load they were taken under.
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -326,7 +327,7 @@ def test_an_existing_folder_is_refused_without_force(fish_persona, tmp_path):
         str(fish_persona), "-n", "300", "--seed", "9", "--out", str(out), "-q", "--force"
     )
     assert forced.exit_code == 0, forced.output
-    assert forced.output.startswith(f"wrote {out}: 300 rows")
+    assert f"\nwrote {out}: 300 rows" in "\n" + forced.output
     assert json.loads((out / "stats.json").read_text())["seed"] == 9
 
 
@@ -392,3 +393,50 @@ def test_a_missing_or_broken_persona_is_a_one_line_error(tmp_path):
     result = run_cli(str(broken), "--out", str(tmp_path / "x"))
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert result.output.startswith(f"error: {broken}")
+
+
+def test_card_reproduce_command_names_the_folders_own_persona_copy(
+    fish_data, monkeypatch, tmp_path
+):
+    out, result = fish_data
+    card = (out / "README.md").read_text()
+    block = card.split("## Reproduce", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    assert block.startswith("guppyforge generate persona.yaml ")
+    assert str(out) not in card and str(out.parent) not in block  # no path of the author's
+    # Run as written, in (a copy of) the folder: the very same rows.
+    shutil.copytree(out, tmp_path / "fish")
+    monkeypatch.chdir(tmp_path / "fish")
+    again = run_cli(*block.split()[2:], "--quiet")
+    assert again.exit_code == 0, again.output
+    assert json.loads(Path("rebuilt/stats.json").read_text())["fingerprint"] == (result.fingerprint)
+
+
+DRY = Path(__file__).parent / "fixtures" / "personas" / "quill_dry.yaml"
+
+
+def test_data_unlike_the_file_is_warned_in_output_stats_and_card(tmp_path):
+    with pytest.warns(generate_module.DataWarning) as caught:
+        result = generate_dataset(DRY, tmp_path / "q", n=3000, seed=1, progress=False)
+    messages = [str(w.message) for w in caught if w.category is generate_module.DataWarning]
+    assert any(f"{DRY}: only " in m and "draws were new (under 90%)" in m for m in messages)
+    assert any("topics.help: 4 rows where its weight asked for about" in m for m in messages)
+    assert any("topics.help: no rows in the test split" in m for m in messages) or any(
+        "topics.thanks: no rows in the test split" in m for m in messages
+    )
+    stats = result.stats
+    assert stats["warnings"] and all(w.startswith("persona.yaml: ") for w in stats["warnings"])
+    assert len(stats["warnings"]) == len(messages)
+    card = (tmp_path / "q" / "README.md").read_text()
+    assert "**Warnings:**" in card and stats["warnings"][0] in card
+    assert str(DRY) not in card
+
+
+def test_strict_makes_a_data_warning_an_error_and_writes_nothing(tmp_path):
+    result = run_cli(str(DRY), "-n", "3000", "--strict", "--out", str(tmp_path / "q"), "-q")
+    assert result.exit_code == 1 and "draws were new (under 90%)" in result.output
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_healthy_persona_gets_no_data_warning(tmp_path):
+    result = generate_dataset("cat", tmp_path / "c", n=5000, seed=1, progress=False)
+    assert result.stats["warnings"] == []

@@ -41,7 +41,7 @@ def validate(files: tuple[str, ...], target: int) -> None:
         failed = failed or bool(report.errors)
         if not report.errors:
             click.echo(f"{file}: ok")
-            click.echo(capacity_table(report.capacity))
+            click.echo(capacity_table(report.capacity, report.forecast))
     if failed:
         raise SystemExit(1)
 
@@ -146,6 +146,7 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 
     from guppyforge.dataset.generate import (
         CapacityWarning,
+        DataWarning,
         TemplateTextWarning,
         generate_dataset,
     )
@@ -154,6 +155,7 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CapacityWarning)
         warnings.simplefilter("always", TemplateTextWarning)
+        warnings.simplefilter("always", DataWarning)
         result = generate_dataset(
             persona,
             out_dir,

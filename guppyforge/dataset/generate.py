@@ -49,6 +49,14 @@ class TemplateTextWarning(UserWarning):
     """Some generated rows still held template syntax and were left out."""
 
 
+class DataWarning(UserWarning):
+    """The data is not what the persona file asked for: topic shares, repeats, test coverage."""
+
+
+SHARE_TOLERANCE = 0.10  # a topic's rows may differ from its weight's share by this fraction
+MIN_UNIQUE_PCT = 90.0  # below this share of new draws, the persona repeats itself too much
+
+
 @dataclass
 class GenerateResult:
     """What `generate_dataset` wrote, and the figures a user asks about first."""
@@ -98,7 +106,7 @@ def generate_dataset(
     `strict` when the persona cannot fill `n` rows (otherwise a CapacityWarning is issued).
     """
     started = time.perf_counter()
-    given = persona_path  # the card quotes it as typed: `guppy`, not a machine's full path
+    given = persona_path
     persona_path, out_dir = _resolve_persona(persona_path), Path(out_dir)
     for name, value in (("-n", n), ("--workers", workers), ("--seed", seed)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -152,6 +160,10 @@ def generate_dataset(
 
     shown = turns if turns is not None else ",".join(f"{k}:{w:g}" for k, w in mix)
     stats = _stats(persona, draw, splits, n=n, seed=seed, turns=shown, test_size=test_size)
+    # The folder names its own copy: an author's path means nothing to whoever downloads it.
+    stats["warnings"] = data_warnings(stats, "persona.yaml")
+    for message in data_warnings(stats, persona_path):
+        _warn_or_fail(message, DataWarning, strict)
     if command is None:
         command = _command(given, out_dir, n, seed, test_size, turns, workers, strict)
 
@@ -189,6 +201,30 @@ def _warn_or_fail(message: str, category: type[Warning], strict: bool) -> None:
     if strict:
         raise GuppyError(message)
     warnings.warn(message, category, stacklevel=3)
+
+
+def data_warnings(stats: dict, persona_path) -> list[str]:
+    """Where the rows differ from what the file asked for, each as one line with its fix."""
+    out = []
+    generated = stats["rows"] - stats["examples"]
+    if stats["drawn"] and stats["unique_pct"] < MIN_UNIQUE_PCT:
+        out.append(f"{persona_path}: only {stats['unique_pct']:.2f}% of {stats['drawn']:,} draws "
+                   f"were new (under {MIN_UNIQUE_PCT:g}%): some (ask, say) pairs repeat. "
+                   "`guppyforge validate` names them at their lines")  # fmt: skip
+    topics = stats["topics"]
+    total = sum(t["weight"] for t in topics.values())
+    for name, t in topics.items():
+        if not t["weight"] or not total:
+            continue
+        asked = generated * t["weight"] / total
+        if abs(t["rows"] - asked) > SHARE_TOLERANCE * asked:
+            out.append(f"{persona_path}: topics.{name}: {t['rows']:,} rows where its weight "
+                       f"asked for about {asked:,.0f} ({100 * (t['rows'] / asked - 1):+.0f}%). "
+                       "Fix the dry pairs `guppyforge validate` names, or change its weight")  # fmt: skip
+        if "test" in stats["splits"] and t.get("test", 0) == 0:
+            out.append(f"{persona_path}: topics.{name}: no rows in the test split, so eval never "
+                       "sees it held out. Give it more distinct questions, or raise --test-size")  # fmt: skip
+    return out
 
 
 def _check_capacity(persona, persona_path: Path, n: int, mix) -> None:
@@ -246,13 +282,18 @@ def _stats(persona, draw: DrawResult, splits: dict, **settings) -> dict:
 
 
 def _command(persona_path, out_dir, n, seed, test_size, turns, workers, strict) -> str:
-    """The `guppyforge generate` command line that makes this same dataset."""
-    args = ["guppyforge", "generate", str(persona_path), "-n", str(n), "--seed", str(seed)]
+    """The `guppyforge generate` command line that makes this same dataset, run in its folder.
+
+    It names the folder's own copy, persona.yaml (the exact bytes that made the rows), never the
+    path on the author's machine, which means nothing to whoever downloads the dataset.
+    """
+    del persona_path, out_dir  # the author's paths: deliberately left out
+    args = ["guppyforge", "generate", "persona.yaml", "-n", str(n), "--seed", str(seed)]
     args += ["--test-size", str(test_size)]
     args += ["--turns", str(turns)] if turns is not None else []
     if workers != 1:
         args += ["--workers", str(workers)]
     if strict:
         args.append("--strict")
-    args += ["--out", str(out_dir)]
+    args += ["--out", "rebuilt"]
     return shlex.join(args)

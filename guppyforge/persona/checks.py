@@ -96,20 +96,24 @@ def _most_sentences(sampler: Sampler, c, most: dict) -> int:
     return n
 
 
-def placeholder_warnings(persona: Persona) -> list[str]:
-    """Values that still hold the starter's TODO: text."""
+def placeholder_warnings(persona: Persona, at=None) -> list[str]:
+    """Values that still hold the starter's TODO: text, each at its `file:line:col`.
+
+    `at` maps a key path (("topics", "help", "say", 0)) to its place in the file (Doc.at)."""
     out = []
 
-    def walk(value, path: str) -> None:
+    def walk(value, path: tuple) -> None:
         if isinstance(value, str) and PLACEHOLDER in value:
-            out.append(f"{persona.path}: {path}: still holds the starter's placeholder "
+            where = at(path) if at else str(persona.path)
+            dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path)[1:]
+            out.append(f"{where}: {dotted}: still holds the starter's placeholder "
                        f"'{PLACEHOLDER}'. Replace it with your character's own text")  # fmt: skip
         elif isinstance(value, dict):
             for k, v in value.items():
-                walk(v, f"{path}.{k}" if path else str(k))
+                walk(v, (*path, k))
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                walk(v, f"{path}[{i}]")
+                walk(v, (*path, i))
 
-    walk(persona.raw, "")
+    walk(persona.raw, ())
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -110,6 +111,17 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
     return CompiledPersona(grammar, topics, used)
 
 
+# id(persona) -> its templates as load_persona compiled them while checking the file; an entry
+# lives as long as its persona (weakref.finalize), so an id is never reused for another one.
+_COMPILED: dict[int, CompiledPersona] = {}
+
+
+def remember_compiled(persona: Persona, compiled: CompiledPersona) -> None:
+    """Keep a clean persona's compiled templates for the Samplers made from it."""
+    _COMPILED[id(persona)] = compiled
+    weakref.finalize(persona, _COMPILED.pop, id(persona), None)
+
+
 def _compile(t: Template, persona: Persona, on_error, grammar: bool = False) -> Compiled:
     try:
         return compile_text(t.text, persona.grammar, grammar=grammar)
@@ -128,7 +140,7 @@ class Sampler:
 
     def __init__(self, persona: Persona, seed: int = 0):
         self.persona, self.seed = persona, seed
-        self.compiled = compile_persona(persona, _raise)
+        self.compiled = _COMPILED.get(id(persona)) or compile_persona(persona, _raise)
         self.grammar = self.compiled.grammar
         self.topics = {t.name: t for t in self.compiled.topics}
         self._topic_list = self.compiled.topics

@@ -20,6 +20,7 @@ from guppyforge.persona import limits
 
 INF = float("inf")
 _BELOW_1 = 1.0 - 2**-53
+_DEPTH = limits.MAX_GRAMMAR_DEPTH
 SMALL = 64  # symbols with more alternatives than this draw in O(log n) (see Draw._choose_big)
 
 
@@ -225,7 +226,28 @@ class Draw:
         if self.work > limits.MAX_GRAMMAR_WORK:
             raise GuppyError(f"{rule.where}: more than {limits.MAX_GRAMMAR_WORK:,} expansions in "
                              "one conversation. Make the grammar less recursive")  # fmt: skip
-        alt = rule.alts[self._choose(rule, depth) if len(rule.alts) > 1 else 0]
+        alts = rule.alts
+        if len(alts) == 1:
+            alt = alts[0]
+        elif (
+            self.u is not None and rule.name not in self.bags and depth + rule.deepest - 1 <= _DEPTH
+        ):
+            # The common case, inlined: a symbol's first draw in a conversation, decoded from u.
+            cum = rule.cum
+            x = self.u * cum[-1]
+            i = bisect(cum, x)
+            if i >= len(alts):
+                i = len(alts) - 1
+            weight = rule.weights[i]
+            u = (x - (cum[i - 1] if i else 0.0)) / weight
+            self.u = 0.0 if u < 0.0 else _BELOW_1 if u > _BELOW_1 else u
+            self.scale *= weight / cum[-1]
+            if self.scale < 1e-12:  # u's bits are spent: the rest is rounding noise
+                self.u = None
+            self.bags[rule.name] = {i}
+            alt = alts[i]
+        else:
+            alt = alts[self._choose(rule, depth)]
         if alt.__class__ is str:
             return alt
         out = []

@@ -18,7 +18,9 @@ from guppyforge.persona.checks import (
     sentence_warnings,
     smoke_test,
 )
-from guppyforge.persona.conversations import Sampler, compile_persona
+from guppyforge.persona.conversations import Sampler, compile_persona, remember_compiled
+from guppyforge.persona.forecast import forecast
+from guppyforge.persona.lints import reply_lints
 from guppyforge.persona.schema import Reader
 from guppyforge.persona.types import Persona, Report
 from guppyforge.persona.yamlsafe import read_yaml
@@ -26,7 +28,7 @@ from guppyforge.persona.yamlsafe import read_yaml
 
 def load_persona(path: str | Path) -> Persona:
     """Load and fully check a persona file; raise GuppyError with the first problem."""
-    persona, errors, _ = _load(path)
+    persona, errors, _, _ = _load(path)
     if errors:
         raise GuppyError(errors[0])
     return persona
@@ -35,7 +37,7 @@ def load_persona(path: str | Path) -> Persona:
 def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> Report:
     """Check a persona and report every problem, every warning and its capacity."""
     try:
-        persona, errors, warnings = _load(path)
+        persona, errors, warnings, doc = _load(path)
     except GuppyError as exc:  # the file could not be read as YAML at all
         return Report([str(exc)], [])
     if errors:
@@ -44,24 +46,29 @@ def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> R
     if errors:
         return Report(errors, warnings)
     sampler = Sampler(persona)
-    warnings += sentence_warnings(sampler) + placeholder_warnings(persona)
+    warnings += sentence_warnings(sampler) + placeholder_warnings(persona, doc.at)
+    warnings += reply_lints(sampler.compiled)
     table = capacity(persona)
     total = sum(c.conversations for c in table.values())
     if total < target:
-        warnings.append(f"{persona.path}: capacity: {total:,} distinct conversations, fewer "
+        warnings.append(f"{doc.at(('topics',), key=True)}: capacity: {total:,} distinct conversations, fewer "
                         f"than the {target:,} requested. Add alternatives or templates")  # fmt: skip
-    else:  # enough in all, but a topic's weight may ask it for more than it can make
-        weights = sum(t.weight for t in persona.topics.values())
-        for name, t in persona.topics.items():
-            share = round(target * t.weight / weights)
-            if table[name].conversations < share:
-                warnings.append(f"{persona.path}: topics.{name}: {table[name].conversations:,} "
-                                f"distinct conversations, but its weight asks for {share:,} of "
-                                f"{target:,}. Add alternatives or lower its weight")  # fmt: skip
-    return Report(errors, warnings, table)
+    predicted = forecast(persona, target, sampler=sampler)
+    warnings += [p.warning(target) for p in predicted.pairs if p.dry]
+    weights = sum(t.weight for t in persona.topics.values())
+    for name, t in persona.topics.items():
+        share = target * t.weight / weights
+        rows = predicted.rows[name]
+        if abs(rows - share) > max(0.10 * share, 10):  # as generate warns, but before drawing
+            where = t.ask[0] if t.ask else None
+            at = f"{where.file}:{where.line}:{where.column}" if where else str(persona.path)
+            warnings.append(f"{at}: topics.{name}: about {rows:,} rows predicted for "
+                            f"-n {target:,}, but its weight asks for {round(share):,}. Fix its "
+                            "dry pairs (above), or change its weight")  # fmt: skip
+    return Report(errors, warnings, table, predicted)
 
 
-def _load(path: str | Path) -> tuple[Persona, list[str], list[str]]:
+def _load(path: str | Path) -> tuple[Persona, list[str], list[str], object]:
     r = Reader(read_yaml(path))
     persona = r.persona()
     # Templates are checked even after other schema errors, so one run reports every problem.
@@ -75,4 +82,5 @@ def _load(path: str | Path) -> tuple[Persona, list[str], list[str]]:
         for name, sym in persona.grammar.items():
             if name not in used:
                 r.warnings.append(f"{sym.where}: symbol is never used. Use it or delete it")
-    return persona, r.errors, r.warnings
+        remember_compiled(persona, compiled)  # a Sampler of this persona need not parse again
+    return persona, r.errors, r.warnings, r.doc

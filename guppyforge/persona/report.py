@@ -9,19 +9,30 @@ from guppyforge.files import printable, text_table
 from guppyforge.persona.load import load_persona
 
 
-def capacity_table(table: dict) -> str:
-    """Per-topic distinct prompts, replies and conversations, with a total; `>=` marks a floor."""
+def capacity_table(table: dict, forecast=None) -> str:
+    """Per-topic distinct prompts, replies and conversations, with a total; `>=` marks a floor.
+    With a forecast: the rows each topic will get, and the unique share generate will see."""
 
     def num(n: int, exact: bool) -> str:
         return f"{'' if exact else '>='}{n:,}"
 
-    rows = [("topic", "prompts", "replies", "conversations")]
+    rows_at = f"rows@{forecast.n:,}" if forecast else None
+    rows = [("topic", "prompts", "replies", "conversations", *([rows_at] if rows_at else []))]
     for name, c in table.items():
         rows.append((name, num(c.prompts, c.exact), num(c.replies, c.exact),
-                     num(c.conversations, c.exact)))  # fmt: skip
+                     num(c.conversations, c.exact),
+                     *([f"{forecast.rows[name]:,}"] if forecast else [])))  # fmt: skip
     exact = all(c.exact for c in table.values())
-    rows.append(("total", "", "", num(sum(c.conversations for c in table.values()), exact)))
-    return text_table(rows, indent="  ")
+    total = num(sum(c.conversations for c in table.values()), exact)
+    rows.append(
+        ("total", "", "", total, *([f"{sum(forecast.rows.values()):,}"] if forecast else []))
+    )
+    text = text_table(rows, indent="  ")
+    if forecast:
+        full = "" if not forecast.capacity_spent else ", then the persona runs out"
+        text += (f"\n  predicted for -n {forecast.n:,}: {forecast.unique_pct:.2f}% unique of "
+                 f"{forecast.drawn:,} drawn{full}")  # fmt: skip
+    return text
 
 
 _GOLDEN = (5**0.5 - 1) / 2

@@ -9,6 +9,7 @@ of them) compile to a list of parts that Python joins directly: no Jinja call pe
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,71 +18,10 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
+from guppyforge.persona.inflection import a_an, plural, singular, verb
 from guppyforge.persona.limits import MAX_MESSAGE_CHARS, MAX_TAG_TOKENS, MAX_TEMPLATE_NESTING
 
 # --- filters --------------------------------------------------------------------------------
-
-_IRREGULAR = {
-    "man": "men", "woman": "women", "child": "children", "person": "people", "mouse": "mice",
-    "louse": "lice", "goose": "geese", "foot": "feet", "tooth": "teeth", "ox": "oxen", "die": "dice",
-}  # fmt: skip
-_SAME = {
-    "fish",
-    "sheep",
-    "deer",
-    "moose",
-    "salmon",
-    "trout",
-    "shrimp",
-    "squid",
-    "series",
-    "species",
-}
-_VES = {"leaf", "loaf", "wolf", "calf", "half", "knife", "life", "wife", "shelf", "thief", "elf"}
-_OES = {"potato", "tomato", "hero", "echo", "veto", "mosquito"}
-
-
-def plural(text: str) -> str:
-    """English plural of a phrase's last word: mouse -> mice, fly -> flies, box -> boxes."""
-    head, _, word = str(text).rpartition(" ")
-    low = word.lower()
-    if not low.isascii() or not low.isalpha():
-        return text  # not an English word (or a script without plurals): leave it alone
-    if low in _SAME:
-        out = low
-    elif low in _IRREGULAR:
-        out = _IRREGULAR[low]
-    elif low in _VES:
-        out = low[:-2] + "ves" if low.endswith("fe") else low[:-1] + "ves"
-    elif low in _OES or low.endswith(("s", "x", "z", "ch", "sh")):
-        out = low + "es"
-    elif low.endswith("y") and low[-2:-1] not in ("a", "e", "i", "o", "u", ""):
-        out = low[:-1] + "ies"
-    else:
-        out = low + "s"
-    if word.isupper() and len(word) > 1:
-        out = out.upper()
-    elif word[:1].isupper():
-        out = out[:1].upper() + out[1:]
-    return f"{head} {out}" if head else out
-
-
-_A_WORDS = ("uni", "use", "usu", "uti", "eu", "one", "once", "ur")
-_AN_WORDS = ("hour", "honest", "honor", "honour", "heir")
-
-
-def a_an(text: str) -> str:
-    """Prefix the right English article: apple -> an apple, unicorn -> a unicorn, hour -> an hour."""
-    text = str(text)
-    low = text.lower()
-    if not low[:1].isascii() or not low[:1].isalpha():
-        return text  # digits or another script: no article rule we can trust
-    vowel = low[0] in "aeiou"
-    if low.startswith(_A_WORDS):
-        vowel = False
-    elif low.startswith(_AN_WORDS):
-        vowel = True
-    return ("an " if vowel else "a ") + text
 
 
 def capitalize(text: str) -> str:
@@ -98,8 +38,11 @@ TEXT_FILTERS = {
     "title": lambda s: str(s).title(),
     "trim": lambda s: str(s).strip(),
     "plural": plural,
+    "singular": singular,
     "a_an": a_an,
 }
+# Filters with one constant argument, e.g. `{{ thing | verb('is') }}`: (value, argument) -> text.
+ARG_FILTERS = {"verb": verb}
 # Jinja built-ins also allowed in templates: none can grow a value or reach an object.
 _JINJA_FILTERS = {"default", "d", "first", "last", "length", "count", "string"}
 _TESTS = {"defined", "undefined", "none", "string", "number", "eq", "ne", "in", "lower", "upper"}
@@ -113,6 +56,7 @@ def environment() -> SandboxedEnvironment:
         undefined=StrictUndefined, autoescape=False, trim_blocks=True, lstrip_blocks=True
     )
     env.filters.update(TEXT_FILTERS)
+    env.filters.update(ARG_FILTERS)
     return env
 
 
@@ -239,8 +183,13 @@ def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:
             parts.append(node.data)
             continue
         filters = []
-        while isinstance(node, nodes.Filter) and node.name in TEXT_FILTERS and not node.args:
-            filters.append(TEXT_FILTERS[node.name])
+        while isinstance(node, nodes.Filter):
+            if node.name in TEXT_FILTERS and not node.args:
+                filters.append(TEXT_FILTERS[node.name])
+            elif node.name in ARG_FILTERS and _const_word(node) is not None:
+                filters.append(functools.partial(_flip, ARG_FILTERS[node.name], _const_word(node)))
+            else:
+                break
             node = node.node
         if isinstance(node, nodes.Name) and node.name in symbols:
             parts.append((False, node.name, tuple(reversed(filters))))
@@ -249,6 +198,18 @@ def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:
         else:
             return None
     return tuple(parts)
+
+
+def _const_word(node: nodes.Filter) -> str | None:
+    """The one quoted argument of a filter like verb('is'), or None."""
+    if len(node.args) != 1 or not isinstance(node.args[0], nodes.Const):
+        return None
+    value = node.args[0].value
+    return value if isinstance(value, str) else None
+
+
+def _flip(f, argument: str, value: str) -> str:
+    return f(value, argument)
 
 
 class _Checker:
@@ -283,9 +244,13 @@ class _Checker:
         elif isinstance(node, nodes.Call):
             self._pick(node)
             return
+        elif isinstance(node, nodes.Filter) and node.name in ARG_FILTERS:
+            if _const_word(node) is None:
+                self.refuse(node, f"filter '{node.name}' takes one quoted word",
+                            f"Write {{{{ thing | {node.name}('is') }}}}")  # fmt: skip
         elif isinstance(node, nodes.Filter) and node.name not in TEXT_FILTERS:
             if node.name not in _JINJA_FILTERS:
-                allowed = ", ".join(sorted(set(TEXT_FILTERS) | _JINJA_FILTERS))
+                allowed = ", ".join(sorted(set(TEXT_FILTERS) | set(ARG_FILTERS) | _JINJA_FILTERS))
                 self.refuse(node, f"filter '{node.name}' is not allowed", f"Use one of: {allowed}")
         elif isinstance(node, nodes.Test) and node.name not in _TESTS:
             self.refuse(node, f"test '{node.name}' is not allowed", f"Use one of: {sorted(_TESTS)}")

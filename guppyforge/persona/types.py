@@ -110,3 +110,4 @@ class Report:
     errors: list[str]
     warnings: list[str]
     capacity: dict = field(default_factory=dict)  # topic -> capacity.TopicCapacity
+    forecast: object = None  # forecast.Forecast: what generate will do with --target rows

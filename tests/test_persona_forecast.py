@@ -1,0 +1,43 @@
+"""validate's forecast: dry (ask, say) pairs warned at their lines, and the unique share that
+generate then measures, predicted to within 3 points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guppyforge.dataset.draw import draw_unique
+from guppyforge.persona.forecast import forecast
+from guppyforge.persona.load import load_persona, validate_persona
+
+DRY = Path(__file__).parent / "fixtures" / "personas" / "quill_dry.yaml"
+
+
+def test_dry_pairs_are_warned_at_their_lines_with_the_fix():
+    report = validate_persona(DRY, 20_000)
+    assert not report.errors
+    pairs = [w for w in report.warnings if "distinct conversation" in w and "draws this pair" in w]
+    # help: two fixed questions x two fixed replies, all four pairs make one conversation each.
+    help_pairs = [w for w in pairs if "topics.help.ask" in w]
+    assert len(help_pairs) == 4
+    assert help_pairs[0].startswith(f"{DRY}:77:")
+    assert "makes only 1 distinct conversation" in help_pairs[0]
+    assert "Add a symbol" in help_pairs[0] and "lower topics.help.weight" in help_pairs[0]
+    # greeting's pairs are rich: none of them is warned about.
+    assert not [w for w in pairs if "topics.greeting" in w]
+    shares = [w for w in report.warnings if "rows predicted" in w]
+    assert any("topics.goodbye: about 27 rows predicted for -n 20,000" in w for w in shares)
+    assert report.forecast.unique_pct < 60
+
+
+@pytest.mark.parametrize("n", [20_000])
+def test_predicted_unique_share_matches_what_drawing_measures(n):
+    persona = load_persona(DRY)
+    predicted = forecast(persona, n)
+    drawn = draw_unique(DRY, persona, 42, n, persona.turns or ((1, 1.0),), progress=False)
+    assert abs(predicted.unique_pct - drawn.unique_pct) <= 3, (
+        predicted.unique_pct,
+        drawn.unique_pct,
+    )
+    assert predicted.rows["help"] == 4 and predicted.rows["goodbye"] == 27
