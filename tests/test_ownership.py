@@ -1,7 +1,7 @@
 """The ownership rule (guppyforge/ownership.py), command by command, on folders of user files.
 
 Without --force nothing that exists is replaced; with --force only what guppyforge wrote is, and
-the user's files survive every command. Each test is one of issue 15's lost-files reports.
+the user's files survive every command. Each test is one reported way of losing files.
 """
 
 from __future__ import annotations
