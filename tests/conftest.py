@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,43 @@ def write_persona_file(tmp_path):
 def mochi_file(write_persona_file) -> Path:
     """A small valid persona: two topics, nested grammar, a follow-up, an example."""
     return write_persona_file(PERSONA_MOCHI, "mochi.yaml")
+
+
+# --- bounded_work: a bound on how much work code does, where a test would otherwise time it ----
+
+
+@contextlib.contextmanager
+def bounded_work(calls: int):
+    """Fail once the code inside makes more than `calls` function calls (Python and C, this
+    thread): the same count on an idle machine and a busy one, unlike the seconds it takes, and
+    a runaway loop is stopped at the bound instead of hanging the suite. Yields [count so far]."""
+    count = [0]
+
+    def profile(frame, event, arg) -> None:
+        if event in ("call", "c_call"):
+            count[0] += 1
+            if count[0] > calls:
+                sys.setprofile(None)
+                raise AssertionError(f"more than {calls:,} function calls: unbounded work")
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield count
+    finally:
+        sys.setprofile(previous)
+
+
+# --- wait_for: poll a condition with a deadline, where a test would otherwise sleep ------------
+
+
+def wait_for(condition, what: str, seconds: float = 30.0, every: float = 0.02):
+    """Poll `condition()` until it is truthy and return that; fail naming `what` after
+    `seconds`, a deadline far past the usual wait so a busy machine only takes longer."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
+        time.sleep(every)  # the poll's interval: what is awaited happens in another process
+    return value

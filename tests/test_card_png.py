@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import time
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import bounded_work
 from PIL import Image
 
 from guppyforge.apps.cli import cli
@@ -60,10 +60,8 @@ def fixture(name: str) -> dict:
 
 def import_error(path: Path, tmp_path: Path) -> str:
     """The one-line message import_card gives for `path` (and that it wrote nothing)."""
-    start = time.perf_counter()
-    with pytest.raises(GuppyError) as info:
+    with bounded_work(100_000), pytest.raises(GuppyError) as info:  # measured <= ~4,000
         import_card(path, tmp_path / "out.yaml")
-    assert time.perf_counter() - start < 5  # nothing hangs
     assert not (tmp_path / "out.yaml").exists()
     message = str(info.value)
     assert "\n" not in message and str(path) in message
@@ -120,9 +118,8 @@ def test_card_png_of_a_huge_picture_imports_without_decoding_it(tmp_path: Path) 
     # 100,000 x 100,000 pixels: a decompression bomb for anything that decodes the picture.
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png(text("chara", fixture("v2_card.json")), width=100_000, height=100_000))
-    start = time.perf_counter()
-    import_card(bomb, tmp_path / "p.yaml")
-    assert time.perf_counter() - start < 5
+    with bounded_work(300_000):  # measured ~26,000
+        import_card(bomb, tmp_path / "p.yaml")
 
 
 # --- hostile or broken files: one line naming the file -----------------------------------------

@@ -1,8 +1,8 @@
 """The ownership rule (guppyforge/ownership.py), command by command, on folders of user files.
 
 Without --force nothing that exists is replaced; with --force only what guppyforge wrote is, and
-the user's files survive every command. Each test is one of the lost-files reports of issues 15
-and 19: only a marker (or a single file's signature) proves a file is guppyforge's.
+the user's files survive every command. Each test is one reported way of losing files: only a
+marker (or a single file's signature) proves a file is guppyforge's.
 """
 
 from __future__ import annotations

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from click.testing import CliRunner
+from conftest import bounded_work
 
 from guppyforge.apps.cli import cli
 
@@ -19,11 +18,14 @@ def persona(grammar: str = "  food: [tuna]\n", say: str = "{{ food }}.") -> str:
     )
 
 
+# Function calls `validate` may make on one hostile file: ~136,000 for the costliest here.
+VALIDATE_CALLS = 2_000_000
+
+
 def refused(path, *needles: str) -> str:
     """Run `guppyforge validate PATH`; assert exit 1 with exactly one `error:` line."""
-    start = time.perf_counter()
-    result = CliRunner().invoke(cli, ["validate", str(path)])
-    elapsed = time.perf_counter() - start
+    with bounded_work(VALIDATE_CALLS):
+        result = CliRunner().invoke(cli, ["validate", str(path)])
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
@@ -31,7 +33,6 @@ def refused(path, *needles: str) -> str:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     for needle in needles:
         assert needle in lines[0], lines[0]
-    assert elapsed < 3, f"took {elapsed:.1f} s"
     return lines[0]
 
 

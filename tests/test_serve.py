@@ -21,6 +21,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from conftest import wait_for
 
 from guppyforge.apps.serve import make_server
 from guppyforge.model.engine import Engine, build_prompt
@@ -156,7 +157,7 @@ class SlowSteps:
 
     def __call__(self, rows) -> None:
         self.steps.append([id(r) for r in rows])
-        time.sleep(0.003)
+        time.sleep(0.003)  # a slower model step, not a wait: nothing to wait on here
 
 
 def test_concurrent_requests_interleave_and_each_gets_its_own_reply(
@@ -203,9 +204,9 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_model_and_frees_it(
             chunk = sock.recv(4096)
             assert chunk, received  # the server must not close the stream early
             received += chunk
-    time.sleep(0.3)  # the server notices at once (uvicorn sees the socket close)
+    # The server notices at once (uvicorn sees the socket close): its batch row is freed.
+    wait_for(lambda: raw(server, "GET", "/health")[1]["active"] == 0, "the row freed")
     steps_after_hang_up = len(steps.steps)
-    assert raw(server, "GET", "/health")[1]["active"] == 0  # its batch row is free
     response = client.chat.completions.create(model=server.model_id, messages=HUNGRY, temperature=0)
     assert response.choices[0].message.content == Engine.from_run(run).reply(HUNGRY, temperature=0)
     # The abandoned reply stopped early: fewer model steps than the whole reply takes.

@@ -5,9 +5,8 @@ streams replies, and at temperature 0 says exactly what `guppyforge chat --tempe
 without one request leaving the page's own folder.
 
 The page is serve's too (guppyforge/apps/page, test_serve_page.py): here with its browser.js
-backend. Needs Debian's `chromium`, the `playwright` Python package and the npm packages of
-guppyforge/apps/page (`npm ci --ignore-scripts --prefix guppyforge/apps/page`); skipped without
-them.
+backend. Needs Debian's `chromium`, the `playwright` Python package and the page's JavaScript
+(scripts/test-setup.sh installs all three; a missing one fails).
 GUPPYFORGE_WEB_SCREENSHOT=docs/web-chat.png saves a screenshot of the chat.
 """
 
@@ -51,9 +50,7 @@ PROMPTS = ["are you hungry", "hello", "hi there", "where do you live"]
 def _needs_browser() -> None:
     # scripts/test-setup.sh installs both: a missing one fails here rather than skipping.
     assert Path(CHROMIUM).is_file(), f"no {CHROMIUM}: apt-get install -y chromium"
-    assert find_runtime(install=False) is not None, (
-        "no transformers.js: npm ci --ignore-scripts --prefix guppyforge/apps/page"
-    )
+    assert find_runtime(install=False) is not None, "no transformers.js: bash scripts/test-setup.sh"
 
 
 @contextlib.contextmanager

@@ -44,6 +44,8 @@ from guppyforge.train.run_files import (
 )
 from guppyforge.train.stopping import stop_on_ctrl_c, time_a_step
 
+# The fewest steps a time budget trains: fewer cannot warm up and then decay.
+MIN_BUDGET_STEPS = 20
 EVAL_ROWS = 64  # rows evaluated at each interval (about 8K tokens); the final eval uses all
 
 
@@ -140,7 +142,18 @@ def train(
             final_eval = len(test_s) * 40 / (o.batch_size * cfg.context) * step_s / 3
             o.schedule_seconds = max(1.0, deadline - time.monotonic() - final_eval - 5)
             evals = 10 * math.ceil(EVAL_ROWS / o.batch_size) * step_s / 3  # forward: ~1/3 a step
-            o.max_steps = max(1, min(o.max_steps, int((o.schedule_seconds - evals) / step_s)))
+            fitted = int((o.schedule_seconds - evals) / step_s)
+            if fitted >= MIN_BUDGET_STEPS:
+                o.max_steps = min(o.max_steps, fitted)
+            else:  # too few to warm up and decay: a schedule by steps, past the budget
+                tqdm.write(
+                    f"warning: --max-minutes {o.max_minutes:g} is too short for this machine: a "
+                    f"step takes {step_s:.2f} s and the evals {evals + final_eval:.0f} s, which "
+                    f"leaves {max(0, fitted)} steps; training {MIN_BUDGET_STEPS} instead, past the "
+                    "budget. Give more minutes, or --max-steps."
+                )
+                o.schedule_seconds, deadline = None, None
+                o.max_steps = min(o.max_steps, MIN_BUDGET_STEPS)
     o.warmup_steps = o.warmup_steps or max(1, min(100, o.max_steps // 20))
     o.eval_every = o.eval_every or max(1, o.max_steps // 10)
     if ckpt:

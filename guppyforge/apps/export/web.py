@@ -13,17 +13,21 @@ DIR/character/            a transformers.js model folder: config.json, generatio
 DIR/runtime/              transformers.js and onnxruntime-web's WebAssembly build, plus licenses
 
 Nothing is fetched from the network when the page runs. The JavaScript comes from npm at export
-time, pinned by apps/page/package-lock.json and never committed: see `find_runtime`.
+time, pinned by apps/page/package-lock.json and never committed: see `find_runtime`. Only the
+two packages' tarballs are fetched, and only the files above kept (~15 MB): not the Node-side
+packages (onnxruntime-node, sharp) that `npm ci` would add for transformers.js.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from guppyforge.apps.export.hf import generation_config, gpt2_config
@@ -46,7 +50,7 @@ RUNTIME_FILES = (
     "onnxruntime-web/dist/ort-wasm-simd-threaded.mjs",
     "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm",
 )
-LICENSED_PACKAGES = ("@huggingface/transformers", "onnxruntime-web")
+PACKAGES = ("@huggingface/transformers", "onnxruntime-web")  # where RUNTIME_FILES come from
 
 
 def _has_runtime(node_modules: Path) -> bool:
@@ -65,8 +69,8 @@ def find_runtime(install: bool = True) -> Path | None:
 
     Looked for in order: $GUPPYFORGE_WEB_RUNTIME (a node_modules folder, or the folder holding
     one), WEB_DIR/node_modules (a checkout after `npm ci --prefix guppyforge/apps/page`), the
-    user cache. With `install`, a missing runtime is installed into the cache with `npm ci`
-    (once; needs npm and the npm registry); otherwise None.
+    user cache. With `install`, a missing runtime is installed into the cache (once; needs npm
+    and the npm registry: see `install_runtime`); otherwise None.
     """
     if os.environ.get(RUNTIME_ENV):
         given = Path(os.environ[RUNTIME_ENV]).expanduser()
@@ -83,8 +87,23 @@ def find_runtime(install: bool = True) -> Path | None:
     return install_runtime(cache_dir()) if install else None
 
 
+def locked_packages() -> dict[str, tuple[str, str]]:
+    """{package: (version, integrity)} of PACKAGES, as package-lock.json pins them."""
+    lock = json.loads((WEB_DIR / "package-lock.json").read_text())["packages"]
+    return {
+        p: (lock[f"node_modules/{p}"]["version"], lock[f"node_modules/{p}"]["integrity"])
+        for p in PACKAGES
+    }
+
+
+def _integrity(tarball: Path) -> str:
+    return "sha512-" + base64.b64encode(hashlib.sha512(tarball.read_bytes()).digest()).decode()
+
+
 def install_runtime(dest: Path) -> Path:
-    """`npm ci` the pinned packages into `dest`; return its node_modules."""
+    """The locked tarballs of PACKAGES from npm (`npm pack`: the user's registry, proxy and
+    cache), checked against the lock's integrity; only the page's files, each package's
+    package.json and LICENSE are kept, under dest/node_modules. Returns that node_modules."""
     npm = shutil.which("npm")
     if npm is None:
         raise GuppyError(
@@ -94,23 +113,40 @@ def install_runtime(dest: Path) -> Path:
     print(f"installing the browser runtime (transformers.js) into {dest}, once", file=sys.stderr)
     tmp = dest.with_name(dest.name + ".partial")  # renamed when complete: never half a runtime
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copyfile(WEB_DIR / name, tmp / name)
-    # --ignore-scripts: transformers.js also depends on onnxruntime-node and sharp, whose install
-    # scripts download native binaries the page never uses.
+    (tmp / "tarballs").mkdir(parents=True)
+    locked = locked_packages()
+    specs = [f"{name}@{version}" for name, (version, _) in locked.items()]
+    # --ignore-scripts: a registry tarball has nothing to build; fetching is all that happens.
+    args = ["pack", *specs, "--json", "--ignore-scripts", "--pack-destination", "tarballs"]
     done = subprocess.run(
-        [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0 or not _has_runtime(tmp / "node_modules"):
+        [npm, *args, "--loglevel=error"], cwd=tmp, capture_output=True, text=True
+    )  # fmt: skip
+    if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise GuppyError(
-            f"npm ci in {tmp} failed ({last}). Check the network to the npm registry, or set "
+            f"npm pack in {tmp} failed ({last}). Check the network to the npm registry, or set "
             f"${RUNTIME_ENV} to a node_modules that has transformers.js."
         )
+    for packed, (name, (_, integrity)) in zip(json.loads(done.stdout), locked.items(), strict=True):
+        tarball = tmp / "tarballs" / packed["filename"]
+        if _integrity(tarball) != integrity:
+            raise GuppyError(
+                f"{tarball.name} from npm does not match {WEB_DIR / 'package-lock.json'}'s "
+                "integrity. Check the registry npm uses (npm config get registry)."
+            )
+        keep = [f[len(name) + 1 :] for f in RUNTIME_FILES if f.startswith(name + "/")]
+        with tarfile.open(tarball) as archive:
+            members = {
+                m.name.removeprefix("package/"): m for m in archive.getmembers() if m.isfile()
+            }
+            for rel in [*keep, "package.json", "LICENSE"]:
+                if rel in members:  # a LICENSE may be missing; the page's files are checked below
+                    target = tmp / "node_modules" / name / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(archive.extractfile(members[rel]).read())
+    shutil.rmtree(tmp / "tarballs")
+    if not _has_runtime(tmp / "node_modules"):
+        raise GuppyError(f"npm's {', '.join(specs)} lack one of {', '.join(RUNTIME_FILES)}.")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return dest / "node_modules"
@@ -124,7 +160,7 @@ def copy_runtime(node_modules: Path, out: Path) -> list[Path]:
         files.append(out / Path(rel).name)
         shutil.copyfile(node_modules / rel, files[-1])
     notice = ["The files in this folder come from these npm packages:\n"]
-    for package in LICENSED_PACKAGES:
+    for package in PACKAGES:
         meta = json.loads((node_modules / package / "package.json").read_text())
         notice.append(f"- {meta['name']} {meta['version']} ({meta.get('license', '?')})")
         if (node_modules / package / "LICENSE").is_file():

@@ -1,4 +1,4 @@
-"""Persona format 1.1: the version key, replies paired with their questions, turn mixes, the
+"""Personas: the version key, replies paired with their questions, turn mixes, the
 sentence cap, the neutral starter, errors that name the fix, and the generated-text lint."""
 
 from __future__ import annotations
