@@ -1,7 +1,7 @@
 """`guppyforge generate`: a persona file becomes a dataset folder that `load_dataset` reads.
 
     DIR/data/train-00000-of-00001.parquet   columns: messages, topic, template_id, turns
-    DIR/data/test-00000-of-00001.parquet    no prompt of test appears in train
+    DIR/data/test-00000-of-00001.parquet    no user message of test appears in train
     DIR/README.md                           dataset card (YAML metadata + figures)
     DIR/stats.json                          the same figures, for programs
     DIR/persona.yaml                        the persona file, byte for byte
@@ -30,7 +30,7 @@ from guppyforge.dataset.card import (
     topic_counts,
 )
 from guppyforge.dataset.draw import DrawResult, draw_unique, turn_mix
-from guppyforge.dataset.split import prompt_key, split_by_prompt
+from guppyforge.dataset.split import message_keys, split_by_prompt
 from guppyforge.dataset.write import atomic_folder, check_destination, write_parquet
 from guppyforge.errors import GuppyError
 from guppyforge.persona.capacity import capacity
@@ -145,7 +145,9 @@ def generate_dataset(
         )
         _warn_or_fail(message, TemplateTextWarning, strict)
 
-    train_at, test_at = split_by_prompt([prompt_key(row[0]) for row in draw.rows], test_size, seed)
+    names = (persona.name, persona.display_name)
+    keys = [message_keys(row[0], None, names) for row in draw.rows]
+    train_at, test_at = split_by_prompt(keys, test_size, seed)
     splits = {"train": [draw.rows[i] for i in train_at]}
     if test_at:
         splits["test"] = [draw.rows[i] for i in test_at]
