@@ -35,6 +35,7 @@ from guppyforge.dataset.write import atomic_folder, check_destination, write_par
 from guppyforge.errors import GuppyError
 from guppyforge.persona.capacity import capacity
 from guppyforge.persona.load import load_persona
+from guppyforge.persona.offtopic import OFFTOPIC
 from guppyforge.resources import builtin_persona
 
 MAX_ROWS = 5_000_000  # conversations per dataset: ~80x the default, and a few GB in memory
@@ -146,7 +147,7 @@ def generate_dataset(
         _warn_or_fail(message, TemplateTextWarning, strict)
 
     names = (persona.name, persona.display_name)
-    keys = [message_keys(row[0], None, names) for row in draw.rows]
+    keys = [message_keys(row[0], u, names) for row, u in zip(draw.rows, draw.unvaried, strict=True)]
     train_at, test_at = split_by_prompt(keys, test_size, seed)
     splits = {"train": [draw.rows[i] for i in train_at]}
     if test_at:
@@ -240,6 +241,8 @@ def _stats(persona, draw: DrawResult, splits: dict, **settings) -> dict:
         "unique_pct": draw.unique_pct,
         "capacity_spent": draw.capacity_spent,
         "refused_template_text": draw.refused,
+        "varied_rows": draw.varied,
+        "offtopic_rows": sum(row[1] == OFFTOPIC for row in draw.rows),
         "topics": topic_counts(splits, weights),
         "pairs": pair_counts(draw.rows),
         "diversity": diversity(draw.rows),

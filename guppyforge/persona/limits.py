@@ -7,7 +7,12 @@ is capped here, in one place the docs can quote. A file past a limit is refused 
 from __future__ import annotations
 
 SPEC_VERSION = "1.2"  # the newest persona format this code reads (and new-persona writes)
-SPEC_VERSIONS = {"1": (1, 0), "1.0": (1, 0), "1.1": (1, 1), "1.2": (1, 2)}  # `guppyforge:` values as written
+SPEC_VERSIONS = {
+    "1": (1, 0),
+    "1.0": (1, 0),
+    "1.1": (1, 1),
+    "1.2": (1, 2),
+}  # `guppyforge:` values as written
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: far above any hand-written persona
 MAX_YAML_DEPTH = 20  # nested mappings/lists

@@ -2,14 +2,14 @@
 
 People never type a persona's own ask lines: they write "hey guppy do u like wroms lol". Each
 generated user message may get a few such changes, drawn from its own RNG seeded by (seed,
-conversation index), so a dataset stays a pure function of persona and seed. Replies are never
-touched. `normalise` undoes what it can of a variation (case, punctuation, fillers, the name,
+conversation index), so a dataset stays a pure function of persona and seed. That RNG is a
+splitmix64 stream, not `random.Random`: seeding a Mersenne Twister costs ~15 us, a quarter of
+what drawing the whole conversation costs. Replies are never touched. `normalise` undoes what it can of a variation (case, punctuation, fillers, the name,
 contractions), so the split can keep every variant of a test prompt out of train.
 """
 
 from __future__ import annotations
 
-import random
 import re
 
 from guppyforge.persona.types import Persona, Variation
@@ -18,7 +18,9 @@ FILLER_OPENERS = ("hey ", "hey, ", "so ", "so, ", "um ", "umm ", "quick question
                   "hmm ", "well ", "oh ", "yo ", "ok ", "okay ", "hi ", "hello, ")  # fmt: skip
 FILLER_CLOSERS = (" lol", " haha", " :)", " pls", " please", " hm", " xd", " :D")
 # The filler words `normalise` strips from either end (what FILLER_* add, and their kin).
-_LEADING = frozenset("hey hi hello so um umm uh ok okay hmm hm well oh yo quick question and".split())
+_LEADING = frozenset(
+    "hey hi hello so um umm uh ok okay hmm hm well oh yo quick question and".split()
+)
 _TRAILING = frozenset("lol haha hm xd d pls please ok".split())
 # (expanded, contracted): varied in either direction, and always expanded by `normalise`.
 CONTRACTIONS = (
@@ -29,10 +31,9 @@ CONTRACTIONS = (
     ("who is", "who's"), ("how is", "how's"), ("there is", "there's"), ("i have", "i've"),
     ("i will", "i'll"), ("you will", "you'll"), ("let us", "let's"), ("you have", "you've"),
 )  # fmt: skip
-_EXPAND = {c: e for e, c in CONTRACTIONS} | {c.replace("'", ""): e for e, c in CONTRACTIONS
-                                            if c.replace("'", "") not in ("ill", "its", "well",
-                                                                          "were", "hows", "lets",
-                                                                          "wont", "cant")}  # fmt: skip
+# Without the apostrophe too ("dont"): a few then read like other words ("its", "were", "ill"),
+# which only joins a few more rows in the split, since both sides are normalised alike.
+_EXPAND = {c.replace("'", ""): e for e, c in CONTRACTIONS}
 _CONTRACTED = re.compile(r"\b(" + "|".join(re.escape(c) for _, c in CONTRACTIONS) + r")\b", re.I)
 _EXPANDED = re.compile(r"\b(" + "|".join(re.escape(e) for e, _ in CONTRACTIONS) + r")\b", re.I)
 _TO_CONTRACT = {e: c for e, c in CONTRACTIONS}
@@ -46,6 +47,46 @@ _END = re.compile(r"[\s.!?,:;)(]*$")
 _QUESTION = re.compile(r"^(?:\W*)(what|who|where|when|why|how|do|does|did|are|is|can|could|"
                        r"would|will|have|has)\b", re.I)  # fmt: skip
 _NON_WORD = re.compile(r"[^\w]+")
+
+
+_M64 = (1 << 64) - 1
+
+
+class Rng:
+    """A small, fast, seeded random stream (splitmix64) with the few methods variation needs."""
+
+    __slots__ = ("x",)
+
+    def __init__(self, seed: int, index: int, salt: int = 0):
+        # Distinct odd multipliers per argument; a different `salt` gives an unrelated stream.
+        x = seed * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03 + salt * 0xAF251AF3B0F025B5
+        self.x = (x + 0x5EED) & _M64
+
+    def bits(self) -> int:
+        """The next 64 random bits."""
+        self.x = z = (self.x + 0x9E3779B97F4A7C15) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        return z ^ (z >> 31)
+
+    def random(self) -> float:
+        return (self.bits() >> 11) * (1.0 / (1 << 53))
+
+    def randrange(self, start: int, stop: int | None = None) -> int:
+        if stop is None:
+            start, stop = 0, start
+        return start + int(self.random() * (stop - start))
+
+    def choice(self, seq):
+        return seq[int(self.random() * len(seq))]
+
+    def weighted(self, seq, weights):
+        x = self.random() * sum(weights)
+        for item, w in zip(seq, weights, strict=True):
+            x -= w
+            if x < 0:
+                return item
+        return seq[-1]
 
 
 class Varier:
@@ -63,43 +104,46 @@ class Varier:
 
     def messages(self, messages: list[dict], index: int) -> tuple[list[dict], bool]:
         """The conversation with its user messages varied, and whether any of them changed."""
-        rng = random.Random(f"{self.seed}:{index}:var")
+        rng = Rng(self.seed, index)
         out, changed = [], False
         for m in messages:
             if m["role"] == "user" and rng.random() < self.v.share:
                 text = self.text(m["content"], rng)
-                if text != m["content"]:
+                # A conversation never repeats a line: a variant equal to another stays unvaried.
+                if text != m["content"] and all(text != x["content"] for x in messages):
                     m, changed = {"role": "user", "content": text}, True
             out.append(m)
         return out, changed
 
-    def text(self, text: str, rng: random.Random) -> str:
+    def text(self, text: str, rng: Rng) -> str:
         """One message, varied: at least one kind of change is tried."""
         v = self.v
         kinds = [(v.contraction, _contraction), (v.typo, _typo), (v.case, _case),
                  (v.punctuation, _punctuation), (v.filler, _filler), (v.name, self._name)]  # fmt: skip
-        chosen = [f for p, f in kinds if p > 0 and rng.random() < p]
+        z = rng.bits()  # 10 bits per kind: six decisions for the price of one draw
+        chosen = [f for k, (p, f) in enumerate(kinds) if (z >> (10 * k)) & 1023 < p * 1024]
         if not chosen:
             live = [(p, f) for p, f in kinds if p > 0]
             if not live:
                 return text
-            chosen = [rng.choices([f for _, f in live], [p for p, _ in live])[0]]
+            chosen = [rng.weighted([f for _, f in live], [p for p, _ in live])]
         for f in chosen:
             text = f(text, rng)
         return " ".join(text.split()) or text
 
-    def _name(self, text: str, rng: random.Random) -> str:
+    def _name(self, text: str, rng: Rng) -> str:
         name = rng.choice(self.names) if self.names else ""
         if not name or name in text.lower():
             return text
         name = name.capitalize() if rng.random() < 0.3 else name
         if rng.random() < 0.5:
+            text = text[:1].lower() + text[1:] if text[1:2].islower() else text
             return f"{name}, {text}" if rng.random() < 0.7 else f"{name} {text}"
         cut = _END.search(text).start()
         return f"{text[:cut]}, {name}{text[cut:]}"
 
 
-def _contraction(text: str, rng: random.Random) -> str:
+def _contraction(text: str, rng: Rng) -> str:
     found = [(m, _TO_CONTRACT) for m in _EXPANDED.finditer(text)]
     found += [(m, _TO_EXPAND) for m in _CONTRACTED.finditer(text)]
     if not found:
@@ -113,7 +157,7 @@ def _contraction(text: str, rng: random.Random) -> str:
     return text[: m.start()] + word + text[m.end() :]
 
 
-def _typo(text: str, rng: random.Random) -> str:
+def _typo(text: str, rng: Rng) -> str:
     spans = [m.span() for m in _WORD.finditer(text)]
     if not spans:
         return text
@@ -132,7 +176,7 @@ def _typo(text: str, rng: random.Random) -> str:
     return text[:i] + ch + text[i:]
 
 
-def _case(text: str, rng: random.Random) -> str:
+def _case(text: str, rng: Rng) -> str:
     x = rng.random()
     if x < 0.6:
         return text.lower()
@@ -141,7 +185,7 @@ def _case(text: str, rng: random.Random) -> str:
     return text.upper()
 
 
-def _punctuation(text: str, rng: random.Random) -> str:
+def _punctuation(text: str, rng: Rng) -> str:
     cut = _END.search(text).start()
     body, end = text[:cut], text[cut:].strip()
     x = rng.random()
@@ -157,7 +201,7 @@ def _punctuation(text: str, rng: random.Random) -> str:
     return body + rng.choice((".", "!", "!!", "...", ""))
 
 
-def _filler(text: str, rng: random.Random) -> str:
+def _filler(text: str, rng: Rng) -> str:
     x = rng.random()
     if x < 0.6:
         opener = rng.choice(FILLER_OPENERS)
@@ -183,4 +227,8 @@ def normalise(text: str, names: tuple[str, ...] = ()) -> str:
         start += 1
     while stop > start and (words[stop - 1] in _TRAILING or words[stop - 1] in name_words):
         stop -= 1
-    return " ".join(words[start:stop] or words)
+    if start < stop:
+        return " ".join(words[start:stop])
+    # All filler ("hey guppy!", "ok so hi lol"): the last word that is not a closer or the name.
+    core = [w for w in words if w not in _TRAILING and w not in name_words]
+    return core[-1] if core else " ".join(words)
