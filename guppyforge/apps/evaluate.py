@@ -1,9 +1,12 @@
-"""`guppyforge eval`: how well a trained character stays in character, in four figures.
+"""`guppyforge eval`: how well a trained character stays in character.
 
 - perplexity on the test split: how surprised the model is by replies it never trained on
   (counted on the character's replies only, as training counts them);
-- probe pass rate: the persona's probes, each asked `samples` times; a reply passes when it says
-  an expected word, says nothing forbidden, and keeps the persona's style (case, sentence cap);
+- probe pass rates, side by side (apps/probes.py): the persona's own probes, each asked `samples`
+  times (a reply passes when it says an expected word, says nothing forbidden, and keeps the
+  persona's style: case, sentence cap); the same probes perturbed (typos, casing, fillers); a
+  blind probe set written without reading the persona; and held-out off-topic prompts, which
+  pass when the reply stays in character;
 - memorised rate: the share of sampled replies copied verbatim from the training replies (a
   model can pass probes by reciting; this says how much of that it does);
 - distinct-2: unique word pairs over all word pairs in the sampled replies (1.0: never repeats
@@ -21,6 +24,13 @@ import re
 import sys
 from pathlib import Path
 
+from guppyforge.apps.probes import (
+    blind_file,
+    load_probe_file,
+    offtopic_failures,
+    offtopic_sample,
+    perturbed_asks,
+)
 from guppyforge.apps.trace import words
 from guppyforge.apps.trace_store import load_index
 from guppyforge.dataset.read import load_splits
@@ -61,13 +71,20 @@ def check_reply(text: str, probe, style) -> list[str]:
         failures.append("no expected word")
     low = text.casefold()
     failures += [f"says '{p}'" for p in (*probe.forbid, *style.never_say) if p.casefold() in low]
+    failures += style_failures(text, style)
+    return list(dict.fromkeys(failures))  # probe.forbid may already hold never_say
+
+
+def style_failures(text: str, style) -> list[str]:
+    """The persona's style rules a reply breaks (case, sentence cap)."""
+    failures = []
     if style.case == "lower" and text != text.lower():
         failures.append("not lowercase")
     if style.case == "upper" and text != text.upper():
         failures.append("not uppercase")
     if style.max_sentences and count_sentences(text) > style.max_sentences:
         failures.append(f"over {style.max_sentences} sentences")
-    return list(dict.fromkeys(failures))  # probe.forbid may already hold never_say
+    return failures
 
 
 def distinct_2(replies: list[str]) -> float:
@@ -87,8 +104,14 @@ def evaluate_run(
     temperature: float = TEMPERATURE,
     device: str = "cpu",
     topic_samples: int = 2,
+    probes: str | Path | None = None,
+    offtopic_samples: int = 20,
 ) -> dict:
-    """Score a run folder; the result is what `eval --json` writes."""
+    """Score a run folder; the result is what `eval --json` writes.
+
+    `probes`: a blind probe file (default: the built-in's personas/blind/NAME.yaml, if any);
+    `offtopic_samples`: held-out off-topic prompts asked, one reply each.
+    """
     run = load_run(_existing(run_dir), device=device)
     persona_path = Path(persona) if persona else run.persona_path
     if not persona_path.is_file():
@@ -112,32 +135,19 @@ def evaluate_run(
         if m["role"] == "assistant"
     }
 
-    rows, replies = [], []
-    for i, probe in enumerate(p.probes):
-        got = []
-        for s in range(samples):
-            text = engine.reply(
-                [{"role": "user", "content": probe.ask}],
-                temperature=temperature,
-                seed=_sample_seed(seed, i, s),
-            ).strip()
-            got.append((text, check_reply(text, probe, p.style)))
-        passed = [t for t, why in got if not why]
-        failures: dict[str, int] = {}
-        for _, why in got:
-            for w in why:
-                failures[w] = failures.get(w, 0) + 1
-        rows.append(
-            {
-                "ask": probe.ask,
-                "passed": len(passed),
-                "samples": samples,
-                "pass_rate": len(passed) / samples if samples else 0.0,
-                "example": passed[0] if passed else (got[0][0] if got else ""),
-                "failures": failures,
-            }
-        )
-        replies += [t for t, _ in got]
+    own = [[probe.ask] * samples for probe in p.probes]
+    rows, replies = score_probes(engine, p.probes, own, p.style, seed, temperature)
+    perturbed, _ = score_probes(engine, p.probes, perturbed_asks(p, p.probes, samples, seed),
+                                p.style, seed, temperature, "perturbed")  # fmt: skip
+    blind_path = Path(probes) if probes else blind_file(p)
+    blind = None
+    if blind_path is not None:
+        blind_probes = load_probe_file(blind_path, p)
+        asks = [[probe.ask] * samples for probe in blind_probes]
+        blind_rows, _ = score_probes(engine, blind_probes, asks, p.style, seed, temperature,
+                                     "blind")  # fmt: skip
+        blind = {"file": str(blind_path), "pass_rate": _rate(blind_rows), "probes": blind_rows}
+    offtopic = score_offtopic(engine, p, offtopic_samples, seed, temperature)
 
     total = sum(r["samples"] for r in rows)
     index = load_index(run.path, data, note=lambda _: None)
@@ -154,11 +164,71 @@ def evaluate_run(
         "test_loss": loss,
         "perplexity": ppl,
         "probe_pass_rate": sum(r["passed"] for r in rows) / total if total else 0.0,
+        "perturbed_pass_rate": _rate(perturbed),
+        "blind_pass_rate": blind["pass_rate"] if blind else None,
+        "offtopic_pass_rate": offtopic["pass_rate"],
         "memorized_rate": sum(t in seen for t in replies) / len(replies) if replies else 0.0,
         "distinct_2": distinct_2(replies),
         "probes": rows,
+        "perturbed": perturbed,
+        "blind": blind,
+        "offtopic": offtopic,
         "composition": composition,
     }
+
+
+def score_probes(engine, probes, asks, style, seed, temperature, kind: str = ""):
+    """Ask probe i each of `asks[i]` (one reply per ask); per probe, its passes and failures.
+
+    Returns (rows, replies). `kind` keeps each set's sampling seeds its own; the own probes
+    (kind "") keep the seeds they always had, so their replies do not change.
+    """
+    rows, replies = [], []
+    for i, probe in enumerate(probes):
+        got = []
+        for s, ask in enumerate(asks[i]):
+            text = engine.reply(
+                [{"role": "user", "content": ask}],
+                temperature=temperature,
+                seed=_sample_seed(seed, f"{kind}:{i}" if kind else i, s),
+            ).strip()
+            got.append((ask, text, check_reply(text, probe, style)))
+        passed = [t for _, t, why in got if not why]
+        failures: dict[str, int] = {}
+        for _, _, why in got:
+            for w in why:
+                failures[w] = failures.get(w, 0) + 1
+        row = {
+            "ask": probe.ask,
+            "passed": len(passed),
+            "samples": len(got),
+            "pass_rate": len(passed) / len(got) if got else 0.0,
+            "example": passed[0] if passed else (got[0][1] if got else ""),
+            "failures": failures,
+        }
+        if kind == "perturbed":
+            row["asked"] = [a for a, _, _ in got]
+        rows.append(row)
+        replies += [t for _, t, _ in got]
+    return rows, replies
+
+
+def score_offtopic(engine, persona, n: int, seed: int, temperature: float) -> dict:
+    """`n` held-out off-topic prompts, one reply each, judged in character."""
+    results = []
+    for i, ask in enumerate(offtopic_sample(n, seed)):
+        text = engine.reply([{"role": "user", "content": ask}], temperature=temperature,
+                            seed=_sample_seed(seed, f"offtopic:{i}", 0)).strip()  # fmt: skip
+        results.append({"ask": ask, "reply": text,
+                        "failures": offtopic_failures(text, persona, style_failures)})  # fmt: skip
+    passed = sum(not r["failures"] for r in results)
+    return {"samples": len(results), "passed": passed,
+            "pass_rate": passed / len(results) if results else 0.0, "replies": results}  # fmt: skip
+
+
+def _rate(rows: list[dict]) -> float:
+    total = sum(r["samples"] for r in rows)
+    return sum(r["passed"] for r in rows) / total if total else 0.0
 
 
 def composition_by_topic(engine, index, test, per_topic: int, seed: int, temperature: float):
@@ -221,19 +291,46 @@ def format_report(result: dict) -> str:
     lines.append(text_table(table, indent="  ", align="lrl") if rows else "")
     if not rows:
         lines.append("  (the persona has no probes: add some under `probes:` to score replies)")
-    passed = sum(r["passed"] for r in rows)
-    total = sum(r["samples"] for r in rows)
-    lines += [
-        "",
-        f"probe pass rate  {result['probe_pass_rate']:7.1%}  ({passed}/{total} replies)",
-        f"perplexity       {result['perplexity']:7.2f}  (test split, replies only; loss {result['test_loss']:.3f})",
-        f"memorised        {result['memorized_rate']:7.1%}  (sampled replies found verbatim in train)",
-        f"distinct-2       {result['distinct_2']:7.3f}  (unique word pairs / all word pairs)",
-    ]
+    lines += (
+        [""]
+        + _rates(result)
+        + [
+            "",
+            f"perplexity       {result['perplexity']:7.2f}  (test split, replies only; loss {result['test_loss']:.3f})",
+            f"memorised        {result['memorized_rate']:7.1%}  (sampled replies found verbatim in train)",
+            f"distinct-2       {result['distinct_2']:7.3f}  (unique word pairs / all word pairs)",
+        ]
+    )
     return "\n".join(lines + _composition(result.get("composition") or {}))
 
 
 KINDS = ("verbatim", "recombined", "novel")
+
+
+def _rates(result: dict) -> list[str]:
+    """The four pass rates: own probes, perturbed, blind, off-topic."""
+
+    def count(rows):
+        return f"{sum(r['passed'] for r in rows)}/{sum(r['samples'] for r in rows)}"
+
+    perturbed, blind, off = result["perturbed"], result["blind"], result["offtopic"]
+    lines = [
+        "pass rates (own probes, then prompts the persona file never wrote):",
+        f"  own probes     {result['probe_pass_rate']:7.1%}  ({count(result['probes'])} replies)",
+        f"  perturbed      {result['perturbed_pass_rate']:7.1%}  ({count(perturbed)}: the same "
+        "probes with typos, casing, fillers)",
+    ]
+    if blind:
+        lines.append(f"  blind          {blind['pass_rate']:7.1%}  ({count(blind['probes'])}: "
+                     f"{len(blind['probes'])} probes of {blind['file']})")  # fmt: skip
+    else:
+        lines.append("  blind             none  (no blind probe set: pass --probes FILE)")
+    lines.append(f"  off-topic      {off['pass_rate']:7.1%}  ({off['passed']}/{off['samples']} "
+                 "held-out prompts answered in character)")  # fmt: skip
+    missed = [r for r in off["replies"] if r["failures"]][:2]
+    lines += [f"    missed: {_cut(r['ask'], 30)!r} -> {_cut(r['reply'], 44)!r} "
+              f"[{', '.join(r['failures'])}]" for r in missed]  # fmt: skip
+    return lines
 
 
 def _composition(topics: dict) -> list[str]:
