@@ -165,10 +165,15 @@ def test_four_rates_side_by_side_on_a_micro_run(micro_run, figures, tmp_path):
     from guppyforge.persona.offtopic import pool
 
     assert {r["ask"] for r in off["replies"]} <= set(pool("heldout"))
+    from conftest import micro_conversations
+
+    vocabulary = {w for conv in micro_conversations("train") for m in conv
+                  if m["role"] == "assistant" for w in words(m["content"])}  # fmt: skip
     for r in off["replies"]:
-        assert bool(r["failures"]) == (r["reply"] != r["reply"].lower() or not r["reply"]
-                                       or "as an ai" in r["reply"] or "assistant" in r["reply"]
-                                       or count_sentences(r["reply"]) > 4)  # fmt: skip
+        broken = (r["reply"] != r["reply"].lower() or not r["reply"] or "as an ai" in r["reply"]
+                  or "assistant" in r["reply"] or count_sentences(r["reply"]) > 4
+                  or not set(words(r["reply"])) <= vocabulary)  # fmt: skip
+        assert bool(r["failures"]) == broken, r
 
     probes = tmp_path / "blind.yaml"  # a throwaway blind set: one probe it passes, one it cannot
     probes.write_text("written_by: a test\nprobes:\n  - {ask: are you hungry, expect_any: "

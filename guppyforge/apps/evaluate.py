@@ -147,7 +147,8 @@ def evaluate_run(
         blind_rows, _ = score_probes(engine, blind_probes, asks, p.style, seed, temperature,
                                      "blind")  # fmt: skip
         blind = {"file": str(blind_path), "pass_rate": _rate(blind_rows), "probes": blind_rows}
-    offtopic = score_offtopic(engine, p, offtopic_samples, seed, temperature)
+    vocabulary = {w for reply in seen for w in words(reply)}
+    offtopic = score_offtopic(engine, p, offtopic_samples, seed, temperature, vocabulary)
 
     total = sum(r["samples"] for r in rows)
     index = load_index(run.path, data, note=lambda _: None)
@@ -213,14 +214,14 @@ def score_probes(engine, probes, asks, style, seed, temperature, kind: str = "")
     return rows, replies
 
 
-def score_offtopic(engine, persona, n: int, seed: int, temperature: float) -> dict:
-    """`n` held-out off-topic prompts, one reply each, judged in character."""
+def score_offtopic(engine, persona, n: int, seed: int, temperature: float, vocabulary=None) -> dict:
+    """`n` held-out off-topic prompts, one reply each, judged in character (apps/probes.py)."""
     results = []
     for i, ask in enumerate(offtopic_sample(n, seed)):
         text = engine.reply([{"role": "user", "content": ask}], temperature=temperature,
                             seed=_sample_seed(seed, f"offtopic:{i}", 0)).strip()  # fmt: skip
         results.append({"ask": ask, "reply": text,
-                        "failures": offtopic_failures(text, persona, style_failures)})  # fmt: skip
+                        "failures": offtopic_failures(text, persona, style_failures, vocabulary)})  # fmt: skip
     passed = sum(not r["failures"] for r in results)
     return {"samples": len(results), "passed": passed,
             "pass_rate": passed / len(results) if results else 0.0, "replies": results}  # fmt: skip

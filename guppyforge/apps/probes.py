@@ -7,7 +7,8 @@
   built-in, personas/blind/NAME.yaml when it exists);
 - off-topic: a sample of the held-out part of the shipped pool (persona/offtopic.py), which
   generate never uses. A reply passes when it stays in character: no `never_say` phrase, no
-  chatbot phrase, and the persona's style (case, sentence cap).
+  chatbot phrase, the persona's style (case, sentence cap), and only words the character says
+  in its training replies (a model that falls apart on a strange prompt makes words up).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import random
 from pathlib import Path
 
+from guppyforge.apps.trace import words
 from guppyforge.persona.offtopic import pool
 from guppyforge.persona.schema import read_probes
 from guppyforge.persona.types import Persona, Probe, Variation
@@ -56,9 +58,18 @@ def offtopic_sample(n: int, seed: int) -> list[str]:
     return random.Random(f"{seed}:offtopic").sample(prompts, min(n, len(prompts)))
 
 
-def offtopic_failures(text: str, persona: Persona, check_style) -> list[str]:
-    """Why a reply to an off-topic prompt breaks character (an empty list: it stays in it)."""
+def offtopic_failures(
+    text: str, persona: Persona, check_style, vocabulary: set[str] | None = None
+) -> list[str]:
+    """Why a reply to an off-topic prompt breaks character (an empty list: it stays in it).
+
+    `vocabulary`: the words of the training replies; a reply with any other word fails.
+    """
     low = text.casefold()
     failures = [] if text.strip() else ["empty reply"]
     failures += [f"says '{p}'" for p in (*persona.style.never_say, *CHATBOT_PHRASES) if p in low]
-    return list(dict.fromkeys(failures + check_style(text, persona.style)))
+    failures += check_style(text, persona.style)
+    unknown = [w for w in words(text) if vocabulary is not None and w not in vocabulary]
+    if unknown:
+        failures.append(f"words never in its training replies: {', '.join(unknown[:3])}")
+    return list(dict.fromkeys(failures))
