@@ -121,6 +121,9 @@ def evaluate_run(
     if persona and trained and p.name != trained:  # a typo'd path scores another character
         print(f"warning: {persona_path} is '{p.name}', but {run.path} was trained on "
               f"'{trained}': its probes test another character", file=sys.stderr)  # fmt: skip
+    blind_path = Path(probes) if probes else blind_file(p)
+    # A bad probe file fails before any reply is sampled.
+    blind_probes = load_probe_file(blind_path, p) if blind_path is not None else ()
     data_dir = dataset_dir(run.path, run.config, data)
     splits = load_splits(data_dir)
 
@@ -139,10 +142,8 @@ def evaluate_run(
     rows, replies = score_probes(engine, p.probes, own, p.style, seed, temperature)
     perturbed, _ = score_probes(engine, p.probes, perturbed_asks(p, p.probes, samples, seed),
                                 p.style, seed, temperature, "perturbed")  # fmt: skip
-    blind_path = Path(probes) if probes else blind_file(p)
     blind = None
     if blind_path is not None:
-        blind_probes = load_probe_file(blind_path, p)
         asks = [[probe.ask] * samples for probe in blind_probes]
         blind_rows, _ = score_probes(engine, blind_probes, asks, p.style, seed, temperature,
                                      "blind")  # fmt: skip
