@@ -18,18 +18,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 
-from guppyforge.apps.probes import (
+from guppyforge.apps.probes import (  # noqa: F401  (check_reply & co: the judges, re-exported)
     blind_file,
+    check_reply,
+    count_sentences,
+    has_phrase,
     load_probe_file,
-    offtopic_failures,
-    offtopic_sample,
+    pass_rate,
     perturbed_asks,
+    sample_seed,
+    score_offtopic,
+    score_probes,
+    style_failures,
 )
 from guppyforge.apps.trace import words
 from guppyforge.apps.trace_store import load_index
@@ -42,49 +46,6 @@ from guppyforge.model.engine import Engine
 from guppyforge.model.run import dataset_dir, load_run, pick_device
 from guppyforge.ownership import check_inputs, claim_file, guard
 from guppyforge.persona.load import load_persona
-
-# The sentence ends `generate` cuts replies at (style.max_sentences), so both count alike.
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
-
-
-def has_phrase(text_words: list[str], phrase: str) -> bool:
-    """True when the words of `phrase` appear together, in order, among `text_words`.
-
-    Whole words only: "sun" is not found in "sunday", and "tuna" is found in "tuna!".
-    """
-    want = words(phrase)
-    n = len(want)
-    return n > 0 and any(text_words[i : i + n] == want for i in range(len(text_words) - n + 1))
-
-
-def count_sentences(text: str) -> int:
-    ends = list(_SENTENCE_END.finditer(text))
-    tail = text[ends[-1].end() :] if ends else text
-    return len(ends) + (1 if tail.strip() else 0)
-
-
-def check_reply(text: str, probe, style) -> list[str]:
-    """The reasons a reply fails a probe (an empty list: it passes)."""
-    failures = []
-    found = words(text)
-    if probe.expect_any and not any(has_phrase(found, w) for w in probe.expect_any):
-        failures.append("no expected word")
-    low = text.casefold()
-    failures += [f"says '{p}'" for p in (*probe.forbid, *style.never_say) if p.casefold() in low]
-    failures += style_failures(text, style)
-    return list(dict.fromkeys(failures))  # probe.forbid may already hold never_say
-
-
-def style_failures(text: str, style) -> list[str]:
-    """The persona's style rules a reply breaks (case, sentence cap)."""
-    failures = []
-    if style.case == "lower" and text != text.lower():
-        failures.append("not lowercase")
-    if style.case == "upper" and text != text.upper():
-        failures.append("not uppercase")
-    if style.max_sentences and count_sentences(text) > style.max_sentences:
-        failures.append(f"over {style.max_sentences} sentences")
-    return failures
 
 
 def distinct_2(replies: list[str]) -> float:
@@ -147,7 +108,7 @@ def evaluate_run(
         asks = [[probe.ask] * samples for probe in blind_probes]
         blind_rows, _ = score_probes(engine, blind_probes, asks, p.style, seed, temperature,
                                      "blind")  # fmt: skip
-        blind = {"file": str(blind_path), "pass_rate": _rate(blind_rows), "probes": blind_rows}
+        blind = {"file": str(blind_path), "pass_rate": pass_rate(blind_rows), "probes": blind_rows}
     vocabulary = {w for reply in seen for w in words(reply)}
     offtopic = score_offtopic(engine, p, offtopic_samples, seed, temperature, vocabulary)
 
@@ -166,7 +127,7 @@ def evaluate_run(
         "test_loss": loss,
         "perplexity": ppl,
         "probe_pass_rate": sum(r["passed"] for r in rows) / total if total else 0.0,
-        "perturbed_pass_rate": _rate(perturbed),
+        "perturbed_pass_rate": pass_rate(perturbed),
         "blind_pass_rate": blind["pass_rate"] if blind else None,
         "offtopic_pass_rate": offtopic["pass_rate"],
         "memorized_rate": sum(t in seen for t in replies) / len(replies) if replies else 0.0,
@@ -177,60 +138,6 @@ def evaluate_run(
         "offtopic": offtopic,
         "composition": composition,
     }
-
-
-def score_probes(engine, probes, asks, style, seed, temperature, kind: str = ""):
-    """Ask probe i each of `asks[i]` (one reply per ask); per probe, its passes and failures.
-
-    Returns (rows, replies). `kind` keeps each set's sampling seeds its own; the own probes
-    (kind "") keep the seeds they always had, so their replies do not change.
-    """
-    rows, replies = [], []
-    for i, probe in enumerate(probes):
-        got = []
-        for s, ask in enumerate(asks[i]):
-            text = engine.reply(
-                [{"role": "user", "content": ask}],
-                temperature=temperature,
-                seed=_sample_seed(seed, f"{kind}:{i}" if kind else i, s),
-            ).strip()
-            got.append((ask, text, check_reply(text, probe, style)))
-        passed = [t for _, t, why in got if not why]
-        failures: dict[str, int] = {}
-        for _, _, why in got:
-            for w in why:
-                failures[w] = failures.get(w, 0) + 1
-        row = {
-            "ask": probe.ask,
-            "passed": len(passed),
-            "samples": len(got),
-            "pass_rate": len(passed) / len(got) if got else 0.0,
-            "example": passed[0] if passed else (got[0][1] if got else ""),
-            "failures": failures,
-        }
-        if kind == "perturbed":
-            row["asked"] = [a for a, _, _ in got]
-        rows.append(row)
-        replies += [t for _, t, _ in got]
-    return rows, replies
-
-
-def score_offtopic(engine, persona, n: int, seed: int, temperature: float, vocabulary=None) -> dict:
-    """`n` held-out off-topic prompts, one reply each, judged in character (apps/probes.py)."""
-    results = []
-    for i, ask in enumerate(offtopic_sample(n, seed)):
-        text = engine.reply([{"role": "user", "content": ask}], temperature=temperature,
-                            seed=_sample_seed(seed, f"offtopic:{i}", 0)).strip()  # fmt: skip
-        results.append({"ask": ask, "reply": text,
-                        "failures": offtopic_failures(text, persona, style_failures, vocabulary)})  # fmt: skip
-    passed = sum(not r["failures"] for r in results)
-    return {"samples": len(results), "passed": passed,
-            "pass_rate": passed / len(results) if results else 0.0, "replies": results}  # fmt: skip
-
-
-def _rate(rows: list[dict]) -> float:
-    total = sum(r["samples"] for r in rows)
-    return sum(r["passed"] for r in rows) / total if total else 0.0
 
 
 def composition_by_topic(engine, index, test, per_topic: int, seed: int, temperature: float):
@@ -247,18 +154,11 @@ def composition_by_topic(engine, index, test, per_topic: int, seed: int, tempera
     for topic in sorted(t for t, mine in asks.items() if mine):
         kinds = [
             index.trace(engine.reply([{"role": "user", "content": ask}], temperature=temperature,
-                                     seed=_sample_seed(seed, f"topic:{topic}", s))).kind
+                                     seed=sample_seed(seed, f"topic:{topic}", s))).kind
             for s, ask in enumerate(asks[topic])
         ]  # fmt: skip
         out[topic] = {"replies": len(kinds)} | {k: kinds.count(k) / len(kinds) for k in KINDS}
     return out
-
-
-def _sample_seed(seed: int, probe: int | str, sample: int) -> int:
-    """Each reply's own seed, from (seed, probe, sample) alone: adding a probe to the persona or
-    asking for more samples leaves the replies already sampled unchanged."""
-    digest = hashlib.sha256(f"{seed}:{probe}:{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any torch seed accepts it
 
 
 def _existing(run_dir: str | Path) -> Path:

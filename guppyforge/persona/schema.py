@@ -342,18 +342,3 @@ def _dotted(path: tuple) -> str:
 
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", type(None): "empty"}.get(type(value), repr(value))
-
-
-def read_probes(doc: Doc, style: Style) -> tuple[Probe, ...]:
-    """The `probes:` of a probe file (a blind set): checked like a persona's, first error raised.
-
-    Other top-level keys (who wrote it, from what) are the file's own business and are ignored.
-    """
-    r = Reader(doc)
-    if not isinstance(doc.data, dict) or not isinstance(doc.data.get("probes"), list):
-        raise GuppyError(f"{doc.path}:1:1: probes: a probe file needs a `probes:` list. Write "
-                         "'- {ask: ..., expect_any: [...]}' items under it")  # fmt: skip
-    probes = r._probes(doc.data["probes"], style)
-    if r.errors:
-        raise GuppyError(r.errors[0])
-    return probes
