@@ -27,7 +27,7 @@ step "5. train the tiny preset on the CPU for $MINUTES minutes"
 rm -rf "$DEMO/run"
 guppyforge train "$DEMO/data" --out "$DEMO/run" --preset tiny --max-minutes "$MINUTES"
 
-step "6. score it: perplexity, probes, memorisation, diversity"
+step "6. score it: perplexity; own, perturbed, blind and off-topic pass rates; memorisation"
 guppyforge eval "$DEMO/run" --samples 3 --json "$DEMO/eval.json"
 
 step "7. talk to it"

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from guppyforge.apps.cli import cli
 from guppyforge.apps.evaluate import check_reply, count_sentences, distinct_2, has_phrase, words
 
-KEYS = {"probe_pass_rate", "perplexity", "memorized_rate", "distinct_2", "probes", "test_loss"}
+KEYS = {"probe_pass_rate", "perplexity", "memorized_rate", "distinct_2", "probes", "test_loss",
+        "perturbed_pass_rate", "blind_pass_rate", "offtopic_pass_rate"}  # fmt: skip
 
 
 def invoke(*args):
@@ -51,7 +52,8 @@ def test_table_shows_each_probe_and_the_figures(figures):
     output, got = figures
     for p in got["probes"]:
         assert p["ask"] in output and f"{p['passed']}/{p['samples']}" in output
-    for label in ("probe pass rate", "perplexity", "memorised", "distinct-2"):
+    for label in ("own probes", "perturbed", "blind", "off-topic", "perplexity", "memorised",
+                  "distinct-2"):  # fmt: skip
         assert label in output
 
 
@@ -144,3 +146,52 @@ def test_distinct_2():
     assert distinct_2(["a b a b"]) == pytest.approx(2 / 3)
     assert distinct_2(["a b", "a b"]) == 0.5
     assert distinct_2(["one"]) == 0.0
+
+
+# --- the four rates ----------------------------------------------------------------------------
+
+
+def test_four_rates_side_by_side_on_a_micro_run(micro_run, figures, tmp_path):
+    output, got = figures
+    assert got["blind"] is None and got["blind_pass_rate"] is None  # finn has no blind set
+    assert "no blind probe set" in output
+    perturbed = got["perturbed"]
+    assert [p["ask"] for p in perturbed] == [p["ask"] for p in got["probes"]]
+    asked = [a for p in perturbed for a in p["asked"]]
+    assert len(asked) == 6 and sum(a not in ("are you hungry", "what is the meaning of life")
+                                   for a in asked) >= 5  # fmt: skip
+    off = got["offtopic"]
+    assert off["samples"] == 20 and 0 <= got["offtopic_pass_rate"] <= 1
+    from guppyforge.persona.offtopic import pool
+
+    assert {r["ask"] for r in off["replies"]} <= set(pool("heldout"))
+    from conftest import micro_conversations
+
+    vocabulary = {w for conv in micro_conversations("train") for m in conv
+                  if m["role"] == "assistant" for w in words(m["content"])}  # fmt: skip
+    for r in off["replies"]:
+        broken = (r["reply"] != r["reply"].lower() or not r["reply"] or "as an ai" in r["reply"]
+                  or "assistant" in r["reply"] or count_sentences(r["reply"]) > 4
+                  or not set(words(r["reply"])) <= vocabulary)  # fmt: skip
+        assert bool(r["failures"]) == broken, r
+
+    probes = tmp_path / "blind.yaml"  # a throwaway blind set: one probe it passes, one it cannot
+    probes.write_text("written_by: a test\nprobes:\n  - {ask: are you hungry, expect_any: "
+                      "[worms, flakes, bugs, yes]}\n  - {ask: hi, expect_any: [zebra]}\n")  # fmt: skip
+    out = tmp_path / "blind.json"
+    result = invoke(micro_run, "--probes", probes, "--samples", "2", "--seed", "1",
+                    "--offtopic-samples", "3", "--json", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    blind = json.loads(out.read_text())
+    assert blind["blind"]["file"] == str(probes) and len(blind["blind"]["probes"]) == 2
+    assert blind["blind"]["probes"][1]["passed"] == 0
+    assert blind["blind_pass_rate"] == pytest.approx(blind["blind"]["probes"][0]["passed"] / 4)
+    assert f"2 probes of {probes}" in result.output and blind["offtopic"]["samples"] == 3
+
+
+def test_a_bad_probe_file_is_one_line(micro_run, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("probes:\n  - {ask: hi, expect: [x]}\n")
+    result = invoke(micro_run, "--probes", bad, "--samples", "1")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "bad.yaml:2:" in result.output and "unknown key 'expect'" in result.output

@@ -71,7 +71,8 @@ probes:
 
 # A persona that can only ever say two things: it runs out of distinct conversations.
 TINY_YAML = """\
-guppyforge: 1
+guppyforge: 1.2
+variation: off  # typing "hi" as "Hi!" or "hey hi lol" would make it many more
 name: tiny
 display_name: Tiny
 summary: A fish with very little to say.
@@ -262,9 +263,10 @@ def test_two_turns_reuse_the_first_turns_values(fish_persona, tmp_path):
     for row in rows:
         messages = row["messages"]
         assert [m["role"] for m in messages] == ["user", "assistant"] * 2
-        asked = [f for f in foods if f in messages[0]["content"].lower()]
-        # The follow-up names the same food as the first question: values are picked once.
-        assert asked and asked[0] in messages[2]["content"]
+        # The replies, which variation never touches, name the first question's food in both
+        # turns: values are picked once per conversation.
+        asked = [f for f in foods if f in messages[1]["content"]]
+        assert asked and asked[0] in messages[3]["content"]
 
 
 def test_a_turn_range_mixes_lengths(fish_persona, tmp_path):

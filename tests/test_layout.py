@@ -127,6 +127,9 @@ def test_a_wheel_installed_elsewhere_runs_the_pipeline(tmp_path):
     cli = env_dir / "bin" / "guppyforge"
     where = run([python, "-c", "import guppyforge; print(guppyforge.__file__)"], work)
     assert str(env_dir) in where  # the wheel's copy, not the checkout
+    sizes = run([python, "-c", "from guppyforge.persona.offtopic import pool; "
+                 "print(len(pool('train')), len(pool('heldout')))"], work).split()  # fmt: skip
+    assert int(sizes[0]) >= 260 and int(sizes[1]) >= 80, sizes  # the pool ships in the wheel
     listed = run([cli, "personas"], work)
     assert all(name in listed for name in ("guppy", "cat", "lighthouse")), listed
     run([cli, "new-persona", "pip"], work)

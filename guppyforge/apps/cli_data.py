@@ -57,24 +57,28 @@ def validate(files: tuple[str, ...], target: int) -> None:
 def preview(file: str, count: int, topic: str | None, seed: int, turns: str | None) -> None:
     """Print sample conversations from a persona, with the YAML lines that made them.
 
-    The samples are spread over the indices of a 60,000-row dataset, so topics and openers
-    show up in the proportions `generate` gives them.
+    The samples are spread over the indices of a 60,000-row dataset, so topics, openers and
+    off-topic rows show up in the proportions `generate` gives them. A user message that
+    variation changed is shown as generated, with the line its template wrote after it.
 
     \b
     Example:
       guppyforge preview personas/cat.yaml -n 5 --topic food --turns 2
     """
-    from guppyforge.dataset.draw import turn_mix, turns_for
-    from guppyforge.persona.conversations import Sampler
+    from guppyforge.dataset.draw import row_makers, turn_mix, turns_for
     from guppyforge.persona.load import load_persona
     from guppyforge.persona.report import format_conversation, spread
 
     persona = load_persona(file)
     mix = turn_mix(turns, persona)
-    sampler = Sampler(persona, seed=seed)
+    sampler, _, varier, offtopic = row_makers(persona, seed)
     for i in spread(count):
-        c = sampler.conversation(i, turns_for(seed, i, mix), topic)
-        click.echo(format_conversation(c, persona.display_name))
+        if topic is None and offtopic.takes(i):  # the rows generate draws, off-topic ones too
+            c = offtopic.conversation(i)
+        else:
+            c = sampler.conversation(i, turns_for(seed, i, mix), topic)
+        varied, _ = varier.messages(c.messages, i)
+        click.echo(format_conversation(c, persona.display_name, varied))
 
 
 @click.command("new-persona")

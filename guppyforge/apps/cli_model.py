@@ -114,6 +114,13 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, trace, **options) -> Non
 @click.option(
     "--topic-samples", type=click.IntRange(min=0), default=2, help="Test prompts per topic, traced."
 )
+@click.option(
+    "--probes", help="Blind probe file.  [default: a built-in's personas/blind/NAME.yaml, if any]"
+)
+@click.option(
+    "--offtopic-samples", type=click.IntRange(min=0), default=20,
+    help="Held-out off-topic prompts asked, one reply each.",
+)  # fmt: skip
 @click.option("--json", "json_path", help="Also write the figures to this JSON file.")
 @click.option("--force", is_flag=True, help="Replace an earlier --json result.")
 @click.option("--min-pass", type=finite(0, 1), help="Exit 1 below this pass rate (0-1).")
@@ -121,10 +128,12 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, trace, **options) -> Non
 @click.option("--temperature", type=finite(min=0), default=defaults.TEMPERATURE, help="Sampling.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
 def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
-    """Score RUN_DIR: perplexity, probe pass rate, memorised rate, distinct-2, composition.
+    """Score RUN_DIR: perplexity; pass rates on its own probes, on them perturbed, on a blind
+    probe set and on held-out off-topic prompts; memorised rate, distinct-2, composition.
 
     \b
     guppyforge eval runs/cat --samples 5 --json eval.json --min-pass 0.7
+    guppyforge eval runs/cat --probes my-blind-probes.yaml
     """
     from guppyforge.apps.evaluate import run_eval
 

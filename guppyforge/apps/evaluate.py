@@ -1,9 +1,12 @@
-"""`guppyforge eval`: how well a trained character stays in character, in four figures.
+"""`guppyforge eval`: how well a trained character stays in character.
 
 - perplexity on the test split: how surprised the model is by replies it never trained on
   (counted on the character's replies only, as training counts them);
-- probe pass rate: the persona's probes, each asked `samples` times; a reply passes when it says
-  an expected word, says nothing forbidden, and keeps the persona's style (case, sentence cap);
+- probe pass rates, side by side (apps/probes.py): the persona's own probes, each asked `samples`
+  times (a reply passes when it says an expected word, says nothing forbidden, and keeps the
+  persona's style: case, sentence cap); the same probes perturbed (typos, casing, fillers); a
+  blind probe set written without reading the persona; and held-out off-topic prompts, which
+  pass when the reply stays in character;
 - memorised rate: the share of sampled replies copied verbatim from the training replies (a
   model can pass probes by reciting; this says how much of that it does);
 - distinct-2: unique word pairs over all word pairs in the sampled replies (1.0: never repeats
@@ -15,12 +18,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import sys
 from pathlib import Path
 
+from guppyforge.apps.probes import (  # noqa: F401  (check_reply & co: the judges, re-exported)
+    blind_file,
+    check_reply,
+    count_sentences,
+    has_phrase,
+    load_probe_file,
+    pass_rate,
+    perturbed_asks,
+    sample_seed,
+    score_offtopic,
+    score_probes,
+    style_failures,
+)
 from guppyforge.apps.trace import words
 from guppyforge.apps.trace_store import load_index
 from guppyforge.dataset.read import load_splits
@@ -32,42 +46,6 @@ from guppyforge.model.engine import Engine
 from guppyforge.model.run import dataset_dir, load_run, pick_device
 from guppyforge.ownership import EVAL_SCHEMA, check_inputs, claim_file, guard
 from guppyforge.persona.load import load_persona
-
-# The sentence ends `generate` cuts replies at (style.max_sentences), so both count alike.
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
-
-
-def has_phrase(text_words: list[str], phrase: str) -> bool:
-    """True when the words of `phrase` appear together, in order, among `text_words`.
-
-    Whole words only: "sun" is not found in "sunday", and "tuna" is found in "tuna!".
-    """
-    want = words(phrase)
-    n = len(want)
-    return n > 0 and any(text_words[i : i + n] == want for i in range(len(text_words) - n + 1))
-
-
-def count_sentences(text: str) -> int:
-    ends = list(_SENTENCE_END.finditer(text))
-    tail = text[ends[-1].end() :] if ends else text
-    return len(ends) + (1 if tail.strip() else 0)
-
-
-def check_reply(text: str, probe, style) -> list[str]:
-    """The reasons a reply fails a probe (an empty list: it passes)."""
-    failures = []
-    found = words(text)
-    if probe.expect_any and not any(has_phrase(found, w) for w in probe.expect_any):
-        failures.append("no expected word")
-    low = text.casefold()
-    failures += [f"says '{p}'" for p in (*probe.forbid, *style.never_say) if p.casefold() in low]
-    if style.case == "lower" and text != text.lower():
-        failures.append("not lowercase")
-    if style.case == "upper" and text != text.upper():
-        failures.append("not uppercase")
-    if style.max_sentences and count_sentences(text) > style.max_sentences:
-        failures.append(f"over {style.max_sentences} sentences")
-    return list(dict.fromkeys(failures))  # probe.forbid may already hold never_say
 
 
 def distinct_2(replies: list[str]) -> float:
@@ -87,8 +65,14 @@ def evaluate_run(
     temperature: float = TEMPERATURE,
     device: str = "cpu",
     topic_samples: int = 2,
+    probes: str | Path | None = None,
+    offtopic_samples: int = 20,
 ) -> dict:
-    """Score a run folder; the result is what `eval --json` writes."""
+    """Score a run folder; the result is what `eval --json` writes.
+
+    `probes`: a blind probe file (default: the built-in's personas/blind/NAME.yaml, if any);
+    `offtopic_samples`: held-out off-topic prompts asked, one reply each.
+    """
     run = load_run(_existing(run_dir), device=device)
     persona_path = Path(persona) if persona else run.persona_path
     if not persona_path.is_file():
@@ -98,6 +82,9 @@ def evaluate_run(
     if persona and trained and p.name != trained:  # a typo'd path scores another character
         print(f"warning: {persona_path} is '{p.name}', but {run.path} was trained on "
               f"'{trained}': its probes test another character", file=sys.stderr)  # fmt: skip
+    blind_path = Path(probes) if probes else blind_file(p)
+    # A bad probe file fails before any reply is sampled.
+    blind_probes = load_probe_file(blind_path, p) if blind_path is not None else ()
     data_dir = dataset_dir(run.path, run.config, data)
     splits = load_splits(data_dir)
 
@@ -112,32 +99,18 @@ def evaluate_run(
         if m["role"] == "assistant"
     }
 
-    rows, replies = [], []
-    for i, probe in enumerate(p.probes):
-        got = []
-        for s in range(samples):
-            text = engine.reply(
-                [{"role": "user", "content": probe.ask}],
-                temperature=temperature,
-                seed=_sample_seed(seed, i, s),
-            ).strip()
-            got.append((text, check_reply(text, probe, p.style)))
-        passed = [t for t, why in got if not why]
-        failures: dict[str, int] = {}
-        for _, why in got:
-            for w in why:
-                failures[w] = failures.get(w, 0) + 1
-        rows.append(
-            {
-                "ask": probe.ask,
-                "passed": len(passed),
-                "samples": samples,
-                "pass_rate": len(passed) / samples if samples else 0.0,
-                "example": passed[0] if passed else (got[0][0] if got else ""),
-                "failures": failures,
-            }
-        )
-        replies += [t for t, _ in got]
+    own = [[probe.ask] * samples for probe in p.probes]
+    rows, replies = score_probes(engine, p.probes, own, p.style, seed, temperature)
+    perturbed, _ = score_probes(engine, p.probes, perturbed_asks(p, p.probes, samples, seed),
+                                p.style, seed, temperature, "perturbed")  # fmt: skip
+    blind = None
+    if blind_path is not None:
+        asks = [[probe.ask] * samples for probe in blind_probes]
+        blind_rows, _ = score_probes(engine, blind_probes, asks, p.style, seed, temperature,
+                                     "blind")  # fmt: skip
+        blind = {"file": str(blind_path), "pass_rate": pass_rate(blind_rows), "probes": blind_rows}
+    vocabulary = {w for reply in seen for w in words(reply)}
+    offtopic = score_offtopic(engine, p, offtopic_samples, seed, temperature, vocabulary)
 
     total = sum(r["samples"] for r in rows)
     index = load_index(run.path, data, note=lambda _: None)
@@ -154,9 +127,15 @@ def evaluate_run(
         "test_loss": loss,
         "perplexity": ppl,
         "probe_pass_rate": sum(r["passed"] for r in rows) / total if total else 0.0,
+        "perturbed_pass_rate": pass_rate(perturbed),
+        "blind_pass_rate": blind["pass_rate"] if blind else None,
+        "offtopic_pass_rate": offtopic["pass_rate"],
         "memorized_rate": sum(t in seen for t in replies) / len(replies) if replies else 0.0,
         "distinct_2": distinct_2(replies),
         "probes": rows,
+        "perturbed": perturbed,
+        "blind": blind,
+        "offtopic": offtopic,
         "composition": composition,
     }
 
@@ -175,18 +154,11 @@ def composition_by_topic(engine, index, test, per_topic: int, seed: int, tempera
     for topic in sorted(t for t, mine in asks.items() if mine):
         kinds = [
             index.trace(engine.reply([{"role": "user", "content": ask}], temperature=temperature,
-                                     seed=_sample_seed(seed, f"topic:{topic}", s))).kind
+                                     seed=sample_seed(seed, f"topic:{topic}", s))).kind
             for s, ask in enumerate(asks[topic])
         ]  # fmt: skip
         out[topic] = {"replies": len(kinds)} | {k: kinds.count(k) / len(kinds) for k in KINDS}
     return out
-
-
-def _sample_seed(seed: int, probe: int | str, sample: int) -> int:
-    """Each reply's own seed, from (seed, probe, sample) alone: adding a probe to the persona or
-    asking for more samples leaves the replies already sampled unchanged."""
-    digest = hashlib.sha256(f"{seed}:{probe}:{sample}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: any torch seed accepts it
 
 
 def _existing(run_dir: str | Path) -> Path:
@@ -221,19 +193,46 @@ def format_report(result: dict) -> str:
     lines.append(text_table(table, indent="  ", align="lrl") if rows else "")
     if not rows:
         lines.append("  (the persona has no probes: add some under `probes:` to score replies)")
-    passed = sum(r["passed"] for r in rows)
-    total = sum(r["samples"] for r in rows)
-    lines += [
-        "",
-        f"probe pass rate  {result['probe_pass_rate']:7.1%}  ({passed}/{total} replies)",
-        f"perplexity       {result['perplexity']:7.2f}  (test split, replies only; loss {result['test_loss']:.3f})",
-        f"memorised        {result['memorized_rate']:7.1%}  (sampled replies found verbatim in train)",
-        f"distinct-2       {result['distinct_2']:7.3f}  (unique word pairs / all word pairs)",
-    ]
+    lines += (
+        [""]
+        + _rates(result)
+        + [
+            "",
+            f"perplexity       {result['perplexity']:7.2f}  (test split, replies only; loss {result['test_loss']:.3f})",
+            f"memorised        {result['memorized_rate']:7.1%}  (sampled replies found verbatim in train)",
+            f"distinct-2       {result['distinct_2']:7.3f}  (unique word pairs / all word pairs)",
+        ]
+    )
     return "\n".join(lines + _composition(result.get("composition") or {}))
 
 
 KINDS = ("verbatim", "recombined", "novel")
+
+
+def _rates(result: dict) -> list[str]:
+    """The four pass rates: own probes, perturbed, blind, off-topic."""
+
+    def count(rows):
+        return f"{sum(r['passed'] for r in rows)}/{sum(r['samples'] for r in rows)}"
+
+    perturbed, blind, off = result["perturbed"], result["blind"], result["offtopic"]
+    lines = [
+        "pass rates (own probes, then prompts the persona file never wrote):",
+        f"  own probes     {result['probe_pass_rate']:7.1%}  ({count(result['probes'])} replies)",
+        f"  perturbed      {result['perturbed_pass_rate']:7.1%}  ({count(perturbed)}: the same "
+        "probes with typos, casing, fillers)",
+    ]
+    if blind:
+        lines.append(f"  blind          {blind['pass_rate']:7.1%}  ({count(blind['probes'])}: "
+                     f"{len(blind['probes'])} probes of {blind['file']})")  # fmt: skip
+    else:
+        lines.append("  blind             none  (no blind probe set: pass --probes FILE)")
+    lines.append(f"  off-topic      {off['pass_rate']:7.1%}  ({off['passed']}/{off['samples']} "
+                 "held-out prompts answered in character)")  # fmt: skip
+    missed = [r for r in off["replies"] if r["failures"]][:2]
+    lines += [f"    missed: {_cut(r['ask'], 30)!r} -> {_cut(r['reply'], 44)!r} "
+              f"[{', '.join(r['failures'])}]" for r in missed]  # fmt: skip
+    return lines
 
 
 def _composition(topics: dict) -> list[str]:

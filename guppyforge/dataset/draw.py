@@ -16,7 +16,7 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,6 +25,8 @@ from guppyforge.dataset.write import Row
 from guppyforge.errors import GuppyError
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.load import load_persona
+from guppyforge.persona.offtopic import OffTopicSampler
+from guppyforge.persona.variation import Varier
 
 # Indices per task sent to a worker: large enough that pickling and scheduling are noise,
 # small enough that the work wasted past the stopping point stays a fraction of a second.
@@ -68,6 +70,13 @@ class DrawResult:
     capacity_spent: bool  # stopped before n rows: the persona makes too few distinct ones
     refused: int = 0  # drawn rows left out because their text still held template syntax
     refused_example: str = ""  # the first of them: "template id: text"
+    # Per row: its user messages as the templates wrote them when variation changed any, or None.
+    unvaried: list[tuple[str, ...] | None] = field(default_factory=list)
+
+    @property
+    def varied(self) -> int:
+        """Rows whose user side variation changed."""
+        return sum(u is not None for u in self.unvaried)
 
     @property
     def unique_pct(self) -> float:
@@ -100,11 +109,33 @@ def turns_for(seed: int, index: int, mix: TurnMix) -> int:
     return mix[-1][0]
 
 
-def draw_range(sampler, seed: int, start: int, stop: int, turns: TurnMix) -> list[Row]:
+Drawn = tuple[Row, "tuple[str, ...] | None"]  # a row, and its unvaried user messages if varied
+
+
+def draw_range(
+    sampler,
+    seed: int,
+    start: int,
+    stop: int,
+    turns: TurnMix,
+    varier: Varier | None = None,
+    offtopic: OffTopicSampler | None = None,
+) -> list[Drawn]:
     """Conversations `start .. stop-1` as rows, duplicates included (the caller dedups)."""
-    return [
-        to_row(sampler.conversation(i, turns=turns_for(seed, i, turns))) for i in range(start, stop)
-    ]
+    out = []
+    for i in range(start, stop):
+        if offtopic is not None and offtopic.takes(i):
+            c = offtopic.conversation(i)
+        else:
+            c = sampler.conversation(i, turns=turns_for(seed, i, turns))
+        row, unvaried = to_row(c), None
+        if varier is not None and varier.on:
+            messages, changed = varier.messages(c.messages, i)
+            if changed:
+                unvaried = tuple(m["content"] for m in c.messages if m["role"] == "user")
+                row = (tuple((m["role"], m["content"]) for m in messages), *row[1:])
+        out.append((row, unvaried))
+    return out
 
 
 class _Collector:
@@ -119,10 +150,12 @@ class _Collector:
         self.n = n
         self.seen: set[tuple[tuple[str, str], ...]] = set()
         self.rows: list[Row] = []
+        self.unvaried: list[tuple[str, ...] | None] = []
         for row in examples:
             if len(self.rows) < n and row[0] not in self.seen:
                 self.seen.add(row[0])
                 self.rows.append(row)
+                self.unvaried.append(None)
         self.examples = len(self.rows)
         self.drawn = 0
         self.run = 0  # consecutive duplicates
@@ -139,10 +172,10 @@ class _Collector:
     def done(self) -> bool:
         return len(self.rows) >= self.n or self.capacity_spent
 
-    def add(self, rows: list[Row]) -> None:
+    def add(self, rows: list[Drawn]) -> None:
         """Take rows in index order until done; rows past the stopping point are ignored."""
         kept_before = len(self.rows)
-        for row in rows:
+        for row, unvaried in rows:
             if self.done:
                 break
             self.drawn += 1
@@ -160,6 +193,7 @@ class _Collector:
                 self.run = 0
                 self.seen.add(key)
                 self.rows.append(row)
+                self.unvaried.append(unvaried)
             if len(self.rows) < self.n and (
                 self.run >= self.max_run or self.drawn >= self.max_draws
             ):
@@ -175,6 +209,7 @@ class _Collector:
             capacity_spent=self.capacity_spent,
             refused=self.refused,
             refused_example=self.refused_example,
+            unvaried=self.unvaried,
         )
 
 
@@ -186,29 +221,35 @@ def _chunks(start: int = 0) -> Iterator[tuple[int, int]]:
 
 # --- worker processes ------------------------------------------------------------------------
 
-_worker_state: tuple | None = None  # (sampler, seed) that _worker_draw uses in a worker process
+_worker_state: tuple | None = None  # (sampler, seed, varier, offtopic) for _worker_draw
 
 
 def _init_worker(persona_path: str, seed: int) -> None:
     # Only where fork is missing (Windows, macOS): such a worker starts as a fresh interpreter
     # and loads the persona itself, since compiled templates do not pickle.
     global _worker_state
-    _worker_state = (Sampler(load_persona(persona_path), seed), seed)
+    _worker_state = row_makers(load_persona(persona_path), seed)
 
 
-def _worker_draw(start: int, stop: int, turns: TurnMix) -> list[Row]:
-    sampler, seed = _worker_state
-    return draw_range(sampler, seed, start, stop, turns)
+def row_makers(persona, seed: int) -> tuple:
+    """What draws rows: (sampler, seed, varier, off-topic sampler)."""
+    sampler = Sampler(persona, seed)
+    return sampler, seed, Varier(persona, seed), OffTopicSampler(sampler, seed)
 
 
-def _start_pool(sampler, persona_path: Path, seed: int, workers: int) -> ProcessPoolExecutor:
+def _worker_draw(start: int, stop: int, turns: TurnMix) -> list[Drawn]:
+    sampler, seed, varier, offtopic = _worker_state
+    return draw_range(sampler, seed, start, stop, turns, varier, offtopic)
+
+
+def _start_pool(makers: tuple, persona_path: Path, seed: int, workers: int) -> ProcessPoolExecutor:
     """Worker processes that each hold a Sampler for (persona, seed), ready to draw chunks."""
     global _worker_state
     if "fork" in multiprocessing.get_all_start_methods():
         # A forked worker starts in milliseconds as a copy of this process, with the Sampler
         # already built: loading and compiling the persona again would cost each worker longer
         # than its share of 60K conversations takes to draw.
-        _worker_state = (sampler, seed)
+        _worker_state = makers
         context = multiprocessing.get_context("fork")
         return ProcessPoolExecutor(workers, mp_context=context)
     return ProcessPoolExecutor(
@@ -236,8 +277,9 @@ def draw_unique(
     progress: bool = True,
 ) -> DrawResult:
     """Draw conversations 0, 1, 2, ... until `n` unique rows (examples included) or capacity."""
-    sampler = Sampler(persona, seed)
-    examples = [to_row(c) for c in sampler.examples()]
+    makers = row_makers(persona, seed)
+    sampler = makers[0]
+    examples = [to_row(c) for c in sampler.examples()]  # hand-written: kept as written
 
     pool = None
     pending: deque[Future] = deque()
@@ -245,7 +287,7 @@ def draw_unique(
     if workers > 1:
         # Start the workers before the progress bar: tqdm runs a monitor thread, and forking a
         # process that has threads is what fork's warnings are about.
-        pool = _start_pool(sampler, persona_path, seed, workers)
+        pool = _start_pool(makers, persona_path, seed, workers)
         for _ in range(2 * workers):  # two tasks per worker keeps every core busy
             pending.append(pool.submit(_worker_draw, *next(chunks), turns))
 
@@ -254,7 +296,7 @@ def draw_unique(
     try:
         while not collector.done:
             if pool is None:
-                collector.add(draw_range(sampler, seed, *next(chunks), turns))
+                collector.add(draw_range(sampler, seed, *next(chunks), turns, *makers[2:]))
             else:
                 collector.add(pending.popleft().result())
                 pending.append(pool.submit(_worker_draw, *next(chunks), turns))

@@ -1,7 +1,7 @@
 """`guppyforge generate`: a persona file becomes a dataset folder that `load_dataset` reads.
 
     DIR/data/train-00000-of-00001.parquet   columns: messages, topic, template_id, turns
-    DIR/data/test-00000-of-00001.parquet    no prompt of test appears in train
+    DIR/data/test-00000-of-00001.parquet    no user message of test appears in train
     DIR/README.md                           dataset card (YAML metadata + figures)
     DIR/stats.json                          the same figures, for programs
     DIR/persona.yaml                        the persona file, byte for byte
@@ -30,11 +30,12 @@ from guppyforge.dataset.card import (
     topic_counts,
 )
 from guppyforge.dataset.draw import DrawResult, draw_unique, turn_mix
-from guppyforge.dataset.split import prompt_key, split_by_prompt
+from guppyforge.dataset.split import message_keys, split_by_prompt
 from guppyforge.dataset.write import atomic_folder, check_destination, write_parquet
 from guppyforge.errors import GuppyError
 from guppyforge.persona.capacity import capacity
 from guppyforge.persona.load import load_persona
+from guppyforge.persona.offtopic import OFFTOPIC
 from guppyforge.resources import builtin_persona
 
 MAX_ROWS = 5_000_000  # conversations per dataset: ~80x the default, and a few GB in memory
@@ -153,7 +154,9 @@ def generate_dataset(
         )
         _warn_or_fail(message, TemplateTextWarning, strict)
 
-    train_at, test_at = split_by_prompt([prompt_key(row[0]) for row in draw.rows], test_size, seed)
+    names = (persona.name, persona.display_name)
+    keys = [message_keys(row[0], u, names) for row, u in zip(draw.rows, draw.unvaried, strict=True)]
+    train_at, test_at = split_by_prompt(keys, test_size, seed)
     splits = {"train": [draw.rows[i] for i in train_at]}
     if test_at:
         splits["test"] = [draw.rows[i] for i in test_at]
@@ -274,6 +277,8 @@ def _stats(persona, draw: DrawResult, splits: dict, **settings) -> dict:
         "unique_pct": draw.unique_pct,
         "capacity_spent": draw.capacity_spent,
         "refused_template_text": draw.refused,
+        "varied_rows": draw.varied,
+        "offtopic_rows": sum(row[1] == OFFTOPIC for row in draw.rows),
         "topics": topic_counts(splits, weights),
         "pairs": pair_counts(draw.rows),
         "diversity": diversity(draw.rows),

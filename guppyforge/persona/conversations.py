@@ -259,6 +259,10 @@ class Sampler:
                          "row contained a style.never_say phrase. Reword the templates or "
                          "grammar")  # fmt: skip
 
+    def render(self, t: Template, c: Compiled, bound: dict, draw: Draw) -> str:
+        """Render one compiled template with this persona's grammar (off-topic replies use it)."""
+        return self._render(t, c, bound, draw)
+
     def _render(self, t: Template, c: Compiled, bound: dict, draw: Draw, bind=None) -> str:
         """Render one template; `bind`: the symbols it may bind (default: all it reads)."""
         for name in c.symbols if bind is None else bind:

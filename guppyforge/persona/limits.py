@@ -6,8 +6,13 @@ is capped here, in one place the docs can quote. A file past a limit is refused 
 
 from __future__ import annotations
 
-SPEC_VERSION = "1.1"  # the newest persona format this code reads (and new-persona writes)
-SPEC_VERSIONS = {"1": (1, 0), "1.0": (1, 0), "1.1": (1, 1)}  # `guppyforge:` values as written
+SPEC_VERSION = "1.2"  # the newest persona format this code reads (and new-persona writes)
+SPEC_VERSIONS = {
+    "1": (1, 0),
+    "1.0": (1, 0),
+    "1.1": (1, 1),
+    "1.2": (1, 2),
+}  # `guppyforge:` values as written
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: far above any hand-written persona
 MAX_YAML_DEPTH = 20  # nested mappings/lists
@@ -30,5 +35,6 @@ MAX_CARD_DEPTH = 64  # nested lists/objects in a Character Card's JSON
 
 MAX_NEVER_SAY_REDRAWS = 20  # attempts to draw a reply free of never_say phrases
 MAX_TURNS = 16  # user turns in one generated conversation
+MAX_OFFTOPIC_SHARE = 0.5  # off-topic rows per conversation: the character's topics stay the core
 MAX_TURN_REDRAWS = 8  # attempts to draw a later turn that repeats no line of the conversation
 DEFAULT_TARGET = 60_000  # conversations `validate` checks a persona can fill without repeats

@@ -21,6 +21,7 @@ from guppyforge.persona.checks import (
 from guppyforge.persona.conversations import Sampler, compile_persona, remember_compiled
 from guppyforge.persona.forecast import forecast
 from guppyforge.persona.lints import reply_lints
+from guppyforge.persona.offtopic import compile_say
 from guppyforge.persona.schema import Reader
 from guppyforge.persona.types import Persona, Report
 from guppyforge.persona.yamlsafe import read_yaml
@@ -73,6 +74,8 @@ def _load(path: str | Path) -> tuple[Persona, list[str], list[str], object]:
     persona = r.persona()
     # Templates are checked even after other schema errors, so one run reports every problem.
     compiled = compile_persona(persona, r.errors.append if r.grammar_ok else lambda e: None)
+    for _, c in compile_say(persona, r.errors.append if r.grammar_ok else lambda e: None):
+        compiled.used_symbols.update(c.symbols, c.picks)
     if not r.errors:  # pairing only means something once every template compiled
         errors, warnings = pairing_problems(compiled, persona.spec >= (1, 1))
         r.errors += errors

@@ -44,12 +44,16 @@ def spread(count: int, span: int = 60_000) -> list[int]:
     return [0] + [int((i * _GOLDEN) % 1.0 * span) for i in range(1, count)]
 
 
-def format_conversation(conversation, display_name: str) -> str:
-    """A conversation as `user:` / `Name:` lines under a `# template id` header."""
+def format_conversation(conversation, display_name: str, varied: list | None = None) -> str:
+    """A conversation as `user:` / `Name:` lines under a `# template id` header.
+
+    `varied`: the messages after user-side variation; a changed one shows what was written too.
+    """
     lines = [f"# {conversation.template_id}"]
-    for m in conversation.messages:
+    for m, v in zip(conversation.messages, varied or conversation.messages, strict=True):
         who = "user" if m["role"] == "user" else display_name
-        lines.append(f"{who}: {m['content']}")
+        written = f"   (written: {m['content']})" if v["content"] != m["content"] else ""
+        lines.append(f"{who}: {v['content']}{written}")
     return printable("\n".join(lines)) + "\n"  # a persona's escape codes never reach the terminal
 
 

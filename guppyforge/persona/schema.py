@@ -17,19 +17,21 @@ from guppyforge.persona.types import (
     Alternative,
     Example,
     FollowUp,
+    OffTopic,
     Persona,
     Probe,
     Style,
     Symbol,
     Template,
     Topic,
+    Variation,
 )
 from guppyforge.persona.yamlsafe import Doc
 
 _KEYS = {
     (): {"guppyforge", "name", "display_name", "summary", "author", "license", "version",
          "language", "tags", "notes", "extensions", "style", "grammar", "topics", "examples",
-         "probes", "turns"},
+         "probes", "turns", "variation", "offtopic"},
     ("style",): {"case", "max_sentences", "never_say"},
     ("alternative",): {"text", "weight"},
     ("topic",): {"weight", "ask", "say", "follow_ups"},
@@ -37,6 +39,8 @@ _KEYS = {
     ("example",): {"topic", "turns"},
     ("turn",): {"user", "assistant"},
     ("probe",): {"ask", "expect_any", "forbid"},
+    ("variation",): {"share", "case", "punctuation", "typo", "filler", "name", "contraction"},
+    ("offtopic",): {"share", "say"},
 }  # fmt: skip
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _NUMBER = re.compile(r"\d{1,6}(\.\d{1,6})?")
@@ -136,6 +140,8 @@ class Reader:
             extensions=extensions if isinstance(extensions, dict) else {},
             path=self.doc.path, sha256=self.doc.sha256, raw=data, spec=spec,
             turns=self._turns(d.get("turns"), spec),
+            variation=self._variation(d.get("variation"), spec, "variation" in d),
+            offtopic=self._offtopic(d.get("offtopic"), spec),
         )  # fmt: skip
 
     def _version(self, v: Any) -> tuple[int, int]:
@@ -181,6 +187,42 @@ class Reader:
                 continue
             out.append((n, self.weight((*path, k), w)))
         return tuple(sorted(out))
+
+    def _needs(self, key: str, spec: tuple[int, int], version: tuple[int, int]) -> bool:
+        """False (with the error) when `key` is newer than the file's declared format."""
+        if spec >= version:
+            return True
+        v = ".".join(map(str, version))
+        self.error((key,), f"`{key}` needs persona format {v}", f"Write `guppyforge: {v}` as "
+                   "the first line", key=True)  # fmt: skip
+        return False
+
+    def _share(self, path: tuple, value: Any, most: float = 1.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
+            self.error(path, f"must be a number from 0 to {most:g}, not {value!r}",
+                       "Write e.g. 0.3")  # fmt: skip
+            return 0.0
+        return float(value)
+
+    def _variation(self, value: Any, spec: tuple[int, int], given: bool) -> Variation:
+        """`variation: off`, or chances per kind of change: `{share: 0.5, typo: 0.25, ...}`."""
+        if not given:
+            return Variation()  # on by default, in files of every version
+        if not self._needs("variation", spec, (1, 2)):
+            return Variation()
+        if value is False or value == "off" or value is None:
+            return Variation(share=0.0)
+        v = self.mapping(("variation",), value, ("variation",))
+        return Variation(**{k: self._share(("variation", k), x) for k, x in v.items()
+                            if k in _KEYS[("variation",)]})  # fmt: skip
+
+    def _offtopic(self, value: Any, spec: tuple[int, int]) -> OffTopic | None:
+        """`offtopic: {share: 0.08, say: [...]}`: how the character deflects the shipped pool."""
+        if value is None or not self._needs("offtopic", spec, (1, 2)):
+            return None
+        o = self.mapping(("offtopic",), value, ("offtopic",), required=("say",))
+        share = self._share(("offtopic", "share"), o.get("share", 0.08), limits.MAX_OFFTOPIC_SHARE)
+        return OffTopic(share, self.templates(("offtopic", "say"), o.get("say")))
 
     def _style(self, value: Any) -> Style:
         s = self.mapping(("style",), value, ("style",))

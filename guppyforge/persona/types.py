@@ -63,6 +63,31 @@ class Style:
 
 
 @dataclass(frozen=True)
+class Variation:
+    """1.2: how often the user's side is varied the way people type (persona/variation.py).
+
+    `share` is the chance a user message is varied at all; the others are the chances of each
+    kind of change in a varied message. `share: 0` (or `variation: off`) turns it off.
+    """
+
+    share: float = 0.5
+    case: float = 0.3
+    punctuation: float = 0.35
+    typo: float = 0.25
+    filler: float = 0.3
+    name: float = 0.15
+    contraction: float = 0.4
+
+
+@dataclass(frozen=True)
+class OffTopic:
+    """1.2: how the character meets prompts outside its topics (persona/offtopic.py)."""
+
+    share: float
+    say: tuple[Template, ...]
+
+
+@dataclass(frozen=True)
 class Example:
     topic: str | None
     turns: tuple[tuple[str, str], ...]  # (user, assistant) pairs
@@ -99,8 +124,10 @@ class Persona:
     path: Path = Path("persona.yaml")
     sha256: str = ""
     raw: dict = field(default_factory=dict)
-    spec: tuple[int, int] = (1, 0)  # the format version the file declares: (1, 0) or (1, 1)
+    spec: tuple[int, int] = (1, 0)  # the format version the file declares: (1, 0), (1, 1) or (1, 2)
     turns: tuple[tuple[int, float], ...] = ()  # 1.1: (user turns, weight) mix; () = one turn
+    variation: Variation = Variation()  # on by default, for every format version
+    offtopic: OffTopic | None = None  # 1.2: None = no off-topic rows
 
 
 @dataclass

@@ -1,0 +1,192 @@
+"""The character on what nobody wrote down: user-side variation, the leak-free split by user
+message, and off-topic prompts from the shipped pool answered in character."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from click.testing import CliRunner
+
+from guppyforge.apps.cli import cli
+from guppyforge.dataset.draw import draw_unique, turn_mix
+from guppyforge.dataset.split import message_keys, split_by_prompt
+from guppyforge.errors import GuppyError
+from guppyforge.persona.conversations import Sampler
+from guppyforge.persona.load import load_persona
+from guppyforge.persona.offtopic import OFFTOPIC, pool
+from guppyforge.persona.types import Variation
+from guppyforge.persona.variation import Rng, Varier, normalise
+from guppyforge.resources import builtin_persona
+
+SMALL = """\
+guppyforge: {version}
+name: pip
+summary: A test fish.
+style: {{case: lower}}
+grammar:
+  food: [worms, flakes, bugs, shrimp, peas]
+topics:
+  food:
+    ask: ["do you like {{{{ food }}}}", "what is your favourite food", "i do not like {{{{ food }}}}"]
+    say: ["{{{{ food }}}}? yes.", "i eat {{{{ pick('food') }}}}.", "yes. always."]
+{extra}"""
+
+
+def small(write_persona_file, version="1.2", extra=""):
+    return write_persona_file(SMALL.format(version=version, extra=extra))
+
+
+@pytest.fixture(scope="session")
+def guppy_60k():
+    """60,000 multi-turn guppy rows as generate draws them (drawn once for every test here)."""
+    persona = load_persona(builtin_persona("guppy"))
+    draw = draw_unique(builtin_persona("guppy"), persona, 7, 60_000, turn_mix(None, persona),
+                       progress=False)  # fmt: skip
+    return persona, draw
+
+
+# --- variation ---------------------------------------------------------------------------------
+
+
+def test_variation_is_deterministic_and_never_touches_a_reply():
+    persona = load_persona(builtin_persona("guppy"))
+    sampler, varier = Sampler(persona, 3), Varier(persona, 3)
+    changed = 0
+    for i in range(300):
+        c = sampler.conversation(i, turns=2)
+        first, did = varier.messages(c.messages, i)
+        again, _ = Varier(persona, 3).messages(c.messages, i)
+        assert first == again
+        assert [m for m in first if m["role"] == "assistant"] == [
+            m for m in c.messages if m["role"] == "assistant"
+        ]
+        changed += did
+    assert 100 < changed < 250  # share 0.5 per user message, two of them
+
+
+def test_normalise_undoes_every_change_but_typos():
+    persona = load_persona(builtin_persona("guppy"))
+    no_typos = dataclasses.replace(persona, variation=Variation(share=1.0, typo=0.0))
+    sampler, varier = Sampler(persona, 0), Varier(no_typos, 0)
+    names = (persona.name, persona.display_name)
+    for i in range(500):
+        text = sampler.conversation(i).messages[0]["content"]
+        varied = varier.text(text, Rng(0, i))
+        assert normalise(varied, names) == normalise(text, names), (text, varied)
+
+
+def test_normalise_examples():
+    assert normalise("Hey guppy, what's up?! lol", ("guppy",)) == "what is up"
+    assert normalise("quick question: dont you like worms, guppy?", ("guppy",)) == (
+        "do not you like worms"
+    )
+    assert normalise("hi!") == "hi"  # all filler: kept, not an empty key
+
+
+def test_variation_off_and_tuned_in_the_file(write_persona_file):
+    off = load_persona(small(write_persona_file, extra="variation: off\n"))
+    assert off.variation.share == 0
+    c = Sampler(off, 0).conversation(0)
+    assert Varier(off, 0).messages(c.messages, 0) == (c.messages, False)
+    tuned = load_persona(small(write_persona_file, extra="variation: {share: 0.9, typo: 0}\n"))
+    assert tuned.variation == Variation(share=0.9, typo=0.0)
+    assert load_persona(small(write_persona_file)).variation == Variation()  # on by default
+
+
+def test_new_keys_need_format_1_2_and_old_files_still_load(write_persona_file):
+    old = load_persona(small(write_persona_file, version="1.1"))
+    assert old.spec == (1, 1) and old.variation.share > 0 and old.offtopic is None
+    with pytest.raises(GuppyError, match=r"p\.yaml:\d+:\d+: variation: .*needs persona format 1.2"):
+        load_persona(small(write_persona_file, version="1.1", extra="variation: off\n"))
+    bad = "variation: {typo: 2}\n"
+    with pytest.raises(GuppyError, match=r"variation\.typo: must be a number from 0 to 1"):
+        load_persona(small(write_persona_file, extra=bad))
+
+
+# --- the split ---------------------------------------------------------------------------------
+
+
+def test_no_user_message_of_a_test_row_nor_its_unvaried_form_is_in_train(guppy_60k):
+    persona, draw = guppy_60k
+    assert len(draw.rows) == 60_000 and len({row[0] for row in draw.rows}) == 60_000
+    assert draw.varied > 20_000 and max(row[3] for row in draw.rows) == 3
+    names = (persona.name, persona.display_name)
+    keys = [message_keys(r[0], u, names) for r, u in zip(draw.rows, draw.unvaried, strict=True)]
+    train, test = split_by_prompt(keys, 0.05, 7)
+    assert len(test) == 3_000
+
+    def forms(i):  # each user message as generated, as written, and both normalised
+        users = [text for role, text in draw.rows[i][0] if role == "user"]
+        raw = users + list(draw.unvaried[i] or ())
+        return set(raw) | {normalise(u, names) for u in raw}
+
+    in_train = set().union(*(forms(i) for i in train))
+    assert not any(forms(i) & in_train for i in test)
+
+
+def test_split_joins_rows_that_share_any_message():
+    keys = [("a", "b"), ("c",), ("b", "d"), ("e",), ("f",), ("g",), ("h",), ("i",), ("j",), ("k",)]
+    for seed in range(20):
+        train, test = split_by_prompt(keys, 0.3, seed)
+        assert {0, 2} <= set(train) or {0, 2} <= set(test)
+
+
+# --- off-topic ---------------------------------------------------------------------------------
+
+
+def test_the_pool_ships_in_two_disjoint_parts():
+    train, heldout = pool("train"), pool("heldout")
+    assert len(train) >= 260 and len(heldout) >= 80
+    assert not {normalise(p) for p in train} & {normalise(p) for p in heldout}
+
+
+def test_every_builtin_and_the_starter_deflect(tmp_path):
+    from guppyforge.persona.starter import write_persona
+
+    paths = [builtin_persona(n) for n in ("guppy", "cat", "lighthouse")]
+    paths.append(write_persona("pip", None, tmp_path))
+    for path in paths:
+        p = load_persona(path)
+        assert p.offtopic is not None and 0 < p.offtopic.share <= 0.2, path
+        assert len(p.offtopic.say) >= 3, path
+
+
+def test_offtopic_rows_are_unique_counted_and_from_the_train_part_only(guppy_60k):
+    persona, draw = guppy_60k
+    rows = [(r, u) for r, u in zip(draw.rows, draw.unvaried, strict=True) if r[1] == OFFTOPIC]
+    share = len(rows) / len(draw.rows)
+    assert abs(share - persona.offtopic.share) < 0.01
+    written = {(u or (r[0][0][1],))[0] for r, u in rows}
+    assert written <= set(pool("train")) and len(written) > 200
+    assert not written & set(pool("heldout"))
+    sampler = Sampler(persona, 7)
+    for r, _ in rows[:200]:  # in character: styled, never a banned phrase
+        reply = r[0][1][1]
+        assert reply == sampler.style(reply) and not sampler.banned(reply)
+
+
+def test_generate_counts_varied_and_offtopic_rows_in_stats_and_card(write_persona_file, tmp_path):
+    from guppyforge.dataset.generate import generate_dataset
+
+    extra = (
+        'offtopic: {share: 0.2, say: ["what? i only know {{ food }}.", "no idea. {{ food }}?"]}\n'
+    )
+    result = generate_dataset(small(write_persona_file, extra=extra), tmp_path / "d", n=300,
+                              seed=1, progress=False)  # fmt: skip
+    assert result.stats["varied_rows"] > 50 and result.stats["offtopic_rows"] > 30
+    card = (tmp_path / "d" / "README.md").read_text()
+    assert f"| rows with a varied user side | {result.stats['varied_rows']:,} |" in card
+    assert f"| off-topic rows (shipped pool) | {result.stats['offtopic_rows']:,} |" in card
+
+
+def test_offtopic_template_errors_point_at_their_line(write_persona_file):
+    extra = 'offtopic:\n  say: ["i like {{ fod }}"]\n'
+    with pytest.raises(GuppyError, match=r"p\.yaml:12:9: offtopic\.say\[0\]: .*fod"):
+        load_persona(small(write_persona_file, extra=extra))
+
+
+def test_preview_shows_the_varied_message_and_what_was_written():
+    out = CliRunner().invoke(cli, ["preview", str(builtin_persona("guppy")), "-n", "12"])
+    assert out.exit_code == 0, out.output
+    assert "(written: " in out.output and "# offtopic:" in out.output
