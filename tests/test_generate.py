@@ -320,8 +320,9 @@ def test_an_existing_folder_is_refused_without_force(fish_persona, tmp_path):
     before = (out / "stats.json").read_bytes()
     again = run_cli(str(fish_persona), "-n", "300", "--seed", "9", "--out", str(out), "-q")
     assert again.exit_code == 1
-    assert (
-        again.output == f"error: {out}: already exists. Use --force to replace it, or pick --out.\n"
+    assert again.output == (
+        f"error: {out}: already holds a guppyforge dataset. Add --force to replace the files it "
+        "wrote (and no other), or choose a new --out\n"
     )
     assert (out / "stats.json").read_bytes() == before
 
