@@ -79,9 +79,11 @@ def test_only_the_cli_modules_import_click():
 
 
 def test_every_module_reads_in_one_sitting():
+    # One concept per file, never split to fit a count; ~600 lines is where a concept has grown
+    # into two (nanochat's gpt.py is 555).
     for path in sorted(PACKAGE.rglob("*.py")):
         lines = len(path.read_text(encoding="utf-8").splitlines())
-        assert lines <= 350, f"{path}: {lines} lines"
+        assert lines <= 600, f"{path}: {lines} lines"
 
 
 # --- the wheel ---------------------------------------------------------------------------------

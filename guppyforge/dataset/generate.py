@@ -209,7 +209,8 @@ def _warn_or_fail(message: str, category: type[Warning], strict: bool) -> None:
 def data_warnings(stats: dict, persona_path) -> list[str]:
     """Where the rows differ from what the file asked for, each as one line with its fix."""
     out = []
-    generated = stats["rows"] - stats["examples"]
+    # Off-topic rows take their own share of the schedule; the topics' weights split the rest.
+    generated = stats["rows"] - stats["examples"] - stats.get("offtopic_rows", 0)
     if stats["drawn"] and stats["unique_pct"] < MIN_UNIQUE_PCT:
         out.append(f"{persona_path}: only {stats['unique_pct']:.2f}% of {stats['drawn']:,} draws "
                    f"were new (under {MIN_UNIQUE_PCT:g}%): some (ask, say) pairs repeat. "

@@ -7,6 +7,9 @@ user-side variation (persona/variation.py): the message as generated, and the me
 template wrote it, each case-folded with fillers, punctuation and the character's name taken
 away. Whole groups then move to one side, so "no user message of a test row, nor a variant of one,
 appears in train" holds by construction rather than by luck.
+
+The cost: follow-ups that many topics share ("why?") join most multi-turn rows into a few large
+groups, which stay in train, so some topics get no test rows (generate warns and names them).
 """
 
 from __future__ import annotations
