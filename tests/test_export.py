@@ -102,7 +102,7 @@ def test_hf_logits_match_ours(run_dir, hf_dir):
         0, ours.cfg.vocab_size, (3, ours.cfg.context), generator=torch.Generator().manual_seed(0)
     )
     with torch.no_grad():
-        diff = (theirs.eval()(x).logits - ours(x)[0]).abs().max().item()
+        diff = (theirs.eval()(x).logits - ours(x)).abs().max().item()
     assert diff < 1e-4, diff
 
 
@@ -191,7 +191,7 @@ def test_onnx_fp32_logits_match_torch_for_any_batch_and_length(onnx_dir, run_dir
     model = load_run(run_dir).model
     x = torch.randint(0, model.cfg.vocab_size, shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(x)[0].numpy()
+        ours = model(x).numpy()
     diff = np.abs(onnx_logits(onnx_dir / "model.onnx", x.numpy()) - ours).max()
     assert diff < 1e-4, diff
 

@@ -27,8 +27,8 @@ from guppyforge.dataset.read import load_splits
 from guppyforge.defaults import TEMPERATURE
 from guppyforge.errors import GuppyError
 from guppyforge.files import text_table, write_atomic
-from guppyforge.model.batches import eval_loss, tokenize
 from guppyforge.model.engine import Engine
+from guppyforge.model.packing import eval_loss, tokenize
 from guppyforge.model.run import dataset_dir, load_run, pick_device
 from guppyforge.ownership import check_inputs, claim_file, guard
 from guppyforge.persona.load import load_persona
@@ -112,15 +112,15 @@ def evaluate_run(
         if m["role"] == "assistant"
     }
 
+    # Every probe's samples decoded together, each with its own seed.
+    asks = [[{"role": "user", "content": probe.ask}] for probe in p.probes for _ in range(samples)]
+    seeds = [_sample_seed(seed, i, s) for i in range(len(p.probes)) for s in range(samples)]
+    texts = iter(engine.replies(asks, seeds, temperature=temperature))
     rows, replies = [], []
-    for i, probe in enumerate(p.probes):
+    for probe in p.probes:
         got = []
-        for s in range(samples):
-            text = engine.reply(
-                [{"role": "user", "content": probe.ask}],
-                temperature=temperature,
-                seed=_sample_seed(seed, i, s),
-            ).strip()
+        for _ in range(samples):
+            text = next(texts).strip()
             got.append((text, check_reply(text, probe, p.style)))
         passed = [t for t, why in got if not why]
         failures: dict[str, int] = {}
@@ -173,11 +173,10 @@ def composition_by_topic(engine, index, test, per_topic: int, seed: int, tempera
             mine.append(messages[0]["content"])
     out = {}
     for topic in sorted(t for t, mine in asks.items() if mine):
-        kinds = [
-            index.trace(engine.reply([{"role": "user", "content": ask}], temperature=temperature,
-                                     seed=_sample_seed(seed, f"topic:{topic}", s))).kind
-            for s, ask in enumerate(asks[topic])
-        ]  # fmt: skip
+        chats = [[{"role": "user", "content": ask}] for ask in asks[topic]]
+        seeds = [_sample_seed(seed, f"topic:{topic}", s) for s in range(len(chats))]
+        texts = engine.replies(chats, seeds, temperature=temperature)
+        kinds = [index.trace(text).kind for text in texts]
         out[topic] = {"replies": len(kinds)} | {k: kinds.count(k) / len(kinds) for k in KINDS}
     return out
 
