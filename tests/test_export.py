@@ -136,7 +136,7 @@ def test_hf_maps_every_activation(activation, tmp_path):
     ours = load_run(run_dir).model
     x = torch.randint(0, ours.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert (theirs(x).logits - ours(x)[0]).abs().max().item() < 1e-4
+        assert (theirs(x).logits - ours(x)).abs().max().item() < 1e-4
 
 
 # --- ONNX --------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_onnx_int8_mostly_picks_the_same_tokens_as_fp32(onnx_dir, run_dir):
     same = total = sure_same = sure_total = 0
     for seq, mask in zip(ids, masks, strict=True):
         with torch.no_grad():
-            ours = run.model(torch.tensor([seq]))[0][0, :-1].numpy()
+            ours = run.model(torch.tensor([seq]))[0, :-1].numpy()
         theirs = onnx_logits(onnx_dir / "model.int8.onnx", np.array([seq]))[0, :-1]
         on_reply = np.array(mask[1:], dtype=bool)
         agree = (ours.argmax(-1) == theirs.argmax(-1))[on_reply]

@@ -212,7 +212,7 @@ def test_llama_cpp_greedy_replies_match_guppyforge(micro_run: Path, llamas) -> N
         ours = Engine.from_run(run).reply(messages, temperature=0)
         ids, _ = build_prompt(run.tokenizer, messages, context, 64)
         with torch.no_grad():
-            logits = run.model(torch.tensor([ids]))[0][0].numpy()
+            logits = run.model(torch.tensor([ids]))[0].numpy()
         for kind, llm in llamas.items():
             theirs = run.tokenizer.decode(llama_greedy(llm, ids, end, context))
             agree[kind] += theirs == ours
