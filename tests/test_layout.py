@@ -79,9 +79,10 @@ def test_only_the_cli_modules_import_click():
 
 
 def test_every_module_reads_in_one_sitting():
+    # One concept per file (shared/DESIGN.md), so a file is as long as its concept, up to this.
     for path in sorted(PACKAGE.rglob("*.py")):
         lines = len(path.read_text(encoding="utf-8").splitlines())
-        assert lines <= 350, f"{path}: {lines} lines"
+        assert lines <= 600, f"{path}: {lines} lines"
 
 
 # --- the wheel ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Stage 3: the model core, in the order to read it.
 
-    tokenizer.py  text -> token ids, and the ChatML chat format
+    tokenizer.py  text -> token ids, the ChatML chat format, prompts that fit the context
     gpt.py        the transformer: logits, or given targets the loss
     speed.py      the CPU speed paths gpt.py and the engine point at
     packing.py    conversations packed into training batches (and the eval loss)

@@ -15,7 +15,7 @@ the weights from memory; decoding 8 or 32 rows at once streams them once, for ab
 time. A server keeps every active reply in one batch (`BatchDecoder.start` steps in a thread).
 
 What happens to a reply, in order: build the ChatML prompt that fits the context
-(`build_prompt`), run it once through the model to fill its row of the KV cache (prefill), then
+(`build_prompt`, in tokenizer.py with the chat format), run it once through the model to fill its row of the KV cache (prefill), then
 feed one token per step, picking each next token from the logits (`sample_next`) until a stop
 rule fires (`BatchDecoder._take`), and decode the tokens to text without ever splitting a
 character (`TextStream`) or showing part of a stop string (`StopStrings`).
@@ -37,65 +37,10 @@ from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, ModelConfig
 from guppyforge.model.int8 import quantize_int8
 from guppyforge.model.speed import decode_layout
-from guppyforge.model.tokenizer import END, START, format_chat
+from guppyforge.model.tokenizer import END, build_prompt, prompt_budget
 
 OnToken = Callable[[int, torch.Tensor], None]  # (token id, the logits it was drawn from)
 Emit = Callable[[str | None], None]  # a text piece, or None once the reply has ended
-
-
-def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
-    return tokenizer.encode(text, add_special_tokens=False).ids
-
-
-def prompt_budget(context: int, max_new_tokens: int) -> int:
-    """How many prompt tokens fit beside a reply of `max_new_tokens`.
-
-    A reply budget close to the whole context would leave no room for the question; the model
-    stops at the context limit anyway, so the prompt always keeps at least half.
-    """
-    return max(context - max_new_tokens, context // 2)
-
-
-def build_prompt(
-    tokenizer: Tokenizer, messages: list[dict], context: int, max_new_tokens: int
-) -> tuple[list[int], int]:
-    """ChatML ids ending at the assistant header, and how many earlier messages were left out.
-
-    The model has a fixed context (its learned positions stop there), and the reply needs room
-    too, so only the most recent messages that fit in `context - max_new_tokens` are kept. The
-    oldest go first: the latest turns matter most to what the character should say next.
-    """
-    budget = prompt_budget(context, max_new_tokens)
-    # Each message ends in the special <|im_end|>, so the tokenizer never merges across
-    # messages: encoding them one by one gives the same ids as encoding the whole text.
-    pieces = [_encode(tokenizer, format_chat([m])) for m in messages]
-    header = _encode(tokenizer, f"{START}assistant\n")
-    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
-    anchor = users[-1] if users else max(len(messages) - 1, 0)
-    kept = sum(len(p) for p in pieces[anchor:]) + len(header)
-    if kept > budget:
-        return _truncated(
-            tokenizer, messages[anchor:], pieces[anchor + 1 :], header, budget
-        ), anchor
-    start = anchor
-    while start > 0 and kept + len(pieces[start - 1]) <= budget:
-        start -= 1
-        kept += len(pieces[start])
-    # A reply without the question it answers would confuse the model: once anything is left
-    # out, the kept window starts at a user message.
-    while 0 < start < anchor and messages[start]["role"] != "user":
-        start += 1
-    ids = [i for p in pieces[start:] for i in p] + header
-    return ids, start
-
-
-def _truncated(tokenizer, tail: list[dict], after: list[list[int]], header: list[int], budget: int):
-    """The latest user message alone, cut from the left so its end (the question) survives."""
-    head = _encode(tokenizer, f"{START}{tail[0]['role']}\n")
-    close = _encode(tokenizer, f"{END}\n")
-    rest = [i for p in after for i in p] + header
-    room = max(budget - len(head) - len(close) - len(rest), 1)
-    return head + _encode(tokenizer, tail[0]["content"])[-room:] + close + rest
 
 
 def check_sampling(temperature, top_k, top_p, max_new_tokens) -> None:
@@ -559,7 +504,7 @@ class Engine:
                 raise GuppyError("--int8: int8 weights run on the CPU only. Add --device cpu.")
             model = quantize_int8(model).eval()
         elif prepare:
-            model = decode_layout(model).eval()
+            model = decode_layout(model)  # a copy on a CPU: the caller's model stays as it is
         self.model, self.tokenizer, self.cfg = model, tokenizer, model.cfg
         self.device = model.wte.weight.device
         # The cache's dtype is the activations': the embedding's (int8 keeps fp32 embeddings).
@@ -576,7 +521,7 @@ class Engine:
 
     def prompt_text(self, text: str, max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
         """A raw prompt's ids (no chat format), its start cut off to leave room for the reply."""
-        ids = _encode(self.tokenizer, text)
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         return ids[-prompt_budget(self.cfg.context, max_new_tokens) :] or [0]
 
     def tokens(self, ids: list[int], **options) -> Iterator[int]:

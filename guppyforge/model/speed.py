@@ -38,12 +38,14 @@ def decode_layout(model: torch.nn.Module) -> torch.nn.Module:
     fast the weights stream from memory. Stored input-major, the CPU matmul kernel reads them
     in long contiguous runs (1.3x faster per token on a 2-core CPU). Values and shapes are
     unchanged; logits move only by float rounding (another summation order). A copy, so the
-    model its caller holds (and may go on training or saving) is left as it was.
+    model its caller holds (and may go on training or saving) is left as it was. Off the CPU
+    the layout gains nothing, and the model itself is returned.
     """
-    model = copy.deepcopy(model)
-    if next(model.parameters()).device.type == "cpu":
-        with torch.no_grad():
-            for p in model.parameters():
-                if p.dim() == 2:
-                    p.data = p.data.t().contiguous().t()
+    if next(model.parameters()).device.type != "cpu":
+        return model
+    model = copy.deepcopy(model).eval()  # for decoding only: no dropout
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.data = p.data.t().contiguous().t()
     return model
