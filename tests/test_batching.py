@@ -117,3 +117,9 @@ def test_every_path_refuses_bad_sampling_options(engine):
         BatchDecoder(engine).submit([1, 2, 3], lambda p: None, top_p=0.0)
     with pytest.raises(GuppyError, match="temperature"):
         engine.replies([conversation("hi")], temperature=float("nan"))
+
+
+def test_a_reply_of_no_tokens_runs_nothing(engine):
+    completion = engine.stream(conversation("hi"), temperature=0, max_new_tokens=0)
+    assert completion.text() == "" and completion.finish_reason == "length"
+    assert completion.completion_tokens == 0

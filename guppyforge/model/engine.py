@@ -15,10 +15,11 @@ the weights from memory; decoding 8 or 32 rows at once streams them once, for ab
 time. A server keeps every active reply in one batch (`BatchDecoder.start` steps in a thread).
 
 What happens to a reply, in order: build the ChatML prompt that fits the context
-(`build_prompt`, in tokenizer.py with the chat format), run it once through the model to fill its row of the KV cache (prefill), then
-feed one token per step, picking each next token from the logits (`sample_next`) until a stop
-rule fires (`BatchDecoder._take`), and decode the tokens to text without ever splitting a
-character (`TextStream`) or showing part of a stop string (`StopStrings`).
+(`build_prompt`, in tokenizer.py beside the chat format), run it once through the model to
+fill its row of the KV cache (prefill), then feed one token per step, picking each next token
+from the logits (`sample_next`) until a stop rule fires (`BatchDecoder._take`), and decode the
+tokens to text without ever splitting a character (`TextStream`) or showing part of a stop
+string (`StopStrings`).
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ class KVCache:
             values[self.slots, :, : k.shape[2]] = v
             return k, v
         rows = k.shape[0]
-        if self.pos is None:  # one reply decoding, or rows in step: a plain slice write
+        if self.pos is None:  # every row at one position (always so for one reply): a slice
             keys[:rows, :, self.at : self.at + 1] = k
             values[:rows, :, self.at : self.at + 1] = v
         else:
@@ -355,6 +356,8 @@ class BatchDecoder:
                 row = self.waiting.popleft()
             if row.cancelled:
                 self._finish(row, "stop", flush=False)
+            elif row.max_new_tokens == 0:  # nothing to write: the prompt need not even run
+                self._finish(row, "length", flush=False)
             else:
                 joining.append(row)
         if joining:
