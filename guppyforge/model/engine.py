@@ -173,7 +173,7 @@ class KVCache:
         shape = (rows, cfg.n_head, cfg.context, cfg.d_model // cfg.n_head)
         self.keys = [like.new_zeros(shape) for _ in range(cfg.n_layer)]
         self.values = [like.new_zeros(shape) for _ in range(cfg.n_layer)]
-        self.slots: torch.Tensor | None = None  # prefill: the rows the new prompts go to
+        self.slots: slice | torch.Tensor | None = None  # prefill: the rows the prompts go to
         self.pos: torch.Tensor | None = None  # decode: each row's position, when they differ
         self.at = 0  # decode: the one position every row writes, when they agree
         self.width = 0  # decode: how many positions this step attends to
@@ -191,7 +191,10 @@ class KVCache:
 
     def prefill(self, slots: list[int]) -> None:
         """The next pass runs whole prompts (padded on the right) into these empty rows."""
-        self.slots = torch.tensor(slots, device=self.keys[0].device)
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            self.slots = slice(slots[0], slots[0] + len(slots))  # a plain copy, no scatter
+        else:
+            self.slots = torch.tensor(slots, device=self.keys[0].device)
 
     def decode(self, positions: list[int]) -> None:
         """The next pass feeds one token to each of the first len(positions) rows."""
@@ -363,8 +366,8 @@ class BatchDecoder:
         if joining:
             self._prefill(joining)
         live = [r for r in self.rows if r is not None and not r.done]
-        if not live:
-            return
+        if all(r in joining for r in live):
+            return  # only new replies, which have their first token: show it before the next
         if self.on_step is not None:
             self.on_step(live)
         # Free rows below the last active one decode a dummy token at position 0; their
