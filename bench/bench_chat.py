@@ -43,7 +43,7 @@ def without_cache(engine: Engine, ids: list[int], n: int, seed: int) -> Iterator
     model, gen = engine.model, torch.Generator().manual_seed(seed)
     ids = list(ids)
     for _ in range(n):
-        logits = model(torch.tensor([ids[-model.cfg.context :]]))[0][0, -1]
+        logits = model(torch.tensor([ids[-model.cfg.context :]]))[0, -1]
         token = sample_next(logits, 0.7, 50, 1.0, gen)
         ids.append(token)
         yield token

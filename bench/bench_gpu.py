@@ -37,7 +37,7 @@ import torch
 from guppyforge.dataset.read import load_splits
 from guppyforge.defaults import DEVICES
 from guppyforge.errors import GuppyError
-from guppyforge.model.batches import epoch_batches, row_width, tokenize
+from guppyforge.model.packing import epoch_batches, row_width, tokenize
 from guppyforge.model.presets import get_preset, param_counts
 from guppyforge.model.run import load_run, pick_device
 from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
@@ -101,7 +101,7 @@ def training_flops(cfg, shapes) -> float:
 def guppyforge_shapes(train_s, cfg, batch_size: int, seed: int, steps: int):
     """The (rows, width) of each batch the run trained on, and their real tokens.
 
-    An epoch's batches depend only on the seed and the epoch (batches.batches), so they are
+    An epoch's batches depend only on the seed and the epoch (packing.batches), so they are
     rebuilt here rather than recorded by the trainer.
     """
     shapes, tokens, epoch = [], 0, 0
@@ -214,7 +214,7 @@ def bench(args) -> None:
         row |= {"tokens": tokens, "train_s": tokens / max(row["tokens_per_s"], 1e-9)}
         row["flops"] = training_flops(cfg, shapes)
         model = load_run(tok_dir, device=str(device)).model
-        row["reply_loss"] = bench_train.reply_loss(lambda x: model(x)[0], test_s, device)
+        row["reply_loss"] = bench_train.reply_loss(model, test_s, device)
         del model
     if "guppylm" in args.recipes:
         steps = min(args.guppylm_steps, args.max_steps or args.guppylm_steps)

@@ -45,15 +45,15 @@ import torch.nn.functional as F
 
 from guppyforge.apps.evaluate import check_reply
 from guppyforge.dataset.read import load_splits
-from guppyforge.model.batches import Samples, batches, tokenize
 from guppyforge.model.engine import build_prompt, sample_next
 from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
+from guppyforge.model.packing import Samples, batches, tokenize
 from guppyforge.model.presets import get_preset
 from guppyforge.model.run import pick_device
 from guppyforge.model.tokenizer import END, load_tokenizer
 from guppyforge.persona.load import load_persona
+from guppyforge.train.config import TrainOptions
 from guppyforge.train.optim import lr_scale, make_optimizer, train_step
-from guppyforge.train.options import TrainOptions
 from guppyforge.train.precision import pick_precision
 
 BUDGETS = (0.1, 0.2, 0.5, 1.0)  # shares of --seconds reported in the table
@@ -202,7 +202,7 @@ def guppyforge_recipe(cfg, train_s, device, args):
         train_step(model, batch.to(device), opt, scaler, precision, scale, o.grad_clip)
         return batch.tokens
 
-    return model, lambda x: model(x)[0], step, precision.name
+    return model, model, step, precision.name
 
 
 # --- scoring ---------------------------------------------------------------------------------

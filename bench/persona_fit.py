@@ -15,7 +15,7 @@ from pathlib import Path
 
 from guppyforge.dataset.generate import generate_dataset
 from guppyforge.dataset.read import load_splits
-from guppyforge.model.batches import tokenize
+from guppyforge.model.packing import tokenize
 from guppyforge.model.presets import PRESETS
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 from guppyforge.resources import builtin_personas

@@ -4,7 +4,7 @@ The subpackages are the pipeline, in the order data flows through it:
 
     persona/   a YAML file -> a checked Persona -> conversations       (no torch, no click)
     dataset/   conversations -> a Hugging Face dataset folder          (no torch, no click)
-    model/     tokenizer, transformer, batches, the inference engine   (torch)
+    model/     tokenizer, transformer, packing, the inference engine   (torch)
     train/     the training loop -> a run folder
     apps/      chat, eval, export, serve, and the `guppyforge` command (the only click user)
 

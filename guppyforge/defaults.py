@@ -8,3 +8,4 @@ DEVICES = ("auto", "cpu", "cuda", "mps")  # what --device accepts; auto: CUDA, t
 MAX_NEW_TOKENS = 64  # a reply's length cap in chat, eval and serve
 TEMPERATURE = 0.7  # sampling temperature in chat, eval, serve and exports
 TOP_K = 50  # sampling keeps the k likeliest tokens
+LOSS_ON = ("replies", "all")  # which tokens count in the loss: the replies, or every token

@@ -129,7 +129,7 @@ def build_micro_run(root: Path, steps: int = 120) -> Path:
             model = GPT(cfg)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
             for _ in range(steps):
-                loss = F.cross_entropy(model(x)[0].view(-1, cfg.vocab_size), y.view(-1))
+                loss = F.cross_entropy(model(x).view(-1, cfg.vocab_size), y.view(-1))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -1,4 +1,4 @@
-"""The batched decoder: replies decoded together equal the engine's, one reply at a time."""
+"""The engine's batches: replies decoded together equal the same replies one at a time."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from guppyforge.model.batching import BatchDecoder, Busy
-from guppyforge.model.engine import Engine
+from guppyforge.errors import GuppyError
+from guppyforge.model.engine import BatchDecoder, Busy, Engine
 from guppyforge.model.run import load_run
 
 PROMPTS = ["are you hungry", "hello", "where do you sleep", "do you like bugs", "hi"]
@@ -104,3 +104,22 @@ def test_too_many_waiting_is_refused(engine):
     decoder.submit([1, 2, 3], lambda p: None)
     with pytest.raises(Busy):
         decoder.submit([1, 2, 3], lambda p: None)
+
+
+def test_replies_decoded_together_equal_one_at_a_time(engine):
+    chats = [conversation(p, turns=1 + i % 2) for i, p in enumerate(PROMPTS)]
+    together = engine.replies(chats, temperature=0)
+    assert together == [engine.reply(c, temperature=0) for c in chats] and all(together)
+
+
+def test_every_path_refuses_bad_sampling_options(engine):
+    with pytest.raises(GuppyError, match="top_p"):
+        BatchDecoder(engine).submit([1, 2, 3], lambda p: None, top_p=0.0)
+    with pytest.raises(GuppyError, match="temperature"):
+        engine.replies([conversation("hi")], temperature=float("nan"))
+
+
+def test_a_reply_of_no_tokens_runs_nothing(engine):
+    completion = engine.stream(conversation("hi"), temperature=0, max_new_tokens=0)
+    assert completion.text() == "" and completion.finish_reason == "length"
+    assert completion.completion_tokens == 0

@@ -12,8 +12,10 @@ from click.testing import CliRunner
 
 from guppyforge.apps.chat import candidates
 from guppyforge.apps.cli import cli
-from guppyforge.model.engine import Engine, build_prompt, decode_layout, decode_stream
+from guppyforge.model import engine as engine_module
+from guppyforge.model.engine import Engine, build_prompt, decode_stream
 from guppyforge.model.run import load_run
+from guppyforge.model.speed import decode_layout
 from guppyforge.model.tokenizer import encode_prompt
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
@@ -58,7 +60,7 @@ def test_int8_chat_is_reproducible_and_agrees_with_fp32(micro_run):
     model = load_run(micro_run).model
     ids = torch.tensor([encode_prompt(load_run(micro_run).tokenizer, conversation(3))])
     with torch.no_grad():
-        full, small = model(ids)[0], quantize_int8(model)(ids)[0]
+        full, small = model(ids), quantize_int8(model)(ids)
     agreement = (full.argmax(-1) == small.argmax(-1)).float().mean().item()
     assert agreement >= 0.9, agreement
 
@@ -82,30 +84,33 @@ def test_reply_stops_at_max_new_tokens(run):
     assert full.startswith(short) and len(short) < len(full)
 
 
-def test_decoding_layout_changes_nothing_but_rounding(micro_run):
-    fresh, decoded = load_run(micro_run), load_run(micro_run)
-    decode_layout(decoded.model)
+def test_decoding_layout_changes_nothing_but_rounding_and_leaves_the_model_alone(micro_run):
+    fresh = load_run(micro_run)
+    decoded = decode_layout(fresh.model)
     ids = torch.tensor([encode_prompt(fresh.tokenizer, HUNGRY)])
     # Same weights, other summation order inside the matmul: equal up to float rounding.
-    torch.testing.assert_close(decoded.model(ids)[0], fresh.model(ids)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(decoded(ids), fresh.model(ids), rtol=1e-5, atol=1e-5)
+    engine = Engine.from_run(fresh)
+    assert all(p.is_contiguous() for p in fresh.model.parameters())  # a copy was re-laid
+    assert engine.model is not fresh.model
     as_trained = Engine(fresh.model, fresh.tokenizer, prepare=False)
-    assert as_trained.reply(HUNGRY, temperature=0) == Engine.from_run(decoded).reply(
-        HUNGRY, temperature=0
-    )
+    assert as_trained.model is fresh.model
+    assert as_trained.reply(HUNGRY, temperature=0) == engine.reply(HUNGRY, temperature=0)
 
 
 # --- UTF-8 -------------------------------------------------------------------------------------
 
 
-def test_streaming_never_splits_a_character(micro_run):
+def test_streaming_never_splits_a_character(micro_run, monkeypatch):
     run = load_run(micro_run)
     text = "fish 🐟, 魚 and café"
     ids = run.tokenizer.encode(text, add_special_tokens=False).ids
     # The micro tokenizer never saw these characters: each is several byte tokens.
     assert any("\ufffd" in run.tokenizer.decode(ids[:n]) for n in range(1, len(ids)))
     engine = Engine.from_run(run)
-    engine.tokens = lambda *args, **kwargs: iter(ids)  # the model "writes" exactly these bytes
-    pieces = list(engine.stream(HUNGRY))
+    written = iter([*ids, engine.end_id])  # the model "writes" exactly these bytes, then ends
+    monkeypatch.setattr(engine_module, "sample_next", lambda *args: next(written))
+    pieces = list(engine.stream(HUNGRY, temperature=0.7))
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
 

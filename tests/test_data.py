@@ -11,7 +11,8 @@ import torch
 
 from guppyforge.dataset.read import load_splits
 from guppyforge.errors import GuppyError
-from guppyforge.model.batches import (
+from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
+from guppyforge.model.packing import (
     batches,
     collate,
     epoch_batches,
@@ -19,7 +20,6 @@ from guppyforge.model.batches import (
     padding_share,
     tokenize,
 )
-from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 
 FOODS = ["worms", "flakes", "pellets", "tiny shrimp", "algae", "bloodworms"]
@@ -184,8 +184,8 @@ def test_packed_conversations_do_not_see_each_other(toy):
     alone = collate(samples, [row[1:2]], 128)
     a, n = int(samples.lengths[row[0]]), int(samples.lengths[row[1]])
     with torch.no_grad():
-        lp = model(packed.idx, positions=packed.positions, attn_mask=packed.attn_mask)[0]
-        la = model(alone.idx, positions=alone.positions, attn_mask=alone.attn_mask)[0]
+        lp = model(packed.idx, positions=packed.positions, attn_mask=packed.attn_mask)
+        la = model(alone.idx, positions=alone.positions, attn_mask=alone.attn_mask)
     assert torch.allclose(lp[0, a : a + n], la[0, :n], atol=1e-5)
     assert not torch.isnan(lp).any()  # padding rows of the mask are never empty
 
@@ -204,7 +204,7 @@ def test_batches_continue_exactly_from_a_position(toy):
 def test_a_long_conversation_is_cut_after_its_last_whole_turn():
     import numpy as np
 
-    from guppyforge.model.batches import turn_end
+    from guppyforge.model.packing import turn_end
 
     # user (0) and reply (1) tokens of a 3-turn conversation: turns end at 5, 10 and 15.
     reply = np.array([0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 0])

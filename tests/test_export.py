@@ -103,7 +103,7 @@ def test_hf_logits_match_ours(run_dir, hf_dir):
         0, ours.cfg.vocab_size, (3, ours.cfg.context), generator=torch.Generator().manual_seed(0)
     )
     with torch.no_grad():
-        diff = (theirs.eval()(x).logits - ours(x)[0]).abs().max().item()
+        diff = (theirs.eval()(x).logits - ours(x)).abs().max().item()
     assert diff < 1e-4, diff
 
 
@@ -137,7 +137,7 @@ def test_hf_maps_every_activation(activation, tmp_path):
     ours = load_run(run_dir).model
     x = torch.randint(0, ours.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert (theirs(x).logits - ours(x)[0]).abs().max().item() < 1e-4
+        assert (theirs(x).logits - ours(x)).abs().max().item() < 1e-4
 
 
 # --- ONNX --------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_onnx_fp32_logits_match_torch_for_any_batch_and_length(onnx_dir, run_dir
     model = load_run(run_dir).model
     x = torch.randint(0, model.cfg.vocab_size, shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours = model(x)[0].numpy()
+        ours = model(x).numpy()
     diff = np.abs(onnx_logits(onnx_dir / "model.onnx", x.numpy()) - ours).max()
     assert diff < 1e-4, diff
 
@@ -221,7 +221,7 @@ def test_onnx_int8_mostly_picks_the_same_tokens_as_fp32(onnx_dir, run_dir):
     same = total = sure_same = sure_total = 0
     for seq, mask in zip(ids, masks, strict=True):
         with torch.no_grad():
-            ours = run.model(torch.tensor([seq]))[0][0, :-1].numpy()
+            ours = run.model(torch.tensor([seq]))[0, :-1].numpy()
         theirs = onnx_logits(onnx_dir / "model.int8.onnx", np.array([seq]))[0, :-1]
         on_reply = np.array(mask[1:], dtype=bool)
         agree = (ours.argmax(-1) == theirs.argmax(-1))[on_reply]

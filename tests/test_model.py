@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from guppyforge.model.batches import Batch
-from guppyforge.model.gpt import GPT, IGNORE, KVCache, ModelConfig
+from guppyforge.model.engine import KVCache
+from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
+from guppyforge.model.packing import Batch
 
 CFG = ModelConfig(vocab_size=300, context=32, n_layer=2, n_head=2, d_model=32, d_ff=64)
 
@@ -28,19 +29,19 @@ def test_bf16_cpu_attention_matches_sdpa():
     """The explicit attention used for bf16 on CPUs computes what SDPA computes."""
     model, batch = GPT(CFG).eval(), packed_batch()
     with torch.no_grad():
-        fp32 = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask)[0]
+        fp32 = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask)[0]
+            bf16 = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask)
     assert not torch.isnan(bf16).any()
     assert (bf16.float() - fp32).abs().max() < 0.05  # bf16 keeps ~3 significant digits
 
 
 def test_the_loss_runs_the_head_on_counted_positions_only_and_equals_the_full_loss():
     model, batch = GPT(CFG), packed_batch()
-    logits, none = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask)
-    assert none is None and logits.shape == (2, 32, CFG.vocab_size)
-    no_logits, loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
-    assert no_logits is None
+    logits = model(batch.idx, positions=batch.positions, attn_mask=batch.attn_mask)
+    assert logits.shape == (2, 32, CFG.vocab_size)
+    loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
+    assert loss.dim() == 0
     full = F.cross_entropy(logits.view(-1, CFG.vocab_size), batch.targets.view(-1))
     assert torch.allclose(loss, full, atol=1e-6)
 
@@ -48,7 +49,7 @@ def test_the_loss_runs_the_head_on_counted_positions_only_and_equals_the_full_lo
 def test_a_batch_with_nothing_to_count_has_zero_loss():
     model, batch = GPT(CFG), packed_batch()
     batch.targets[:] = IGNORE
-    assert model(batch.idx, batch.targets, batch.positions, batch.attn_mask)[1].item() == 0.0
+    assert model(batch.idx, batch.targets, batch.positions, batch.attn_mask).item() == 0.0
 
 
 def test_kv_cache_decoding_gives_the_logits_of_a_full_forward_pass():
@@ -58,11 +59,14 @@ def test_kv_cache_decoding_gives_the_logits_of_a_full_forward_pass():
     model = GPT(CFG).eval()
     seq = torch.randint(3, 300, (1, 20))
     with torch.no_grad():
-        full = model(seq)[0][0]
+        full = model(seq)[0]
         for prompt in (1, 7, 19):
-            cache = KVCache(CFG.n_layer)
-            steps = [model(seq[:, :prompt], cache=cache)[0][0]]
+            cache = KVCache(CFG, rows=1, like=model.wte.weight)
+            cache.prefill([0])
+            steps = [model(seq[:, :prompt], cache=cache)[0]]
             for t in range(prompt, 20):
-                steps.append(model(seq[:, t : t + 1], cache=cache)[0][0])
+                cache.decode([t])
+                steps.append(
+                    model(seq[:, t : t + 1], positions=torch.tensor([[t]]), cache=cache)[0]
+                )
             torch.testing.assert_close(torch.cat(steps), full, rtol=1e-5, atol=1e-5)
-            assert len(cache) == 20

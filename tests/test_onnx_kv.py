@@ -70,7 +70,7 @@ def test_prompt_then_single_tokens_match_a_full_torch_forward(exported, prompt):
         generator=torch.Generator().manual_seed(prompt),
     )
     with torch.no_grad():
-        full = model(x)[0].numpy()
+        full = model(x).numpy()
     ids = x.numpy()
     logits, past = step(session, ids[:, :prompt], np.ones((1, prompt), np.int64), None)
     diffs = [np.abs(logits - full[:, :prompt]).max()]

@@ -11,11 +11,11 @@ import torch
 
 import guppyforge.train.precision as precision_module
 from guppyforge.errors import GuppyError
-from guppyforge.model.batches import collate, pack
 from guppyforge.model.gpt import GPT
+from guppyforge.model.packing import collate, pack
 from guppyforge.model.presets import PRESETS
+from guppyforge.train.config import TrainOptions
 from guppyforge.train.optim import make_optimizer, train_step
-from guppyforge.train.options import TrainOptions
 from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
 
 
@@ -55,7 +55,7 @@ def _micro_setup():
     model = GPT(PRESETS["micro"])
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(10, 40, (24,), generator=gen).numpy()
-    from guppyforge.model.batches import Samples
+    from guppyforge.model.packing import Samples
 
     tokens = torch.randint(3, 512, (int(lengths.sum()),), generator=gen).numpy()
     starts = lengths.cumsum() - lengths

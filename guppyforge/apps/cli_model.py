@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import click
 
 from guppyforge import defaults
 from guppyforge.apps.cli_types import PORT, SEED, finite
+from guppyforge.train.config import TrainOptions
 
 DEVICES = click.Choice(defaults.DEVICES)
 
@@ -15,37 +17,37 @@ DEVICES = click.Choice(defaults.DEVICES)
 # --- train (guppyforge/train/, guppyforge/model/presets.py) ------------------------------------
 
 
+def train_options(command):
+    """The training options, each built from its TrainOptions field (train/config.py): the
+    default, the help and the choices are written there once."""
+    for f in reversed(fields(TrainOptions)):
+        meta = f.metadata
+        if not meta.get("help"):
+            continue  # not on the command line
+        name = f"--{f.name.replace('_', '-')}"
+        if f.type == "bool":
+            command = click.option(name, is_flag=True, default=f.default, help=meta["help"])(
+                command
+            )
+            continue
+        if meta["choices"]:
+            kind = click.Choice(meta["choices"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type.split(" |")[0]]
+        shown = meta["shown"] if f.default is None else True
+        command = click.option(
+            name, type=kind, default=f.default, show_default=shown, help=meta["help"]
+        )(command)
+    return command
+
+
 @click.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "out_dir", required=True, help="Run folder to write.")
-@click.option(
-    "--preset",
-    help=f"Model shape (see `guppyforge presets`).  [default: {defaults.DEFAULT_PRESET}]",
-)
-@click.option("--max-steps", type=int, help="Steps; fixes the schedule.  [default: 3 epochs]")
-@click.option("--epochs", type=float, help="Passes over the data when --max-steps is not given.")
-@click.option("--max-minutes", type=float, help="Time budget; stops with a checkpoint.")
-@click.option("--stop-after", type=int, help="Stop (with a checkpoint) after this step.")
-@click.option("--batch-size", type=int, help="Rows of `context` tokens per step.  [default: 16]")
-@click.option(
-    "--optimizer", type=click.Choice(["muon", "adamw"]), help="Update rule.  [default: muon]"
-)
-@click.option(
-    "--lr", type=float, help="AdamW's peak rate.  [default: 0.006 with muon, 0.003 adamw]"
-)
-@click.option("--muon-lr", type=float, help="Peak Muon learning rate.  [default: 0.003]")
-@click.option("--eval-every", type=int, help="Steps between evals.  [default: max-steps / 10]")
-@click.option("--seed", type=int, help="Same seed, same run.  [default: 0]")
-@click.option("--device", type=DEVICES, help="[default: auto]")
-@click.option(
-    "--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), help="[default: auto]"
-)
-@click.option("--compile", "compile_", is_flag=True, default=None, help="Use torch.compile.")
-@click.option("--resume", is_flag=True, default=None, help="Continue from checkpoints/last.pt.")
+@train_options
 @click.option("--force", is_flag=True, help="Replace an earlier run in --out (its files only).")
-@click.option("--loss-on", type=click.Choice(["replies", "all"]), help="[default: replies]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(data_dir, out_dir, compile_, quiet, force, **options) -> None:
+def train(data_dir, out_dir, quiet, force, **options) -> None:
     """Train a character model on DATA_DIR (written by `guppyforge generate`).
 
     \b
@@ -53,9 +55,6 @@ def train(data_dir, out_dir, compile_, quiet, force, **options) -> None:
     """
     from guppyforge.train.loop import train as train_run
 
-    options = {k: v for k, v in options.items() if v is not None}
-    if compile_:
-        options["compile"] = True
     # Ctrl-C: a checkpoint, the resume hint, then KeyboardInterrupt, which exits 130.
     train_run(
         data_dir, out_dir, progress=not quiet, force=force, raise_on_interrupt=True, **options

@@ -41,8 +41,8 @@ from guppyforge.dataset.read import load_splits
 from guppyforge.defaults import TEMPERATURE
 from guppyforge.errors import GuppyError
 from guppyforge.files import text_table, write_atomic
-from guppyforge.model.batches import eval_loss, tokenize
 from guppyforge.model.engine import Engine
+from guppyforge.model.packing import eval_loss, tokenize
 from guppyforge.model.run import dataset_dir, load_run, pick_device
 from guppyforge.ownership import EVAL_SCHEMA, check_inputs, claim_file, guard
 from guppyforge.persona.load import load_persona

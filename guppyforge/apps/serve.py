@@ -11,7 +11,7 @@ with `"stream": true`; `"trace": true` adds where a chat reply came from, see ap
 `GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/`.
 Built on FastAPI and uvicorn (the `serve` extra): they parse HTTP, route and frame events;
 requests are checked by the typed models in openai_api.py. Every reply is decoded by one
-BatchDecoder thread (model/batching.py), so concurrent requests share each forward pass.
+BatchDecoder thread (model/engine.py), so concurrent requests share each forward pass.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ from guppyforge.apps import openai_api as api
 from guppyforge.apps.openai_api import ApiError
 from guppyforge.apps.serve_http import HeadTimeoutH11, Limits, check_exposure, check_key, read_body
 from guppyforge.errors import GuppyError
-from guppyforge.model.batching import BatchDecoder, Busy
-from guppyforge.model.engine import Engine
+from guppyforge.model.engine import BatchDecoder, Busy, Engine
 from guppyforge.model.run import Run, load_run, pick_device
 
 # The chat page, shared with `export --to web`: here page.json picks its server.js backend.
@@ -202,7 +201,9 @@ def create_app(server: Server) -> FastAPI:
         body = await read_body(request, limits)
         req = api.parse_request(api.CompletionRequest, body, model_id, limits)
         options = req.options()
-        ids = await asyncio.to_thread(server.encode, req.prompt, options["max_new_tokens"])
+        ids = await asyncio.to_thread(
+            server.engine.prompt_text, req.prompt, options["max_new_tokens"]
+        )
         reply = Reply(server, ids, options)
         envelope = {"id": f"cmpl-{reply.id}", "created": reply.created, "model": model_id}
         if req.stream:
@@ -276,12 +277,6 @@ class Server:
     def stream(self, events) -> EventSourceResponse:
         # A reader that stops reading for body_timeout seconds is dropped, freeing its row.
         return EventSourceResponse(events, sep="\n", ping=15, send_timeout=self.limits.body_timeout)
-
-    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
-        """A raw prompt's ids, its start cut off to leave room for the reply (as build_prompt)."""
-        context = self.engine.cfg.context
-        ids = self.engine.tokenizer.encode(prompt, add_special_tokens=False).ids
-        return ids[-max(context - max_new_tokens, context // 2) :] or [0]
 
     def serve_forever(self) -> None:
         self.decoder.start()

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from guppyforge.model.speed import textbook_attention, textbook_attention_wins
+
 IGNORE = -100  # a target with this value adds nothing to the loss (cross_entropy's ignore_index)
 
 # Names as transformers' GPT-2 config spells them; "gelu_tanh" is GPT-2's own ("gelu_new").
@@ -42,41 +44,6 @@ class ModelConfig:
         return asdict(self)
 
 
-class KVCache:
-    """Keys and values of every token seen so far, one pair per layer.
-
-    Without it, each new token would recompute attention inputs for the whole prefix: decoding
-    T tokens would cost O(T^2) projections instead of O(T).
-    """
-
-    def __init__(self, n_layer: int):
-        self.keys: list[torch.Tensor | None] = [None] * n_layer
-        self.values: list[torch.Tensor | None] = [None] * n_layer
-
-    def __len__(self) -> int:
-        return self.length(0)
-
-    def length(self, layer: int) -> int:
-        k = self.keys[layer]
-        return 0 if k is None else k.shape[2]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        if self.keys[layer] is not None:
-            k = torch.cat([self.keys[layer], k], dim=2)
-            v = torch.cat([self.values[layer], v], dim=2)
-        self.keys[layer], self.values[layer] = k, v
-        return k, v
-
-
-def textbook_attention(q: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
-    """Whether two matmuls and a softmax beat SDPA's fused kernel for this input.
-
-    Measured with whole training steps (bench/bench_step.py): on a CPU with an explicit mask, in
-    bf16 (1.3x faster steps on 2 AVX512-BF16 cores). Everywhere else SDPA wins or ties.
-    """
-    return q.device.type == "cpu" and attn_mask is not None and q.dtype == torch.bfloat16
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -87,42 +54,28 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def forward(self, x, attn_mask=None, cache: KVCache | None = None):
+    def forward(self, x, attn_mask=None, cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim): each head attends on its own slice of channels.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        past = 0
         if cache is not None:
-            past = cache.length(self.layer)  # read before this layer adds the new tokens
-            # The engine runs the prompt once on an empty cache, then one token at a time; one
-            # new token may look at everything cached, so neither case needs a mask. Any other
-            # shape (the ONNX graph's, whose lengths are symbolic) brings its own mask; it is
-            # tested first so that the symbolic lengths are never compared.
-            assert attn_mask is not None or past == 0 or T == 1, (
-                "after a prefill, feed the cache one token at a time (or pass a mask)"
-            )
+            # The engine's KV cache stores the new keys and values and gives back what this
+            # layer attends to: a prompt's own, or everything its reply has cached so far.
             k, v = cache.update(self.layer, k, v)
         # The causal mask is what makes this a language model: a token may only look at tokens
         # before it, so predicting the next token is never cheating. With packed rows the mask
         # is block-diagonal too (built by the caller), so samples sharing a row never see each
         # other. SDPA picks the fastest kernel for the device (flash / memory-efficient / math).
-        if textbook_attention(q, attn_mask):
-            # Except where PyTorch's fused CPU kernel is slow on rows this short: there the
-            # textbook form, two matmuls and a softmax, trains faster (see textbook_attention).
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-            att = att.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1).to(v.dtype)
-            if self.training and self.dropout > 0:
-                att = F.dropout(att, self.dropout)
-            return self.c_proj((att @ v).transpose(1, 2).contiguous().view(B, T, C))
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=attn_mask is None and T > 1,
-        )
+        dropout = self.dropout if self.training else 0.0
+        if textbook_attention_wins(q, attn_mask):  # a CPU speed path: see model/speed.py
+            y = textbook_attention(q, k, v, attn_mask, dropout)
+        else:
+            # One new token may look at everything cached, so it needs no mask.
+            causal = attn_mask is None and T > 1
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=causal
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
@@ -195,28 +148,26 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(logits, loss) for the token ids `idx` (B, T).
+        cache=None,
+    ) -> torch.Tensor:
+        """The logits (B, T, vocab) for the token ids `idx` (B, T); given `targets`, the loss.
 
-        Without `targets`: logits (B, T, vocab) for every position, and no loss. With `targets`
-        (B, T): the mean cross-entropy over the positions whose target is not IGNORE, and no
-        logits (the head ran on the counted positions only, see `_loss`). `positions` restart
+        With `targets` (B, T): the mean cross-entropy over the positions whose target is not
+        IGNORE (the head runs on the counted positions only, see `_loss`). `positions` restart
         at 0 for each sample packed into a row; `attn_mask` (B, 1, T, T), True where attention
-        is allowed, keeps packed samples apart. With `cache`, `idx` holds only the new tokens
-        and positions continue after the cached ones.
+        is allowed, keeps packed samples apart. With `cache` (the engine's KVCache), `idx`
+        holds only the new tokens and `positions` say where they go.
         """
         B, T = idx.shape
         if positions is None:
-            start = len(cache) if cache is not None else 0
-            positions = torch.arange(start, start + T, device=idx.device).unsqueeze(0)
+            positions = torch.arange(T, device=idx.device).unsqueeze(0)
         x = self.drop(self.wte(idx) + self.wpe(positions))
         for block in self.h:
             x = block(x, attn_mask, cache)
         x = self.ln_f(x)
         if targets is None:
-            return self.lm_head(x), None
-        return None, self._loss(x.view(-1, x.size(-1)), targets.view(-1))
+            return self.lm_head(x)
+        return self._loss(x.view(-1, x.size(-1)), targets.view(-1))
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the counted targets, running the head only where it counts.

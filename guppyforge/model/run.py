@@ -50,8 +50,14 @@ def save_weights(model: GPT, path: Path) -> None:
 
 # Bounds on every field of config.json's "model", checked before anything is allocated: a
 # hand-edited or hostile `vocab_size: 1000000000000` must be a line, not a 256 TB allocation.
-MODEL_BOUNDS = {"vocab_size": (1, 1 << 20), "context": (1, 1 << 16), "n_layer": (1, 512),
-                "n_head": (1, 1024), "d_model": (1, 1 << 16), "d_ff": (1, 1 << 18)}  # fmt: skip
+MODEL_BOUNDS = {
+    "vocab_size": (1, 1 << 20),
+    "context": (1, 1 << 16),
+    "n_layer": (1, 512),
+    "n_head": (1, 1024),
+    "d_model": (1, 1 << 16),
+    "d_ff": (1, 1 << 18),
+}
 MAX_PARAMS = 2_000_000_000  # ~8 GB of fp32 weights: far past any model this tool trains
 MAX_CONFIG_BYTES = 16 << 20
 
@@ -66,22 +72,30 @@ def model_config(data, where: Path) -> ModelConfig:
     for key, (low, high) in MODEL_BOUNDS.items():
         value = data.get(key, getattr(ModelConfig, key))
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise GuppyError(f"{where}: model.{key}: {value!r} is not a whole number from {low} "
-                             f"to {high:,}. Retrain, or restore the file")  # fmt: skip
+            raise GuppyError(
+                f"{where}: model.{key}: {value!r} is not a whole number from {low} "
+                f"to {high:,}. Retrain, or restore the file"
+            )
     cfg = ModelConfig(**data)
     dropout = cfg.dropout
     if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         raise GuppyError(f"{where}: model.dropout: {dropout!r} is not a number in [0, 1)")
     if not isinstance(cfg.activation, str) or cfg.activation not in ACTIVATIONS:
-        raise GuppyError(f"{where}: model.activation: unknown {cfg.activation!r}. Use one of "
-                         f"{', '.join(ACTIVATIONS)}")  # fmt: skip
+        raise GuppyError(
+            f"{where}: model.activation: unknown {cfg.activation!r}. Use one of "
+            f"{', '.join(ACTIVATIONS)}"
+        )
     if cfg.d_model % cfg.n_head:
-        raise GuppyError(f"{where}: model.d_model {cfg.d_model} does not divide into "
-                         f"{cfg.n_head} heads (n_head). Retrain, or restore the file")  # fmt: skip
+        raise GuppyError(
+            f"{where}: model.d_model {cfg.d_model} does not divide into "
+            f"{cfg.n_head} heads (n_head). Retrain, or restore the file"
+        )
     total = param_counts(cfg)["total"]
     if total > MAX_PARAMS:
-        raise GuppyError(f"{where}: the model would have {total:,} parameters, more than the "
-                         f"{MAX_PARAMS:,} guppyforge loads. Retrain, or restore the file")  # fmt: skip
+        raise GuppyError(
+            f"{where}: the model would have {total:,} parameters, more than the "
+            f"{MAX_PARAMS:,} guppyforge loads. Retrain, or restore the file"
+        )
     return cfg
 
 
@@ -89,8 +103,10 @@ def read_config(run_dir: Path) -> dict:
     """config.json as a dict; a run a kill stopped before the end says how to continue it."""
     path = run_dir / "config.json"
     if not path.is_file() and (run_dir / "checkpoints" / "last.pt").is_file():
-        raise GuppyError(f"{path}: missing: training stopped before the end. Continue it with "
-                         f"`guppyforge train DATA --out {run_dir} --resume`")  # fmt: skip
+        raise GuppyError(
+            f"{path}: missing: training stopped before the end. Continue it with "
+            f"`guppyforge train DATA --out {run_dir} --resume`"
+        )
     if not path.is_file():
         raise GuppyError(
             f"{path}: missing. Is {run_dir} a run folder written by `guppyforge train`?"
@@ -146,9 +162,11 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
     model.to(device).eval()
     tok = read_tokenizer(run_dir)
     if tok.get_vocab_size() > cfg.vocab_size:
-        raise GuppyError(f"{run_dir / 'tokenizer.json'}: {tok.get_vocab_size():,} tokens, more "
-                         f"than the model's {cfg.vocab_size:,} (config.json). The files are "
-                         "from different runs: retrain, or restore them")  # fmt: skip
+        raise GuppyError(
+            f"{run_dir / 'tokenizer.json'}: {tok.get_vocab_size():,} tokens, more "
+            f"than the model's {cfg.vocab_size:,} (config.json). The files are "
+            "from different runs: retrain, or restore them"
+        )
     return Run(run_dir, model, tok, config)
 
 
@@ -175,15 +193,23 @@ def check_weights(state: dict, model: GPT, weights: Path, config: Path) -> None:
     if got != expected:
         extra, missing = sorted(set(got) - set(expected)), sorted(set(expected) - set(got))
         shape = [k for k in expected if k in got and got[k] != expected[k]]
-        what = (f"holds {extra[0]}, which {config.name} has no place for" if extra else
-                f"lacks {missing[0]}" if missing else
-                f"{shape[0]} is {tuple(got[shape[0]])}, not {tuple(expected[shape[0]])}")  # fmt: skip
-        raise GuppyError(f"{weights}: does not match {config} ({what}): the two files are from "
-                         "different runs. Retrain, or restore the matching pair")  # fmt: skip
+        what = (
+            f"holds {extra[0]}, which {config.name} has no place for"
+            if extra
+            else f"lacks {missing[0]}"
+            if missing
+            else f"{shape[0]} is {tuple(got[shape[0]])}, not {tuple(expected[shape[0]])}"
+        )
+        raise GuppyError(
+            f"{weights}: does not match {config} ({what}): the two files are from "
+            "different runs. Retrain, or restore the matching pair"
+        )
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise GuppyError(f"{weights}: {name} holds NaN or infinity: the weights are damaged "
-                             "(a diverged run?). Retrain with a lower --lr, or restore the file")  # fmt: skip
+            raise GuppyError(
+                f"{weights}: {name} holds NaN or infinity: the weights are damaged "
+                "(a diverged run?). Retrain with a lower --lr, or restore the file"
+            )
 
 
 def pick_device(name: str = "auto") -> torch.device:

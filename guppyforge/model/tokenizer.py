@@ -10,6 +10,9 @@ A conversation is written in ChatML, the format most chat models use:
 Byte-level BPE starts from the 256 byte values, so any text in any script can be encoded (no
 "unknown" token), then merges frequent pairs until the vocabulary is full: a vocabulary trained
 on the character's own data spends its few thousand entries on the words the character uses.
+
+`build_prompt` writes a conversation so far as the prompt of a reply, keeping the most recent
+messages that fit in the model's context beside the reply.
 """
 
 from __future__ import annotations
@@ -128,3 +131,58 @@ def encode_prompt(tok: Tokenizer, messages: list[dict]) -> list[int]:
     return tok.encode(
         format_chat(messages, add_generation_prompt=True), add_special_tokens=False
     ).ids
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def prompt_budget(context: int, max_new_tokens: int) -> int:
+    """How many prompt tokens fit beside a reply of `max_new_tokens`.
+
+    A reply budget close to the whole context would leave no room for the question; the model
+    stops at the context limit anyway, so the prompt always keeps at least half.
+    """
+    return max(context - max_new_tokens, context // 2)
+
+
+def build_prompt(
+    tokenizer: Tokenizer, messages: list[dict], context: int, max_new_tokens: int
+) -> tuple[list[int], int]:
+    """ChatML ids ending at the assistant header, and how many earlier messages were left out.
+
+    The model has a fixed context (its learned positions stop there), and the reply needs room
+    too, so only the most recent messages that fit in `context - max_new_tokens` are kept. The
+    oldest go first: the latest turns matter most to what the character should say next.
+    """
+    budget = prompt_budget(context, max_new_tokens)
+    # Each message ends in the special <|im_end|>, so the tokenizer never merges across
+    # messages: encoding them one by one gives the same ids as encoding the whole text.
+    pieces = [_encode(tokenizer, format_chat([m])) for m in messages]
+    header = _encode(tokenizer, f"{START}assistant\n")
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    anchor = users[-1] if users else max(len(messages) - 1, 0)
+    kept = sum(len(p) for p in pieces[anchor:]) + len(header)
+    if kept > budget:
+        return _truncated(
+            tokenizer, messages[anchor:], pieces[anchor + 1 :], header, budget
+        ), anchor
+    start = anchor
+    while start > 0 and kept + len(pieces[start - 1]) <= budget:
+        start -= 1
+        kept += len(pieces[start])
+    # A reply without the question it answers would confuse the model: once anything is left
+    # out, the kept window starts at a user message.
+    while 0 < start < anchor and messages[start]["role"] != "user":
+        start += 1
+    ids = [i for p in pieces[start:] for i in p] + header
+    return ids, start
+
+
+def _truncated(tokenizer, tail: list[dict], after: list[list[int]], header: list[int], budget: int):
+    """The latest user message alone, cut from the left so its end (the question) survives."""
+    head = _encode(tokenizer, f"{START}{tail[0]['role']}\n")
+    close = _encode(tokenizer, f"{END}\n")
+    rest = [i for p in after for i in p] + header
+    room = max(budget - len(head) - len(close) - len(rest), 1)
+    return head + _encode(tokenizer, tail[0]["content"])[-room:] + close + rest

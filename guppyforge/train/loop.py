@@ -1,7 +1,10 @@
 """The training loop: a dataset folder in, a run folder out (see model/run.py for its layout).
 
-    tokenizer -> packed batches -> AdamW steps on a warm-up + cosine schedule -> eval, samples
-    -> checkpoints/last.pt along the way -> model.safetensors, loss.png, README.md, config.json
+    tokenizer -> packed batches -> optimizer steps (Muon + AdamW by default, see optim.py) on a
+    warm-up + cosine schedule -> eval, samples -> checkpoints/last.pt along the way
+    -> model.safetensors, loss.png, README.md, config.json
+
+Every option and its default lives in config.py; one step is marked "one step" in `train`.
 
 `--max-steps` fixes the whole learning-rate schedule up front, so a run can stop (Ctrl-C,
 `--max-minutes`, `--stop-after`) and `--resume` later to exactly the same result.
@@ -24,16 +27,16 @@ from tqdm import tqdm
 from guppyforge.dataset.read import load_splits
 from guppyforge.defaults import DEFAULT_PRESET
 from guppyforge.errors import GuppyError
-from guppyforge.model.batches import batches, epoch_batches, eval_loss, padding_share, tokenize
 from guppyforge.model.engine import Engine
 from guppyforge.model.gpt import GPT
-from guppyforge.model.presets import get_preset
+from guppyforge.model.packing import batches, epoch_batches, eval_loss, padding_share, tokenize
+from guppyforge.model.presets import PRESETS, get_preset
 from guppyforge.model.run import pick_device, read_tokenizer
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
 from guppyforge.ownership import check_folder, kind_of
 from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from guppyforge.train.config import TrainOptions, check_options, resolve_options
 from guppyforge.train.optim import lr_scale, make_optimizer, step_progress, train_step
-from guppyforge.train.options import TrainOptions, check_numbers, resolve_options
 from guppyforge.train.precision import pick_precision
 from guppyforge.train.run_files import (
     dataset_info,
@@ -42,11 +45,17 @@ from guppyforge.train.run_files import (
     read_metrics,
     sample_prompts,
 )
-from guppyforge.train.stopping import stop_on_ctrl_c, time_a_step
+from guppyforge.train.stopping import Stop, stop_on_ctrl_c, time_a_step
 
 # The fewest steps a time budget trains: fewer cannot warm up and then decay.
 MIN_BUDGET_STEPS = 20
 EVAL_ROWS = 64  # rows evaluated at each interval (about 8K tokens); the final eval uses all
+EVALS_PER_RUN = 10  # evals along the way when --eval-every is not given
+WARMUP_SHARE, WARMUP_MAX = 20, 100  # default warm-up: 1/20 of the steps, at most 100
+# Fitting the schedule to --max-minutes, from the time of one measured step:
+TEST_TOKENS_PER_CONVERSATION = 40  # what the final eval's batches hold, per test conversation
+FORWARD_SHARE = 3  # an eval batch runs the forward pass only: about a third of a step
+RUN_FILES_SECONDS = 5  # writing the run files at the end (weights, plot, card)
 
 
 def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
@@ -101,9 +110,8 @@ def train(
         o = TrainOptions(preset=preset, **options)
     except TypeError as e:
         raise GuppyError(f"train(): {e}") from None
-    check_numbers(o)
-    get_preset(o.preset)  # an unknown name fails before anything else happens
-    pick_device(o.device)  # so does a device that is not there (--device mps on Linux)
+    check_options(o, PRESETS)  # a typo'd option fails before anything else happens
+    device = pick_device(o.device)  # so does a device that is not there (--device mps on Linux)
     data_dir, run = Path(data_dir).resolve(), Path(out_dir)
     ckpt_path = run / "checkpoints" / "last.pt"
     if not (o.resume or force) and kind_of(run, "run") == "run":
@@ -115,7 +123,6 @@ def train(
     owned.take()
     o = resolve_options(o, ckpt["train"] if ckpt else None)
     cfg = get_preset(o.preset)
-    device = pick_device(o.device)
     precision = pick_precision(device, o.precision)
     o.precision = precision.name  # recorded resolved, so a resume computes the same numbers
     say = tqdm.write
@@ -139,9 +146,12 @@ def train(
         if deadline and not ckpt:  # the schedule follows the clock; steps are an estimate
             step_s = time_a_step(model, o, train_s, cfg.context, device, precision)
             # Keep back what the final eval on the whole test split and the run files take.
-            final_eval = len(test_s) * 40 / (o.batch_size * cfg.context) * step_s / 3
-            o.schedule_seconds = max(1.0, deadline - time.monotonic() - final_eval - 5)
-            evals = 10 * math.ceil(EVAL_ROWS / o.batch_size) * step_s / 3  # forward: ~1/3 a step
+            eval_tokens = len(test_s) * TEST_TOKENS_PER_CONVERSATION
+            final_eval = eval_tokens / (o.batch_size * cfg.context) * step_s / FORWARD_SHARE
+            left = deadline - time.monotonic() - final_eval - RUN_FILES_SECONDS
+            o.schedule_seconds = max(1.0, left)
+            eval_batches = EVALS_PER_RUN * math.ceil(EVAL_ROWS / o.batch_size)
+            evals = eval_batches * step_s / FORWARD_SHARE
             fitted = int((o.schedule_seconds - evals) / step_s)
             if fitted >= MIN_BUDGET_STEPS:
                 o.max_steps = min(o.max_steps, fitted)
@@ -154,8 +164,8 @@ def train(
                 )
                 o.schedule_seconds, deadline = None, None
                 o.max_steps = min(o.max_steps, MIN_BUDGET_STEPS)
-    o.warmup_steps = o.warmup_steps or max(1, min(100, o.max_steps // 20))
-    o.eval_every = o.eval_every or max(1, o.max_steps // 10)
+    o.warmup_steps = o.warmup_steps or max(1, min(WARMUP_MAX, o.max_steps // WARMUP_SHARE))
+    o.eval_every = o.eval_every or max(1, o.max_steps // EVALS_PER_RUN)
     if ckpt:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -189,8 +199,8 @@ def train(
     say(f"device: {device}{threads}; {precision.describe()}")
     say(f"optimizer: {optimizer.describe()}; {o.batch_size} rows per step")
     if o.schedule_seconds:
-        say(f"schedule fitted to --max-minutes {o.max_minutes:g}: {o.schedule_seconds:.0f} s of "
-            f"training, about {o.max_steps} steps")  # fmt: skip
+        fitted = f"{o.schedule_seconds:.0f} s of training, about {o.max_steps} steps"
+        say(f"schedule fitted to --max-minutes {o.max_minutes:g}: {fitted}")
     say(f"{'resuming at' if ckpt else 'training for'} step {step} of {o.max_steps}")
 
     def checkpoint() -> None:
@@ -208,43 +218,52 @@ def train(
             dataset=info,
         )
 
-    # Sample replies at each eval; the weights stay as they are (they are still training).
+    # Sample replies at each eval from the model itself, as it trains (no copy of its weights).
     engine = Engine(model, tok, prepare=False)
 
-    eval_seconds = [0.0]  # kept out of tokens/s: it measures training, not evaluation
+    eval_seconds = 0.0  # kept out of tokens/s: it measures training, not evaluation
 
     def eval_and_show(max_rows: int | None) -> dict:
+        nonlocal eval_seconds
         t = time.monotonic()
         loss, ppl = eval_loss(
-            model, test_s, cfg.context, device, o.loss_on, o.batch_size, max_rows,
+            model,
+            test_s,
+            cfg.context,
+            device,
+            o.loss_on,
+            o.batch_size,
+            max_rows,
             precision.autocast,
-        )  # fmt: skip
+        )
         say(f"step {step}: eval loss {loss:.3f}, perplexity {ppl:.2f}")
         model.eval()
-        for i, ask in enumerate(prompts):  # watch the character appear
-            # Its own seeded generator inside the engine: training's RNG is left alone.
-            reply = engine.reply(
-                [{"role": "user", "content": ask}], max_new_tokens=48, seed=o.seed + i
-            )
+        # Watch the character appear: the prompts' replies decoded together, each with its own
+        # seeded generator inside the engine, so training's RNG is left alone.
+        chats = [[{"role": "user", "content": ask}] for ask in prompts]
+        seeds = [o.seed + i for i in range(len(prompts))]
+        replies = engine.replies(chats, seeds, max_new_tokens=48)
+        for ask, reply in zip(prompts, replies, strict=True):
             say(f"  you: {ask}\n  {persona.name if persona else 'bot'}: {reply.strip()}")
         model.train()
-        eval_seconds[0] += time.monotonic() - t
+        eval_seconds += time.monotonic() - t
         return {"eval_loss": loss, "perplexity": ppl}
 
     stepper = torch.compile(model) if o.compile else model
     stream = batches(train_s, cfg.context, o.batch_size, o.seed, o.loss_on, start=position)
     bar = tqdm(total=o.max_steps, initial=step, unit="step", disable=not o.progress)
-    state: dict = {"stop": None}
+    stop = Stop()
     t0, tokens, last_log = time.monotonic(), 0, (time.monotonic(), 0)
     model.train()
-    with stop_on_ctrl_c(state), metrics_path.open("a") as metrics:
+    with stop_on_ctrl_c(stop), metrics_path.open("a") as metrics:
         while progress() < 1 if o.schedule_seconds else step < o.max_steps:
             if o.stop_after is not None and step >= o.stop_after:
-                state["stop"] = f"--stop-after {o.stop_after}"
+                stop.reason = f"--stop-after {o.stop_after}"
             elif deadline and time.monotonic() > deadline and not o.schedule_seconds:
-                state["stop"] = f"--max-minutes {o.max_minutes:g} ran out"
-            if state["stop"]:
+                stop.reason = f"--max-minutes {o.max_minutes:g} ran out"
+            if stop.reason:
                 break
+            # --- one step: the next batch, its learning rate, forward, backward, update -------
             batch, next_position = next(stream)
             scale = lr_scale(step, progress(), o)
             loss = train_step(
@@ -253,6 +272,7 @@ def train(
             step, position = step + 1, next_position
             loss_sum, loss_n = loss_sum + loss, loss_n + 1  # a tensor: no wait for the GPU
             tokens += batch.tokens
+            # --- the step is done; the rest is logging, evals and checkpoints ----------------
             bar.update()
             ending = progress() >= 1 if o.schedule_seconds else step == o.max_steps
             if step % o.log_every == 0 or step % o.eval_every == 0 or ending:
@@ -271,14 +291,14 @@ def train(
                 loss_sum, loss_n, last_log = 0.0, 0, (time.monotonic(), tokens)
     bar.close()
     checkpoint()
-    if state["stop"]:
-        say(f"stopped at step {step} of {o.max_steps} ({state['stop']}); checkpoint saved.")
+    if stop.reason:
+        say(f"stopped at step {step} of {o.max_steps} ({stop.reason}); checkpoint saved.")
         say(f"continue with: guppyforge train {data_dir} --out {run} --resume")
-        if state["stop"] == "interrupted" and raise_on_interrupt:
+        if stop.reason == "interrupted" and raise_on_interrupt:
             raise KeyboardInterrupt  # the caller (the CLI: exit 130) must not see a success
         return run
 
-    speed = tokens / max(time.monotonic() - t0 - eval_seconds[0], 1e-9)
+    speed = tokens / max(time.monotonic() - t0 - eval_seconds, 1e-9)
     final = eval_and_show(None)  # the whole test split
     if records:
         records[-1].update(final)

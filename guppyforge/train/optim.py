@@ -9,7 +9,8 @@ Two optimizers are on offer (`--optimizer`):
   vectors are not matrices in that sense (a row per token, a gain per channel), so AdamW keeps
   them.
 
-The schedule is a linear warm-up, then a cosine decay from the peak to a tenth of it. Its clock
+The schedule is a linear warm-up, then a cosine decay from the peak down to `--min-lr` (as a
+share of AdamW's peak, the same share for Muon's rate). Its clock
 is the step count when `--max-steps` (or `--epochs`) fixes the length, and the wall clock when
 `--max-minutes` does, so a budgeted run always ends fully decayed however fast the machine is.
 """
@@ -21,18 +22,8 @@ import math
 import torch
 
 from guppyforge.model.gpt import GPT
+from guppyforge.train.config import peak_lr
 from guppyforge.train.precision import Precision, cpu_has_native_bf16
-
-OPTIMIZERS = ("adamw", "muon")
-# AdamW's peak rate when --lr is not given, the best measured per optimizer on 2 fp32 cores: with
-# Muon, AdamW moves only the embeddings (which are also the output head), biases and LayerNorms,
-# and twice AdamW's own rate lifted a 5-minute guppy from 81.5 % to 90.8 % of its probes.
-PEAK_LR = {"muon": 6e-3, "adamw": 3e-3}
-
-
-def peak_lr(o) -> float:
-    """`o.lr`, or the default for `o.optimizer` when it was not given."""
-    return o.lr if o.lr is not None else PEAK_LR[o.optimizer]
 
 
 class Optimizers:
@@ -43,8 +34,11 @@ class Optimizers:
 
     def describe(self) -> str:
         """What moves which weights, for the line the trainer prints at start."""
-        names = {torch.optim.Muon: "muon (bf16 Newton-Schulz)", Fp32Muon: "muon (fp32 Newton-"
-                 "Schulz: no native bf16 here)", torch.optim.AdamW: "adamw"}  # fmt: skip
+        names = {
+            torch.optim.Muon: "muon (bf16 Newton-Schulz)",
+            Fp32Muon: "muon (fp32 Newton-Schulz: no native bf16 here)",
+            torch.optim.AdamW: "adamw",
+        }
         kinds = [names.get(type(opt), type(opt).__name__) for opt in self.optimizers]
         if len(kinds) == 1:
             return kinds[0]
@@ -165,7 +159,7 @@ def train_step(model, batch, optimizers: Optimizers, scaler, precision: Precisio
     """One optimizer step on one batch; returns the loss (a tensor, so CUDA need not wait)."""
     optimizers.set_scale(scale)
     with precision.autocast():
-        _, loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
+        loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
     scaler.scale(loss).backward()  # the scaler is a no-op unless precision is fp16
     optimizers.unscale(scaler)  # clip the true gradients, not the scaled ones
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from guppyforge.errors import GuppyError
+from guppyforge.train.config import PRECISIONS
 
-CHOICES = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -72,8 +72,10 @@ def cuda_capability(device: torch.device) -> tuple[int, int]:
 
 def pick_precision(device: torch.device, requested: str = "auto") -> Precision:
     """Resolve `--precision` for `device`; `auto` picks the fastest format that trains well."""
-    if requested not in CHOICES:
-        raise GuppyError(f"--precision: unknown '{requested}'. Use one of: {', '.join(CHOICES)}.")
+    if requested not in PRECISIONS:
+        raise GuppyError(
+            f"--precision: unknown '{requested}'. Use one of: {', '.join(PRECISIONS)}."
+        )
     kind = device.type
     if requested != "auto":
         return Precision(requested, kind, "asked for")

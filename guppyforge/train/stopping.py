@@ -9,20 +9,28 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from dataclasses import dataclass
 
 import torch
 
-from guppyforge.model.batches import Samples, batches
+from guppyforge.model.packing import Samples, batches
 from guppyforge.train.optim import make_optimizer, train_step
 from guppyforge.train.precision import Precision
 
 
+@dataclass
+class Stop:
+    """Why the run stops before its schedule ends; None while it goes on."""
+
+    reason: str | None = None
+
+
 @contextlib.contextmanager
-def stop_on_ctrl_c(state: dict):
+def stop_on_ctrl_c(stop: Stop):
     """Ctrl-C asks for a clean stop after the current step; a second Ctrl-C aborts at once."""
 
     def handler(signum, frame):
-        state["stop"] = "interrupted"
+        stop.reason = "interrupted"
         signal.signal(signal.SIGINT, previous)
 
     try:

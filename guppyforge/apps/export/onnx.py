@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from guppyforge.apps.export.hf import generation_config, gpt2_config
 from guppyforge.errors import GuppyError
-from guppyforge.model.gpt import GPT, KVCache
+from guppyforge.model.gpt import GPT
 from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, PAD, save_tokenizer
 
@@ -60,10 +60,15 @@ class DecoderWithCache(nn.Module):
         row = torch.arange(new, device=input_ids.device)[:, None] + (total - new)
         col = torch.arange(total, device=input_ids.device)[None, :]
         allowed = (col <= row) & ((attention_mask[:, None, None, :] > 0) | (col == row))
-        cache = KVCache(self.model.cfg.n_layer)
-        cache.keys, cache.values = list(past[0::2]), list(past[1::2])
-        logits, _ = self.model(input_ids, positions=positions, attn_mask=allowed, cache=cache)
-        return (logits, *(t for kv in zip(cache.keys, cache.values, strict=True) for t in kv))
+        self.present = list(past)
+        logits = self.model(input_ids, positions=positions, attn_mask=allowed, cache=self)
+        return (logits, *self.present)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """The model's cache call: the graph's cache is past in, past + new out (no state)."""
+        keys = self.present[2 * layer] = torch.cat([self.present[2 * layer], k], dim=2)
+        values = self.present[2 * layer + 1] = torch.cat([self.present[2 * layer + 1], v], dim=2)
+        return keys, values
 
 
 def cache_names(n_layer: int, prefix: str) -> list[str]:

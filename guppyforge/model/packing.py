@@ -28,8 +28,6 @@ from tokenizers import Tokenizer
 from guppyforge.model.gpt import IGNORE
 from guppyforge.model.tokenizer import encode_conversations
 
-LOSS_ON = ("replies", "all")
-
 
 @dataclass
 class Samples:
@@ -276,7 +274,7 @@ def eval_loss(
         batch = collate(samples, rows_of_batch, context, loss_on).to(device)
         n = int((batch.targets != IGNORE).sum())
         with autocast():
-            total += float(model(batch.idx, batch.targets, batch.positions, batch.attn_mask)[1]) * n
+            total += float(model(batch.idx, batch.targets, batch.positions, batch.attn_mask)) * n
         count += n
     model.train(was_training)
     loss = total / max(1, count)
