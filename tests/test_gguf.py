@@ -219,7 +219,7 @@ def test_llama_cpp_greedy_replies_match_guppyforge(micro_run: Path, llama) -> No
     for i, (messages, ids) in enumerate(zip(PROMPTS, llama["prompts"], strict=True)):
         ours = engine.reply(messages, temperature=0)
         with torch.no_grad():
-            logits = run.model(torch.tensor([ids]))[0][0]
+            logits = run.model(torch.tensor([ids]))[0]
         ours_log = torch.log_softmax(logits.double(), -1).numpy()
         for kind in kinds:
             theirs = run.tokenizer.decode(llama[kind]["greedy"][i])
