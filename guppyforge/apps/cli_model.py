@@ -10,14 +10,20 @@ from guppyforge import defaults
 from guppyforge.apps.cli_types import PORT, SEED, finite
 
 DEVICES = click.Choice(defaults.DEVICES)
+# formats.SHAPES, written out so `--help` does not import the dataset layer
+FORMATS = ("messages", "prompt-completion", "alpaca", "guppylm", "qa")
 
 
 # --- train (guppyforge/train/, guppyforge/model/presets.py) ------------------------------------
 
 
 @click.command()
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data_dir", type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, help="Run folder to write.")
+@click.option(
+    "--format", "data_format", type=click.Choice(FORMATS),
+    help="Shape of DATA when its columns fit more than one.  [default: recognised]",
+)  # fmt: skip
 @click.option(
     "--preset",
     help=f"Model shape (see `guppyforge presets`).  [default: {defaults.DEFAULT_PRESET}]",
@@ -45,11 +51,14 @@ DEVICES = click.Choice(defaults.DEVICES)
 @click.option("--force", is_flag=True, help="Replace an earlier run in --out (its files only).")
 @click.option("--loss-on", type=click.Choice(["replies", "all"]), help="[default: replies]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(data_dir, out_dir, compile_, quiet, force, **options) -> None:
-    """Train a character model on DATA_DIR (written by `guppyforge generate`).
+def train(data_dir, out_dir, compile_, quiet, force, data_format, **options) -> None:
+    """Train a character model on DATA_DIR: a folder `guppyforge generate` wrote, or chat data
+    of your own (a JSONL/JSON/CSV/parquet file or folder: messages, prompt/completion, alpaca,
+    guppylm input/output/category, question/answer).
 
     \b
     guppyforge train data/cat --out runs/cat --preset tiny --max-steps 3000
+    guppyforge train alpaca_data.json --out runs/alpaca
     """
     from guppyforge.train.loop import train as train_run
 
@@ -58,8 +67,9 @@ def train(data_dir, out_dir, compile_, quiet, force, **options) -> None:
         options["compile"] = True
     # Ctrl-C: a checkpoint, the resume hint, then KeyboardInterrupt, which exits 130.
     train_run(
-        data_dir, out_dir, progress=not quiet, force=force, raise_on_interrupt=True, **options
-    )
+        data_dir, out_dir, progress=not quiet, force=force, raise_on_interrupt=True,
+        data_format=data_format, **options,
+    )  # fmt: skip
 
 
 @click.command()

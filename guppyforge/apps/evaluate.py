@@ -99,7 +99,8 @@ def evaluate_run(
         print(f"warning: {persona_path} is '{p.name}', but {run.path} was trained on "
               f"'{trained}': its probes test another character", file=sys.stderr)  # fmt: skip
     data_dir = dataset_dir(run.path, run.config, data)
-    splits = load_splits(data_dir)
+    recorded = (run.config.get("dataset") or {}).get("format") if data is None else None
+    splits = load_splits(data_dir, recorded)  # the shape train recognised, for its own data
 
     context = run.model.cfg.context
     test = tokenize(splits["test"], run.tokenizer, context)

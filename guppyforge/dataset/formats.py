@@ -228,7 +228,7 @@ def read_foreign(
                              "one shape per folder, or give one file")  # fmt: skip
         shape, mapping = file_shape, file_map
         split = "test" if _TEST_NAME.search(f.stem.lower()) else "train"
-        name = f.relative_to(path) if path.is_dir() else f
+        name = f.relative_to(path).as_posix() if path.is_dir() else f.name
         for n, record in enumerate(records, start=1):
             total += 1
             turns = convert(record, shape, mapping)
