@@ -54,7 +54,7 @@ def data_files(path: Path) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     if not found:
-        raise GuppyError(f"{path}: holds no .jsonl, .json, .csv or .parquet file. Give a "
+        raise GuppyError(f"{path}: not a dataset folder: no .jsonl, .json, .csv or .parquet file. Give a "
                          "folder of chat data, or one written by `guppyforge generate`")  # fmt: skip
     return found
 

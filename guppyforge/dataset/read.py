@@ -23,7 +23,7 @@ def load_splits(data_dir: str | Path, fmt: str | None = None, context: int | Non
 
     data_dir = Path(data_dir)
     if not data_dir.exists():
-        raise GuppyError(f"{data_dir}: no such file or folder. Write a dataset with "
+        raise GuppyError(f"{data_dir}: no such folder or file. Write a dataset with "
                          "`guppyforge generate`, or give a file of chat data")  # fmt: skip
     if fmt or not (data_dir.is_dir() and any(data_dir.glob("data/*.parquet"))):
         from guppyforge.dataset.formats import read_foreign
