@@ -12,6 +12,8 @@ from guppyforge.apps.cli_types import PORT, SEED, finite
 from guppyforge.train.config import TrainOptions
 
 DEVICES = click.Choice(defaults.DEVICES)
+# formats.SHAPES, written out so `--help` does not import the dataset layer
+FORMATS = ("messages", "prompt-completion", "alpaca", "guppylm", "qa")
 
 
 # --- train (guppyforge/train/, guppyforge/model/presets.py) ------------------------------------
@@ -42,22 +44,37 @@ def train_options(command):
 
 
 @click.command()
-@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data_dir", type=click.Path(exists=True))
 @click.option("--out", "out_dir", required=True, help="Run folder to write.")
+@click.option(
+    "--format",
+    "data_format",
+    type=click.Choice(FORMATS),
+    help="Shape of DATA when its columns fit more than one.  [default: recognised]",
+)
 @train_options
 @click.option("--force", is_flag=True, help="Replace an earlier run in --out (its files only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(data_dir, out_dir, quiet, force, **options) -> None:
-    """Train a character model on DATA_DIR (written by `guppyforge generate`).
+def train(data_dir, out_dir, quiet, force, data_format, **options) -> None:
+    """Train a character model on DATA_DIR: a folder `guppyforge generate` wrote, or chat data
+    of your own (a JSONL/JSON/CSV/parquet file or folder: messages, prompt/completion, alpaca,
+    guppylm input/output/category, question/answer).
 
     \b
     guppyforge train data/cat --out runs/cat --preset tiny --max-steps 3000
+    guppyforge train alpaca_data.json --out runs/alpaca
     """
     from guppyforge.train.loop import train as train_run
 
     # Ctrl-C: a checkpoint, the resume hint, then KeyboardInterrupt, which exits 130.
     train_run(
-        data_dir, out_dir, progress=not quiet, force=force, raise_on_interrupt=True, **options
+        data_dir,
+        out_dir,
+        progress=not quiet,
+        force=force,
+        raise_on_interrupt=True,
+        data_format=data_format,
+        **options,
     )
 
 

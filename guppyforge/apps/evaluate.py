@@ -86,7 +86,8 @@ def evaluate_run(
     # A bad probe file fails before any reply is sampled.
     blind_probes = load_probe_file(blind_path, p) if blind_path is not None else ()
     data_dir = dataset_dir(run.path, run.config, data)
-    splits = load_splits(data_dir)
+    recorded = (run.config.get("dataset") or {}).get("format") if data is None else None
+    splits = load_splits(data_dir, recorded)  # the shape train recognised, for its own data
 
     context = run.model.cfg.context
     test = tokenize(splits["test"], run.tokenizer, context)

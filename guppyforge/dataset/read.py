@@ -8,18 +8,27 @@ row rather than failing deep inside tokenizing.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from guppyforge.errors import GuppyError
 
 
-def load_splits(data_dir: str | Path):
-    """The `train` and `test` splits of a folder `datasets.load_dataset` reads (parquet)."""
+def load_splits(data_dir: str | Path, fmt: str | None = None, context: int | None = None,
+                say=lambda line: print(line, file=sys.stderr)):  # fmt: skip
+    """The `train` and `test` splits of a folder `generate` wrote, or of chat data in another
+    shape (a file or folder: see formats.py; `fmt` forces its shape, `context` flags rows far
+    too long for it, `say` gets the line saying what was recognised)."""
     import datasets  # heavy (pandas, fsspec...): only when a folder is actually read
 
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise GuppyError(f"{data_dir}: no such folder. Write one with `guppyforge generate`.")
+    if not data_dir.exists():
+        raise GuppyError(f"{data_dir}: no such folder or file. Write a dataset with "
+                         "`guppyforge generate`, or give a file of chat data")  # fmt: skip
+    if fmt or not (data_dir.is_dir() and any(data_dir.glob("data/*.parquet"))):
+        from guppyforge.dataset.formats import read_foreign
+
+        return read_foreign(data_dir, fmt, context, say)
     for path in sorted(data_dir.glob("data/*.parquet")):
         check_messages(path)
     datasets.disable_progress_bars()  # training draws its own progress bar

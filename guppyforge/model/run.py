@@ -179,7 +179,7 @@ def dataset_dir(run_dir: Path, config: dict, data: str | Path | None = None) -> 
         raise GuppyError(
             f"{run_dir / 'config.json'}: no dataset.path recorded. Pass the dataset with --data DIR."
         )
-    if not Path(recorded).is_dir():
+    if not Path(recorded).exists():
         raise GuppyError(
             f"{recorded}: dataset folder not found (config.json dataset.path). Pass it with --data DIR."
         )

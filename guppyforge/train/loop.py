@@ -58,20 +58,20 @@ FORWARD_SHARE = 3  # an eval batch runs the forward pass only: about a third of 
 RUN_FILES_SECONDS = 5  # writing the run files at the end (weights, plot, card)
 
 
-def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona):
+def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona, data_format=None):
     """Tokenizer, tokenized samples, dataset facts and the prompts to show at each eval.
 
     Conversations too long for the context are dropped (and counted). The tokenizer is trained on the train split once and saved in the run folder, where a
     resumed run (and chat, eval, export) finds it.
     """
-    splits = load_splits(data_dir)
+    splits = load_splits(data_dir, data_format, cfg.context, say=tqdm.write)
     run.mkdir(parents=True, exist_ok=True)
     if resumed:
         tok = read_tokenizer(run)  # cut short by a kill or a full disk: one line naming it
     else:
         tok = train_tokenizer(chat_texts(splits["train"]), cfg.vocab_size)
         save_tokenizer(tok, run, cfg.context)
-    info = dataset_info(data_dir, splits)
+    info = dataset_info(data_dir, splits) | getattr(splits, "source", {})  # shape, fingerprint
     train_s = tokenize(splits["train"], tok, cfg.context)
     test_s = tokenize(splits["test"], tok, cfg.context)
     info["too_long"] = train_s.too_long + test_s.too_long
@@ -97,6 +97,7 @@ def train(
     preset: str = DEFAULT_PRESET,
     force: bool = False,
     raise_on_interrupt: bool = False,
+    data_format: str | None = None,
     **options,
 ) -> Path:
     """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`.
@@ -130,7 +131,9 @@ def train(
     random.seed(o.seed)
 
     persona = load_persona_info(data_dir)
-    tok, train_s, test_s, info, prompts = prepare_data(data_dir, run, cfg, bool(ckpt), persona)
+    tok, train_s, test_s, info, prompts = prepare_data(
+        data_dir, run, cfg, bool(ckpt), persona, data_format
+    )
     if ckpt and ckpt["dataset"]["fingerprint"] != info["fingerprint"]:
         raise GuppyError(f"{data_dir}: not the dataset this run was trained on. Pass that one.")
     plan0 = epoch_batches(train_s, cfg.context, o.batch_size, o.seed, 0)

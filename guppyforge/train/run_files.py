@@ -57,7 +57,10 @@ def sample_prompts(persona: PersonaInfo | None, test_split, n: int = 3) -> list[
     """What to ask the model at each eval: the persona's probes, else the first test prompts."""
     if persona and persona.probes:
         return persona.probes[:n]
-    return [messages[0]["content"] for messages in test_split.select(range(n))["messages"]]
+    return [
+        messages[0]["content"]
+        for messages in test_split.select(range(min(n, len(test_split))))["messages"]
+    ]
 
 
 def dataset_info(data_dir: Path, splits) -> dict:

@@ -1,0 +1,297 @@
+"""Chat data from elsewhere, as `messages` rows: the shapes people already have, recognised by
+their columns.
+
+    messages            TRL's conversational rows: a list of {role, content}
+    prompt-completion   `prompt` and `completion`: two strings, or TRL's two lists of messages
+    alpaca              `instruction` (+ `input`) -> user, `output` -> assistant
+    guppylm             `input` -> user, `output` -> assistant, `category` -> topic
+    qa                  `question`/`answer` (or `q`/`a`), as a spreadsheet exports them
+
+A file (JSONL, JSON, CSV, parquet) or a folder of them is read with `datasets`, one file at a
+time so every bad row can be named by its file and row (rows count from 1; a CSV's header is
+not a row). A bad row is left out, said and counted, never dropped in silence; past
+`MAX_BAD_SHARE` of the rows the data is refused. Files named for a test split (`test`, `valid`,
+`dev`, `eval`) are the test split; without one, a leak-free split by prompt (split.py) is made
+with a fixed seed, so train, eval and why all see the same one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from guppyforge.errors import GuppyError
+from guppyforge.files import require_regular
+
+# What each file type is read as by `datasets`.
+BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SHAPES = ("messages", "prompt-completion", "alpaca", "guppylm", "qa")
+TOPIC_COLUMNS = ("category", "topic")  # an optional column that becomes each row's topic
+MAX_BAD_SHARE = 0.01  # a few odd rows are left out; more means a misread shape or broken data
+MAX_SHOWN = 20  # bad rows printed one line each; the rest are counted
+TEST_SHARE = 0.05  # the on-the-fly test split, as `generate --test-size` defaults to
+SPLIT_SEED = 0  # fixed, so that eval and why rebuild the split train made
+# A BPE token of English text covers ~4 characters; a row with 8 per token of context cannot fit.
+CHARS_PER_TOKEN = 8
+_TEST_NAME = re.compile(r"(^|[^a-z])(test|valid|validation|dev|eval)([^a-z]|$)")
+
+Say = Callable[[str], None]
+
+
+def data_files(path: Path) -> list[Path]:
+    """The files of `path` (a file, or a folder searched recursively) that `datasets` reads."""
+    if path.is_file():
+        if path.suffix.lower() not in BUILDERS:
+            raise GuppyError(f"{path}: not a file type guppyforge reads (.jsonl, .json, .csv, "
+                             ".parquet). Convert it, or rename it for what it holds")  # fmt: skip
+        return [path]
+    require_regular(path) if not path.is_dir() else None
+    found = sorted(
+        p
+        for p in path.rglob("*")
+        if p.suffix.lower() in BUILDERS
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    if not found:
+        raise GuppyError(f"{path}: not a dataset folder: no .jsonl, .json, .csv or .parquet file. Give a "
+                         "folder of chat data, or one written by `guppyforge generate`")  # fmt: skip
+    return found
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of one data file, as dicts, read by `datasets`."""
+    import datasets
+
+    require_regular(path)
+    builder = BUILDERS[path.suffix.lower()]
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+    except Exception as e:  # datasets raises many types for a file it cannot parse
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise GuppyError(f"{path}: cannot be read as {builder} ({first}). Mend the file, or "
+                         "convert it to JSONL") from None  # fmt: skip
+    return ds.to_list()
+
+
+def recognise(columns: list[str], forced: str | None, path: Path) -> tuple[str, dict[str, str]]:
+    """(shape, {role: column}) for a file's columns; `forced` (--format) overrides the guess."""
+    cols = {c.lower(): c for c in columns}
+
+    def col(*names: str) -> str | None:
+        return next((cols[n] for n in names if n in cols), None)
+
+    found = {
+        "messages": {"messages": col("messages")},
+        "prompt-completion": {"prompt": col("prompt"), "completion": col("completion")},
+        "alpaca": {"instruction": col("instruction"), "output": col("output")},
+        "guppylm": {"input": col("input"), "output": col("output")},
+        "qa": {"question": col("question", "q"), "answer": col("answer", "a")},
+    }
+    fits = [s for s, need in found.items() if all(need.values())]
+    if "alpaca" in fits:  # alpaca's input/output are guppylm's columns too: the instruction decides
+        fits.remove("guppylm")
+    if forced:
+        if forced not in SHAPES:
+            raise GuppyError(f"--format {forced}: not a shape guppyforge reads. Use one of "
+                             f"{', '.join(SHAPES)}")  # fmt: skip
+        missing = [k for k, v in found[forced].items() if not v]
+        if missing:
+            raise GuppyError(f"{path}: --format {forced} needs the column(s) {', '.join(missing)}"
+                             f"; the file has {', '.join(columns[:8]) or 'none'}")  # fmt: skip
+        shape = forced
+    elif len(fits) == 1:
+        shape = fits[0]
+    elif fits:
+        raise GuppyError(f"{path}: its columns fit {' and '.join(fits)}. Say which with "
+                         f"--format {fits[0]}")  # fmt: skip
+    else:
+        raise GuppyError(f"{path}: columns {', '.join(columns[:8]) or 'none'} are no chat shape "
+                         "guppyforge knows (messages; prompt/completion; instruction/input/"
+                         "output; input/output/category; question/answer). Rename the columns, "
+                         "or give --format")  # fmt: skip
+    mapping = dict(found[shape])
+    if shape == "alpaca" and col("input"):
+        mapping["input"] = col("input")
+    if shape != "messages" and (topic := col(*TOPIC_COLUMNS)):
+        mapping["topic"] = topic
+    elif shape == "messages" and col("topic"):
+        mapping["topic"] = col("topic")
+    return shape, mapping
+
+
+def describe(shape: str, m: dict[str, str], rows: int, topics: int) -> str:
+    """The line saying what was recognised, e.g. 'alpaca: instruction + input -> user, ...'."""
+    if shape == "messages":
+        how = f"{m['messages']} -> the conversation as it is"
+    elif shape == "alpaca":
+        user = " + ".join(filter(None, [m["instruction"], m.get("input")]))
+        how = f"{user} -> user, {m['output']} -> assistant"
+    else:
+        ask, answer = {"prompt-completion": ("prompt", "completion"), "guppylm": ("input", "output"),
+                       "qa": ("question", "answer")}[shape]  # fmt: skip
+        how = f"{m[ask]} -> user, {m[answer]} -> assistant"
+    if "topic" in m:
+        how += f", {m['topic']} -> topic ({topics} topics)"
+    return f"{shape}: {how}; {rows:,} rows"
+
+
+def _text(value) -> str | None:
+    """A cell as text: numbers a CSV reader typed become strings again; empty is None."""
+    if value is None or (isinstance(value, float) and value != value):  # NaN: an empty cell
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return str(value)
+
+
+def _check_turns(messages, where: str = "messages") -> list[tuple[str, str]] | str:
+    """The (role, content) pairs of a conversation, or what is wrong with it."""
+    if not isinstance(messages, list) or not messages:
+        return f"'{where}' is not a non-empty list of messages"
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            return f"message {i + 1} has no 'role'"
+        if not isinstance(m.get("content"), str):
+            return f"message {i + 1} has no 'content' text"
+        out.append((m["role"], m["content"]))
+    body = out[1:] if out[0][0] == "system" else out
+    for i, (role, content) in enumerate(body):
+        want = "user" if i % 2 == 0 else "assistant"
+        if role != want:
+            return (f"message {i + 1 + len(out) - len(body)} is '{role}' where '{want}' "
+                    "belongs (roles go user, assistant, user, ...; a system message only first)")  # fmt: skip
+        if not content.strip():
+            return f"{'empty reply' if role == 'assistant' else 'empty prompt'} in message {i + 1}"
+    if not body or body[-1][0] != "assistant":
+        return "no reply: the conversation does not end with an assistant message"
+    return out
+
+
+def convert(row: dict, shape: str, m: dict[str, str]) -> list[tuple[str, str]] | str:
+    """One row as (role, content) pairs, or the problem that keeps it out."""
+    if shape == "messages":
+        return _check_turns(row.get(m["messages"]), m["messages"])
+    if shape == "prompt-completion":
+        prompt, completion = row.get(m["prompt"]), row.get(m["completion"])
+        if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational form
+            if not isinstance(prompt, list) or not isinstance(completion, list):
+                return "prompt and completion must both be texts or both be lists of messages"
+            return _check_turns(prompt + completion)
+        user, reply = _text(prompt), _text(completion)
+        names = (m["prompt"], m["completion"])
+    elif shape == "alpaca":
+        instruction, extra = _text(row.get(m["instruction"])), _text(row.get(m.get("input", "")))
+        user = instruction if not (extra and extra.strip()) else f"{instruction}\n\n{extra}"
+        user = None if instruction is None else user
+        reply, names = _text(row.get(m["output"])), (m["instruction"], m["output"])
+    else:  # guppylm, qa: one question, one answer
+        ask, say = ("input", "output") if shape == "guppylm" else ("question", "answer")
+        user, reply, names = _text(row.get(m[ask])), _text(row.get(m[say])), (m[ask], m[say])
+    if user is None:
+        return f"missing '{names[0]}'"
+    if reply is None:
+        return f"missing '{names[1]}'"
+    if not user.strip():
+        return f"empty prompt ('{names[0]}')"
+    if not reply.strip():
+        return f"empty reply ('{names[1]}')"
+    return [("user", user), ("assistant", reply)]
+
+
+def read_foreign(
+    path: str | Path, forced: str | None = None, context: int | None = None, say: Say = print
+):
+    """A DatasetDict (train, test) of `messages`, `topic`, `template_id` from chat data in any
+    shape of SHAPES. Its `source` attribute holds what config.json records about it."""
+    import datasets
+
+    from guppyforge.dataset.card import fingerprint
+    from guppyforge.dataset.split import prompt_key, split_by_prompt
+
+    path = Path(path)
+    files = data_files(path)
+    max_chars = context * CHARS_PER_TOKEN if context else None
+    rows: dict[str, list] = {"train": [], "test": []}
+    bad: list[str] = []
+    total, shape, mapping = 0, None, None
+    for f in files:
+        records = read_rows(f)
+        if not records:
+            continue
+        columns = list(records[0])
+        file_shape, file_map = recognise(columns, forced, f)
+        if shape and file_shape != shape:
+            raise GuppyError(f"{f}: holds {file_shape} rows, the files before it {shape}. Keep "
+                             "one shape per folder, or give one file")  # fmt: skip
+        shape, mapping = file_shape, file_map
+        split = "test" if _TEST_NAME.search(f.stem.lower()) else "train"
+        name = f.relative_to(path).as_posix() if path.is_dir() else f.name
+        for n, record in enumerate(records, start=1):
+            total += 1
+            turns = convert(record, shape, mapping)
+            if isinstance(turns, list) and max_chars:
+                chars = sum(len(c) for _, c in turns)
+                if chars > max_chars:
+                    turns = (f"{chars:,} characters: far too long for the {context}-token "
+                             "context (shorten it, or use a longer-context --preset)")  # fmt: skip
+            if isinstance(turns, str):
+                bad.append(f"{f}: row {n}: {turns}")
+                continue
+            topic = _text(record.get(mapping.get("topic", ""))) or ""
+            rows[split].append((tuple(turns), topic.strip(), f"{name}#{n}", len(turns) // 2))
+    if shape is None:
+        raise GuppyError(f"{path}: every file is empty. Give a file with rows of chat data")
+    good = len(rows["train"]) + len(rows["test"])
+    topics = len({r[1] for split in rows.values() for r in split if r[1]})
+    say(describe(shape, mapping, total, topics))
+    for line in bad[:MAX_SHOWN]:
+        say(f"bad row: {line}")
+    if len(bad) > MAX_SHOWN:
+        say(f"bad row: ... and {len(bad) - MAX_SHOWN:,} more")
+    if bad:
+        share = len(bad) / total
+        if share > MAX_BAD_SHARE or not good:
+            raise GuppyError(f"{path}: {len(bad):,} of {total:,} rows are bad ({share:.1%}; the "
+                             f"limit is {MAX_BAD_SHARE:.0%}). Mend the rows named above, or give "
+                             "--format if the shape was misread")  # fmt: skip
+        say(f"{len(bad):,} bad rows left out, {good:,} kept")
+    if not rows["test"]:
+        keys = [prompt_key(r[0]) for r in rows["train"]]
+        if len(set(keys)) < 2:
+            raise GuppyError(f"{path}: fewer than two distinct prompts, so no test split can "
+                             "avoid the train one. Add rows, or a test file")  # fmt: skip
+        share = max(TEST_SHARE, 1 / len(keys))
+        train_i, test_i = split_by_prompt(keys, share, SPLIT_SEED)
+        rows = {"train": [rows["train"][i] for i in train_i],
+                "test": [rows["train"][i] for i in test_i]}  # fmt: skip
+        say(f"no test split in the data: {len(rows['test']):,} rows held out by prompt "
+            f"(seed {SPLIT_SEED}), {len(rows['train']):,} for training; no test prompt is in "
+            "train")  # fmt: skip
+    elif not rows["train"]:
+        raise GuppyError(f"{path}: only test files ({', '.join(f.name for f in files)}). Add "
+                         "the training rows")  # fmt: skip
+    else:
+        say(f"test split from the files named for it: {len(rows['test']):,} rows")
+    splits = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_dict(
+                {
+                    "messages": [[{"role": r, "content": c} for r, c in row[0]] for row in part],
+                    "topic": [row[1] for row in part],
+                    "template_id": [row[2] for row in part],
+                }
+            )
+            for name, part in rows.items()
+        }
+    )
+    splits.source = {
+        "format": shape,
+        "columns": mapping,
+        "fingerprint": fingerprint(rows),
+        "rows_read": total,
+        "bad_rows": len(bad),
+    }
+    return splits
