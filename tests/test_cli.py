@@ -23,7 +23,13 @@ def test_train_options_are_the_dataclass_fields_with_their_defaults():
 
     params = {p.name: p for p in cli.commands["train"].params}
     on_cli = [f for f in fields(TrainOptions) if f.metadata.get("help")]
-    assert set(params) - {f.name for f in on_cli} == {"data_dir", "out_dir", "force", "quiet"}
+    assert set(params) - {f.name for f in on_cli} == {
+        "data_dir",
+        "out_dir",
+        "data_format",
+        "force",
+        "quiet",
+    }
     for f in on_cli:
         assert params[f.name].default == f.default, f.name
         if f.metadata["choices"]:
