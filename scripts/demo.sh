@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${DEMO:-demo}
 MINUTES=${MINUTES:-4}  # the training budget: the schedule is fitted to it, whatever the CPU
+PRECISION=${PRECISION:-auto}  # fp32 shows what a CPU without native bf16 gets
 mkdir -p "$DEMO"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 start=$(date +%s)
@@ -25,7 +26,7 @@ guppyforge generate "$DEMO/cat.yaml" -n 60000 --seed 42 --out "$DEMO/data" --for
 
 step "5. train the tiny preset on the CPU for $MINUTES minutes"
 rm -rf "$DEMO/run"
-guppyforge train "$DEMO/data" --out "$DEMO/run" --preset tiny --max-minutes "$MINUTES"
+guppyforge train "$DEMO/data" --out "$DEMO/run" --preset tiny --max-minutes "$MINUTES" --precision "$PRECISION"
 
 step "6. score it: perplexity; own, perturbed, blind and off-topic pass rates; memorisation"
 guppyforge eval "$DEMO/run" --samples 3 --json "$DEMO/eval.json"
