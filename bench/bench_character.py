@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from guppyforge.apps.evaluate import evaluate_run
 from guppyforge.dataset.generate import generate_dataset
+from guppyforge.evaluate.score import evaluate_run
 from guppyforge.train.loop import train
 
 COLUMNS = ("persona", "preset", "min", "steps", "eval loss", "own", "perturbed", "blind",

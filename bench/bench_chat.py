@@ -89,8 +89,8 @@ def main() -> None:
 
     def load() -> tuple[GPT, list[int], str]:
         if args.run_dir:
-            from guppyforge.model.run import load_run
             from guppyforge.model.tokenizer import encode_prompt
+            from guppyforge.train.run_folder import load_run
 
             run = load_run(args.run_dir)
             prompt = encode_prompt(run.tokenizer, [{"role": "user", "content": "are you hungry"}])

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from guppyforge.dataset.generate import generate_dataset
-from guppyforge.resources import builtin_personas
+from guppyforge.files import builtin_personas
 
 BEFORE = Path(__file__).parent / "fixtures" / "guppy_single_turn.yaml"
 

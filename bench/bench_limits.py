@@ -20,8 +20,8 @@ import warnings
 from pathlib import Path
 
 from guppyforge.dataset.generate import generate_dataset
+from guppyforge.files import builtin_persona
 from guppyforge.persona import limits
-from guppyforge.resources import builtin_persona
 
 HEAD = "guppyforge: 1\nname: {name}\ndisplay_name: X\nsummary: A persona at the limits.\n"
 

@@ -31,7 +31,7 @@ PROMPTS = ["are you hungry", "hello", "where do you sleep", "what is your name"]
 LEVELS = (1, 8, 32)
 # Prints the port, then serves: works with the old server's make_server and the new one's.
 LAUNCH = (
-    "import sys, guppyforge; from guppyforge.model.run import load_run;"
+    "import sys, guppyforge; from guppyforge.train.run_folder import load_run;"
     "from guppyforge.apps.serve import make_server;"
     "s = make_server(load_run(sys.argv[1]), '127.0.0.1', 0);"
     "print(s.server_address[1], guppyforge.__file__, flush=True); s.serve_forever()"
@@ -42,13 +42,13 @@ def random_run(folder: Path, preset: str = "guppy-9m") -> Path:
     """A run folder with random weights of `preset`'s shape and a tokenizer fit to the cat."""
     import torch
 
+    from guppyforge.files import builtin_persona
     from guppyforge.model.gpt import GPT
     from guppyforge.model.presets import PRESETS
-    from guppyforge.model.run import save_weights
     from guppyforge.model.tokenizer import format_chat, save_tokenizer, train_tokenizer
     from guppyforge.persona.conversations import Sampler
-    from guppyforge.persona.load import load_persona
-    from guppyforge.resources import builtin_persona
+    from guppyforge.persona.schema import load_persona
+    from guppyforge.train.run_folder import save_weights
 
     sampler = Sampler(load_persona(builtin_persona("cat")), 0)
     texts = [format_chat(sampler.conversation(i, 1, None).messages) for i in range(3000)]

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from guppyforge.dataset.read import load_splits
+from guppyforge.dataset.folder import load_splits
 from guppyforge.model import gpt
 from guppyforge.model.gpt import GPT
 from guppyforge.model.packing import batches, tokenize
 from guppyforge.model.presets import get_preset
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 from guppyforge.train.config import TrainOptions
-from guppyforge.train.optim import make_optimizer, train_step
+from guppyforge.train.loop import make_optimizer, train_step
 from guppyforge.train.precision import pick_precision
 
 SDPA = gpt.textbook_attention  # the package's own choice

@@ -19,7 +19,7 @@ the persona's probes, greedily, and the share that pass `eval`'s checks is recor
   adamw     guppyforge's loop with --optimizer adamw: packed rows, block-diagonal mask, SDPA,
             loss on the replies, AdamW at 3e-3 on every weight, decay on matrices only.
   muon      the default, --optimizer muon: Muon for the blocks' matrices, AdamW for the rest
-            (Muon's Newton-Schulz runs in fp32 on a CPU without native bf16, see optim.py).
+            (Muon's Newton-Schulz runs in fp32 on a CPU without native bf16, see train/loop.py).
 
 The headline is time to quality: the time GuppyLM's recipe needs to reach its final loss (the
 whole budget) divided by the time each guppyforge recipe needs to reach that same loss
@@ -43,18 +43,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from guppyforge.apps.evaluate import check_reply
-from guppyforge.dataset.read import load_splits
+from guppyforge.dataset.folder import load_splits
+from guppyforge.evaluate.score import check_reply
 from guppyforge.model.engine import build_prompt, sample_next
 from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
 from guppyforge.model.packing import Samples, batches, tokenize
 from guppyforge.model.presets import get_preset
-from guppyforge.model.run import pick_device
 from guppyforge.model.tokenizer import END, load_tokenizer
-from guppyforge.persona.load import load_persona
+from guppyforge.persona.schema import load_persona
 from guppyforge.train.config import TrainOptions
-from guppyforge.train.optim import lr_scale, make_optimizer, train_step
+from guppyforge.train.loop import lr_scale, make_optimizer, train_step
 from guppyforge.train.precision import pick_precision
+from guppyforge.train.run_folder import pick_device
 
 BUDGETS = (0.1, 0.2, 0.5, 1.0)  # shares of --seconds reported in the table
 CHECKS = 20  # scores along the way, for the time-to-quality curve

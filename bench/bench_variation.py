@@ -16,9 +16,9 @@ import dataclasses
 import time
 
 from guppyforge.dataset.draw import draw_unique, turn_mix
-from guppyforge.persona.load import load_persona
+from guppyforge.files import builtin_personas
+from guppyforge.persona.schema import load_persona
 from guppyforge.persona.types import Variation
-from guppyforge.resources import builtin_personas
 
 
 def main() -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from guppyforge.apps.trace_store import build_index, load_index, read_index, save_index
 from guppyforge.dataset.generate import generate_dataset
+from guppyforge.evaluate.trace import build_index, load_index, read_index, save_index
 
 
 def main() -> None:

@@ -13,12 +13,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from guppyforge.dataset.folder import load_splits
 from guppyforge.dataset.generate import generate_dataset
-from guppyforge.dataset.read import load_splits
+from guppyforge.files import builtin_personas
 from guppyforge.model.packing import tokenize
 from guppyforge.model.presets import PRESETS
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
-from guppyforge.resources import builtin_personas
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 "Before" is each persona file as committed on --before (read with `git show`), "after" is the
 working tree. A pair is (topic, step, ask template text, say template text) for every question
 and reply the sampler may put together: every pair in format 1; in format 1.1 only the replies
-that fit the question (see guppyforge/persona/pairing.py). Prints pairs removed, added, kept.
+that fit the question (see guppyforge/persona/conversations.py). Prints pairs removed, added, kept.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from guppyforge.persona.conversations import compile_persona
-from guppyforge.persona.load import load_persona
-from guppyforge.persona.pairing import stated
-from guppyforge.resources import builtin_personas
+from guppyforge.files import builtin_personas
+from guppyforge.persona.conversations import compile_persona, stated
+from guppyforge.persona.schema import load_persona
 
 
 def pairs(path: Path) -> set[tuple]:

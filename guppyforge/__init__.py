@@ -1,14 +1,18 @@
 """guppyforge: a persona YAML becomes a dataset, a tiny character model, and a chat.
 
-The subpackages are the pipeline, in the order data flows through it:
+The layers are the pipeline, in the order data flows through it; each imports only those above:
 
-    persona/   a YAML file -> a checked Persona -> conversations       (no torch, no click)
-    dataset/   conversations -> a Hugging Face dataset folder          (no torch, no click)
-    model/     tokenizer, transformer, packing, the inference engine   (torch)
-    train/     the training loop -> a run folder
-    apps/      chat, eval, export, serve, and the `guppyforge` command (the only click user)
+    persona/     a YAML file -> a checked Persona -> conversations        (no torch, no click)
+    cards.py     Character Cards in and out (JSON, PNG, .charx)           (no torch, no click)
+    dataset/     conversations -> a Hugging Face dataset folder           (no torch, no click)
+    model/       tokenizer, transformer, packing, the one inference engine (torch)
+    train/       the training loop -> a run folder
+    evaluate/    eval's scores, and `why`'s trace back to the persona
+    apps/        the command line (the only click user), chat, serve, export
 
-The library is usable without the CLI. Heavy modules (torch, datasets) are imported
+Beside them, used by all: errors.py (the one user-error type), files.py (writing files whole,
+the package's own folders, what --force may replace), defaults.py (defaults several layers
+share). The library is usable without the CLI. Heavy modules (torch, datasets) are imported
 lazily so that `guppyforge validate` and friends start in well under a second.
 """
 
@@ -18,7 +22,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Lazy re-exports: importing the package must stay cheap.
     if name == "load_persona":
-        from guppyforge.persona.load import load_persona
+        from guppyforge.persona.schema import load_persona
 
         return load_persona
     if name == "generate_dataset":

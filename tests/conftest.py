@@ -68,7 +68,7 @@ def micro_conversations(split: str) -> list[list[dict]]:
 
 
 def build_micro_run(root: Path, steps: int = 120) -> Path:
-    """A run folder in `model/run.py`'s layout, trained for a few seconds so replies say something.
+    """A run folder in `train/run_folder.py`'s layout, trained for a few seconds so replies say something.
 
     Writes ROOT/data (a dataset folder: data/{train,test}-*.parquet + persona.yaml) and ROOT/run
     (config.json, model.safetensors, tokenizer files, persona.yaml). Seeded: same bytes each time.
@@ -82,13 +82,13 @@ def build_micro_run(root: Path, steps: int = 120) -> Path:
 
     from guppyforge.model.gpt import GPT
     from guppyforge.model.presets import PRESETS
-    from guppyforge.model.run import save_weights
     from guppyforge.model.tokenizer import (
         encode_conversations,
         format_chat,
         save_tokenizer,
         train_tokenizer,
     )
+    from guppyforge.train.run_folder import save_weights
 
     data_dir, run_dir = root / "data", root / "run"
     (data_dir / "data").mkdir(parents=True)

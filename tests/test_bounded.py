@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from guppyforge.apps.cli import cli
 from guppyforge.persona import limits
 from guppyforge.persona.conversations import Sampler
-from guppyforge.persona.load import load_persona, validate_persona
+from guppyforge.persona.schema import load_persona, validate_persona
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 from bench_limits import write_personas  # noqa: E402

@@ -1,4 +1,4 @@
-"""PNG character cards and .charx zips (guppyforge/persona/card_png.py): personas survive the trip byte
+"""PNG character cards and .charx zips (guppyforge/cards/png.py): personas survive the trip byte
 for byte, other tools can read what we write, and hostile files fail fast with one line."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from conftest import bounded_work
 from PIL import Image
 
 from guppyforge.apps.cli import cli
+from guppyforge.cards import export_card, import_card
+from guppyforge.cards import png as card_png
 from guppyforge.errors import GuppyError
-from guppyforge.persona import card_png
-from guppyforge.persona.cards import export_card, import_card
-from guppyforge.persona.load import load_persona
-from guppyforge.resources import builtin_personas
+from guppyforge.files import builtin_personas
+from guppyforge.persona.schema import load_persona
 
 CARDS = Path(__file__).parent / "fixtures" / "cards"
 PERSONAS = [*builtin_personas(), CARDS / "persona.yaml"]

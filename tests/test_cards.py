@@ -1,4 +1,4 @@
-"""Character Card import/export (guppyforge/cards.py): skeletons that validate, nothing dropped,
+"""Character Card import/export (guppyforge/cards/): skeletons that validate, nothing dropped,
 and personas that survive a trip through a card unchanged."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import pytest
 from click.testing import CliRunner
 
 from guppyforge.apps.cli import cli
+from guppyforge.cards import escape_jinja, export_card, import_card, parse_examples
 from guppyforge.errors import GuppyError
-from guppyforge.persona.cards import escape_jinja, export_card, import_card, parse_examples
+from guppyforge.files import builtin_personas
 from guppyforge.persona.conversations import Sampler
-from guppyforge.persona.load import load_persona, validate_persona
+from guppyforge.persona.schema import load_persona, validate_persona
 from guppyforge.persona.templating import compile_text, environment
-from guppyforge.resources import builtin_personas
 
 CARDS = Path(__file__).parent / "fixtures" / "cards"
 # Every built-in persona, plus a fixture full of YAML traps (`yes` and 1.10 meant as text).

@@ -12,12 +12,11 @@ from guppyforge.apps.cli import cli
 from guppyforge.dataset.draw import draw_unique, turn_mix
 from guppyforge.dataset.split import message_keys, split_by_prompt
 from guppyforge.errors import GuppyError
-from guppyforge.persona.conversations import Sampler
-from guppyforge.persona.load import load_persona
-from guppyforge.persona.offtopic import OFFTOPIC, pool
+from guppyforge.files import builtin_persona
+from guppyforge.persona.conversations import OFFTOPIC, Sampler, pool
+from guppyforge.persona.schema import load_persona
 from guppyforge.persona.types import Variation
 from guppyforge.persona.variation import Rng, Varier, normalise
-from guppyforge.resources import builtin_persona
 
 SMALL = """\
 guppyforge: {version}

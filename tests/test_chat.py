@@ -14,9 +14,9 @@ from guppyforge.apps.chat import candidates
 from guppyforge.apps.cli import cli
 from guppyforge.model import engine as engine_module
 from guppyforge.model.engine import Engine, build_prompt, decode_stream
-from guppyforge.model.run import load_run
 from guppyforge.model.speed import decode_layout
 from guppyforge.model.tokenizer import encode_prompt
+from guppyforge.train.run_folder import load_run
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 

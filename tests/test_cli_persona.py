@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from guppyforge import resources
+from guppyforge import files
 from guppyforge.apps.cli import cli
-from guppyforge.persona.load import load_persona
+from guppyforge.persona.schema import load_persona
 
 
 def run(*args: str):
@@ -72,7 +72,7 @@ def test_new_persona_from_a_file_or_builtin_keeps_comments(tmp_path, mochi_file,
         "display_name: Mochi" in copied
         and load_persona(tmp_path / "out" / "copy.yaml").name == "copy"
     )
-    monkeypatch.setattr(resources, "personas_dir", lambda: mochi_file.parent)
+    monkeypatch.setattr(files, "personas_dir", lambda: mochi_file.parent)
     assert run("new-persona", "again", "--from", "mochi", "--dir", tmp_path / "out").exit_code == 0
     missing = run("new-persona", "x", "--from", "no-such-persona", "--dir", tmp_path)
     assert missing.exit_code == 1 and "no such built-in persona or file" in missing.output
@@ -80,7 +80,7 @@ def test_new_persona_from_a_file_or_builtin_keeps_comments(tmp_path, mochi_file,
 
 def test_personas_lists_builtins_and_survives_a_broken_one(tmp_path, mochi_file, monkeypatch):
     (tmp_path / "broken.yaml").write_text("guppyforge: 1\nname: broken\n")
-    monkeypatch.setattr(resources, "personas_dir", lambda: tmp_path)
+    monkeypatch.setattr(files, "personas_dir", lambda: tmp_path)
     result = run("personas")
     assert result.exit_code == 0
     lines = result.output.strip().splitlines()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from guppyforge.dataset.read import load_splits
+from guppyforge.dataset.folder import load_splits
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
 from guppyforge.model.packing import (

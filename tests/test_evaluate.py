@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from guppyforge.apps.cli import cli
-from guppyforge.apps.evaluate import check_reply, count_sentences, distinct_2, has_phrase, words
+from guppyforge.evaluate.score import check_reply, count_sentences, distinct_2, has_phrase, words
 
 KEYS = {"probe_pass_rate", "perplexity", "memorized_rate", "distinct_2", "probes", "test_loss",
         "perturbed_pass_rate", "blind_pass_rate", "offtopic_pass_rate"}  # fmt: skip
@@ -162,7 +162,7 @@ def test_four_rates_side_by_side_on_a_micro_run(micro_run, figures, tmp_path):
                                    for a in asked) >= 5  # fmt: skip
     off = got["offtopic"]
     assert off["samples"] == 20 and 0 <= got["offtopic_pass_rate"] <= 1
-    from guppyforge.persona.offtopic import pool
+    from guppyforge.persona.conversations import pool
 
     assert {r["ask"] for r in off["replies"]} <= set(pool("heldout"))
     from conftest import micro_conversations

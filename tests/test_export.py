@@ -20,10 +20,10 @@ from conftest import micro_conversations
 from guppyforge.apps.cli import cli
 from guppyforge.apps.export import export_run
 from guppyforge.errors import GuppyError
+from guppyforge.files import write_marker
 from guppyforge.model.engine import Engine, build_prompt
 from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import PRESETS
-from guppyforge.model.run import load_run, save_weights
 from guppyforge.model.tokenizer import (
     END,
     encode_conversations,
@@ -31,7 +31,7 @@ from guppyforge.model.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from guppyforge.ownership import write_marker
+from guppyforge.train.run_folder import load_run, save_weights
 
 # transformers must only ever read the local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -70,7 +70,7 @@ def test_each_shape_trains_a_micro_model(tmp_path, shape):
 
 
 def test_guppylm_categories_become_topics(tmp_path):
-    from guppyforge.dataset.read import load_splits
+    from guppyforge.dataset.folder import load_splits
 
     data = write_jsonl(tmp_path / "guppy.jsonl", [SHAPES["guppylm"](*p) for p in pairs()])
     splits = load_splits(data, say=lambda line: None)

@@ -19,11 +19,11 @@ from conftest import bounded_work
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from guppyforge.cards import export_card, import_card, read_card
 from guppyforge.errors import GuppyError
-from guppyforge.model.run import load_run
-from guppyforge.persona.cards import export_card, import_card, read_card
-from guppyforge.persona.load import load_persona, validate_persona
-from guppyforge.resources import builtin_persona
+from guppyforge.files import builtin_persona
+from guppyforge.persona.schema import load_persona, validate_persona
+from guppyforge.train.run_folder import load_run
 
 # GUPPYFORGE_FUZZ_SCALE=20 runs 20x the examples, freshly random: a longer hunt by hand.
 SCALE = int(os.environ.get("GUPPYFORGE_FUZZ_SCALE", "1"))

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 import guppyforge.dataset.generate as generate_module
 from guppyforge.apps.cli import cli
-from guppyforge.dataset.card import fingerprint
 from guppyforge.dataset.draw import parse_turns
+from guppyforge.dataset.folder import fingerprint
 from guppyforge.dataset.generate import CapacityWarning, generate_dataset
 from guppyforge.dataset.split import prompt_key, split_by_prompt
 from guppyforge.errors import GuppyError

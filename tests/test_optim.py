@@ -8,8 +8,7 @@ from test_train import FAST, losses
 
 from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import PRESETS
-from guppyforge.train.loop import TrainOptions, train
-from guppyforge.train.optim import Fp32Muon, make_optimizer
+from guppyforge.train.loop import Fp32Muon, TrainOptions, make_optimizer, train
 
 
 def test_muon_moves_the_blocks_matrices_and_adamw_everything_else():

@@ -1,4 +1,4 @@
-"""The ownership rule (guppyforge/ownership.py), command by command, on folders of user files.
+"""The ownership rule (guppyforge/files.py), command by command, on folders of user files.
 
 Without --force nothing that exists is replaced; with --force only what guppyforge wrote is, and
 the user's files survive every command. Each test is one reported way of losing files: only a
@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from guppyforge.apps.cli import cli
-from guppyforge.dataset.write import clean_leftovers
-from guppyforge.ownership import MARKER, write_marker
+from guppyforge.dataset.folder import clean_leftovers
+from guppyforge.files import MARKER, write_marker
 
 USER_FILES = {
     "src/main.py": "print('mine')\n",
@@ -400,7 +400,7 @@ def test_export_on_a_full_disk_leaves_the_earlier_export_as_it_was(
 
 
 def test_a_killed_exports_staging_folder_is_removed_by_the_next(micro_run, tmp_path):
-    from guppyforge.ownership import check_folder
+    from guppyforge.files import check_folder
 
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from guppyforge.apps.cli import cli
-from guppyforge.ownership import EVAL_SCHEMA, KIND_FILES, write_marker
+from guppyforge.files import EVAL_SCHEMA, KIND_FILES, write_marker
 
 OURS = [  # names guppyforge writes: a user's file may well have one
     "config.json", "model.safetensors", "README.md", "checkpoints/last.pt", "persona.yaml",

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from guppyforge.errors import GuppyError
-from guppyforge.persona.capacity import capacity
 from guppyforge.persona.conversations import Sampler
-from guppyforge.persona.load import load_persona, validate_persona
+from guppyforge.persona.forecast import capacity
+from guppyforge.persona.schema import load_persona, validate_persona
 from guppyforge.persona.templating import a_an, plural
 from guppyforge.persona.types import Alternative
 
@@ -163,7 +163,7 @@ def test_capacity_is_exact_and_matches_what_sampling_makes(mochi_file):
 
 
 def test_capacity_is_a_floor_when_enumeration_is_capped(mochi_file, monkeypatch):
-    import guppyforge.persona.capacity as cap
+    import guppyforge.persona.forecast as cap
 
     monkeypatch.setattr(cap, "SYMBOL_CAP", 2)
     food = cap.capacity(load_persona(mochi_file))["food"]

@@ -9,7 +9,7 @@ import pytest
 
 from guppyforge.dataset.draw import draw_unique
 from guppyforge.persona.forecast import forecast
-from guppyforge.persona.load import load_persona, validate_persona
+from guppyforge.persona.schema import load_persona, validate_persona
 
 DRY = Path(__file__).parent / "fixtures" / "personas" / "quill_dry.yaml"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from guppyforge.persona.conversations import Sampler
-from guppyforge.persona.inflection import a_an, plural, singular, verb
-from guppyforge.persona.load import load_persona, validate_persona
+from guppyforge.persona.schema import load_persona, validate_persona
+from guppyforge.persona.templating import a_an, plural, singular, verb
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from guppyforge.persona.load import validate_persona
+from guppyforge.persona.schema import validate_persona
 
 LINTED = """\
 guppyforge: 1.1

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from guppyforge.apps.cli import cli
+from guppyforge.apps.text import spread
 from guppyforge.dataset.generate import TemplateTextWarning, generate_dataset
 from guppyforge.errors import GuppyError
+from guppyforge.files import builtin_persona
 from guppyforge.persona.conversations import Sampler, keep_sentences
-from guppyforge.persona.load import load_persona, validate_persona
-from guppyforge.persona.report import spread
-from guppyforge.resources import builtin_persona
+from guppyforge.persona.schema import load_persona, validate_persona
 
 BODY = "name: t\nsummary: s\ntopics:\n  a:\n    ask: [hi]\n    say: [yo]\n"
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import guppyforge.train.loop as train_module
 from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
-from guppyforge.model.run import load_run
+from guppyforge.train.run_folder import load_run
 
 TRAIN = ("--preset", "micro", "--max-steps", "2", "--batch-size", "4", "-q")
 
@@ -328,7 +328,7 @@ def test_a_dataset_with_bad_messages_names_the_file_and_row(tmp_path, messages, 
 def test_a_card_with_more_text_than_a_persona_holds_is_refused_before_conversion(
     tmp_path, monkeypatch
 ):
-    import guppyforge.persona.cards as cards
+    import guppyforge.cards as cards
 
     def never(card):
         raise AssertionError("converted a card that could never fit")
@@ -349,7 +349,7 @@ def test_a_card_with_more_text_than_a_persona_holds_is_refused_before_conversion
 def test_the_card_depth_check_strips_strings_as_before():
     import re
 
-    from guppyforge.persona.cardcheck import _STRINGS, deeper_than
+    from guppyforge.cards import _STRINGS, deeper_than
 
     old = re.compile(rb'"(?:[^"\\]|\\.)*"')  # the alternation that took 9 s on a 30 MB card
     for raw in [

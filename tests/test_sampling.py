@@ -11,7 +11,7 @@ import pytest
 from guppyforge.errors import GuppyError
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.limits import MAX_GRAMMAR_DEPTH
-from guppyforge.persona.load import load_persona
+from guppyforge.persona.schema import load_persona
 
 
 def sampler_for(write, body: str, seed: int = 0) -> Sampler:
@@ -36,7 +36,7 @@ def test_same_seed_and_index_give_the_same_conversation(mochi_file):
 
 def test_conversations_are_the_same_in_another_process(mochi_file):
     code = (
-        "from guppyforge.persona.load import load_persona; from guppyforge.persona.conversations import Sampler;"
+        "from guppyforge.persona.schema import load_persona; from guppyforge.persona.conversations import Sampler;"
         f"print(Sampler(load_persona({str(mochi_file)!r}), 5).conversation(123, 2).messages)"
     )
     env = {"PYTHONHASHSEED": "12345", "PATH": ""}
@@ -186,7 +186,7 @@ def test_recursive_grammar_stays_within_the_depth_limit(write_persona_file):
     ],
 )
 def test_non_latin_personas_validate_and_generate(write_persona_file, body, ask, reply):
-    from guppyforge.persona.load import validate_persona
+    from guppyforge.persona.schema import validate_persona
 
     path = write_persona_file("guppyforge: 1\nname: t\nsummary: s\n" + body)
     assert validate_persona(path, target=1).errors == []

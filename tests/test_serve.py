@@ -26,7 +26,7 @@ from conftest import wait_for
 from guppyforge.apps.serve import make_server
 from guppyforge.model.engine import Engine, build_prompt
 from guppyforge.model.engine import StopStrings as StopFilter
-from guppyforge.model.run import load_run
+from guppyforge.train.run_folder import load_run
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 

@@ -17,9 +17,9 @@ import pytest
 from playwright import sync_api
 
 from guppyforge.apps.serve import make_server
+from guppyforge.files import builtin_persona
 from guppyforge.model.engine import Engine
-from guppyforge.model.run import load_run
-from guppyforge.resources import builtin_persona
+from guppyforge.train.run_folder import load_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

@@ -17,9 +17,8 @@ from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import PRESETS
-from guppyforge.model.run import load_run
-from guppyforge.train.loop import TrainOptions, train
-from guppyforge.train.optim import lr_scale, make_optimizer, step_progress
+from guppyforge.train.loop import TrainOptions, lr_scale, make_optimizer, step_progress, train
+from guppyforge.train.run_folder import load_run
 
 # micro model, 4 rows per step: about 0.1 s a step on two CPU cores.
 FAST = dict(preset="micro", batch_size=4, eval_every=8, log_every=2, progress=False)

@@ -15,7 +15,7 @@ from guppyforge.model.gpt import GPT
 from guppyforge.model.packing import collate, pack
 from guppyforge.model.presets import PRESETS
 from guppyforge.train.config import TrainOptions
-from guppyforge.train.optim import make_optimizer, train_step
+from guppyforge.train.loop import make_optimizer, train_step
 from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
 
 

@@ -28,9 +28,9 @@ from guppyforge.apps.cli import cli
 from guppyforge.apps.export import export_run, prepare_out_dir
 from guppyforge.apps.export.web import RUNTIME_ENV, find_runtime, install_runtime
 from guppyforge.errors import GuppyError
+from guppyforge.files import write_marker
 from guppyforge.model.engine import Engine
-from guppyforge.model.run import load_run
-from guppyforge.ownership import write_marker
+from guppyforge.train.run_folder import load_run
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags for a quiet, offline, container-friendly headless Chromium.

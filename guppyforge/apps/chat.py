@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from guppyforge.errors import GuppyError
 from guppyforge.files import printable
 from guppyforge.model.engine import Engine
-from guppyforge.model.run import load_run, pick_device
+from guppyforge.train.run_folder import load_run, pick_device
 
 
 def candidates(
@@ -159,20 +159,20 @@ class Tracer:
         self.run_dir, self._index = run_dir, None
 
     def index(self):
-        from guppyforge.apps.trace_store import load_index
+        from guppyforge.evaluate.trace import load_index
 
         if self._index is None:
             self._index = load_index(self.run_dir)
         return self._index
 
     def short(self, text: str) -> str:
-        from guppyforge.apps.trace_view import format_short
+        from guppyforge.apps.text import format_short
 
         return format_short(self.index().trace(text))
 
     def explain(self, text: str | None, record: list, decode) -> str:
         """`/why`: the last reply's trace, then where its likeliest next tokens come from."""
-        from guppyforge.apps.trace_view import format_choices, format_trace
+        from guppyforge.apps.text import format_choices, format_trace
 
         if text is None:
             return "(no reply yet: /why explains the last reply)"
@@ -208,7 +208,7 @@ def chat(
             print(PROBS_LEGEND.format(t=options["temperature"]))
         text = answer(engine, [{"role": "user", "content": prompt}], options, "", show_probs)
         if trace:
-            from guppyforge.apps.trace_store import why
-            from guppyforge.apps.trace_view import format_trace
+            from guppyforge.apps.text import format_trace
+            from guppyforge.evaluate.trace import why
 
             print(format_trace(why(run.path, text)))

@@ -1,17 +1,282 @@
 """The `guppyforge` command line: each command parses its options and calls one library function.
 
 No logic lives here. Library modules are imported inside each command so that light commands
-(validate, preview, new-persona, personas) never pay for importing torch or datasets. This is
-the only module that imports click; a `GuppyError` from the library becomes one `error:` line.
+(validate, preview, new-persona, personas) never pay for importing torch or datasets. Only this
+file and cli_model.py (the model commands) import click; a `GuppyError` from the library becomes
+one `error:` line. Read in this order: option types, the persona and dataset commands, the group.
 """
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from guppyforge import __version__
-from guppyforge.apps import cli_data, cli_model
 from guppyforge.errors import GuppyError
+
+# --- Option types for the command line that refuse what click's own let through.
+#
+# click's FloatRange compares with < and >, and every comparison with NaN is false, so
+# `--temperature nan` passes it; `inf` passes a range with no upper end. These refuse both, so a
+# bad number is one `error:` line at parse time, not a traceback (or a silent wrong run) later.
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in a range, never NaN nor infinity."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+def finite(min=None, max=None, min_open=False, max_open=False) -> FiniteFloat:  # noqa: A002
+    return FiniteFloat(min, max, min_open=min_open, max_open=max_open)
+
+
+SEED = click.IntRange(0, 2**32 - 1)  # what every random generator in use accepts as a seed
+PORT = click.IntRange(0, 65_535)
+COUNT = click.IntRange(min=1)
+
+
+# --- The persona and dataset commands: validate, preview, new-persona, personas, generate, cards.
+#
+# Files are checked by the library, not click.Path(exists=True): a missing file must print one
+# `error:` line like every other user error, not click's three-line usage message.
+
+# --- persona commands (guppyforge/persona/) ----------------------------------------------------
+# Files are checked by the library, not click.Path(exists=True): a missing file must print one
+# `error:` line like every other user error, not click's three-line usage message.
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option(
+    "--target",
+    type=click.IntRange(min=1),
+    default=60_000,
+    show_default=True,
+    help="Unique conversations the persona should be able to fill.",
+)
+def validate(files: tuple[str, ...], target: int) -> None:
+    """Check persona files and show how many distinct conversations each can make.
+
+    \b
+    Example:
+      guppyforge validate personas/cat.yaml --target 20000
+    """
+    from guppyforge.apps.text import capacity_table
+    from guppyforge.persona.schema import validate_persona
+
+    failed = False
+    for file in files:
+        report = validate_persona(file, target)
+        for line in report.errors:
+            click.echo(f"error: {line}", err=True)
+        for line in report.warnings:
+            click.echo(f"warning: {line}", err=True)
+        failed = failed or bool(report.errors)
+        if not report.errors:
+            click.echo(f"{file}: ok")
+            click.echo(capacity_table(report.capacity, report.forecast))
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command()
+@click.argument("file", type=click.Path(path_type=str))
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Conversations to show.",
+)
+@click.option("--topic", default=None, help="Only this topic.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Same seed, same text.")
+@click.option(
+    "--turns",
+    default=None,
+    metavar="N|A-B",
+    help="User turns.  [default: the persona's own mix, as generate uses]",
+)
+def preview(file: str, count: int, topic: str | None, seed: int, turns: str | None) -> None:
+    """Print sample conversations from a persona, with the YAML lines that made them.
+
+    The samples are spread over the indices of a 60,000-row dataset, so topics, openers and
+    off-topic rows show up in the proportions `generate` gives them. A user message that
+    variation changed is shown as generated, with the line its template wrote after it.
+
+    \b
+    Example:
+      guppyforge preview personas/cat.yaml -n 5 --topic food --turns 2
+    """
+    from guppyforge.apps.text import format_conversation, spread
+    from guppyforge.dataset.draw import row_makers, turn_mix, turns_for
+    from guppyforge.persona.schema import load_persona
+
+    persona = load_persona(file)
+    mix = turn_mix(turns, persona)
+    sampler, _, varier, offtopic = row_makers(persona, seed)
+    for i in spread(count):
+        if topic is None and offtopic.takes(i):  # the rows generate draws, off-topic ones too
+            c = offtopic.conversation(i)
+        else:
+            c = sampler.conversation(i, turns_for(seed, i, mix), topic)
+        varied, _ = varier.messages(c.messages, i)
+        click.echo(format_conversation(c, persona.display_name, varied))
+
+
+@click.command("new-persona")
+@click.argument("name")
+@click.option("--from", "source", default=None, help="Built-in persona name or file to copy.")
+@click.option("--dir", "directory", default=".", show_default=True, help="Where to write.")
+def new_persona(name: str, source: str | None, directory: str) -> None:
+    """Write NAME.yaml: a commented starter character to edit (or a copy of another persona).
+
+    \b
+    Examples:
+      guppyforge new-persona pip               # a neutral starter for a character Pip
+      guppyforge new-persona goldie --from guppy --dir personas
+    """
+    from guppyforge.persona.starter import write_persona
+
+    path = write_persona(name, source, directory)
+    click.echo(f"wrote {path}. Next: guppyforge validate {path}")
+
+
+@click.command()
+def personas() -> None:
+    """List the built-in personas.
+
+    \b
+    Example:
+      guppyforge personas
+      guppyforge new-persona mine --from cat   # start from one of them
+    """
+    from guppyforge.apps.text import list_builtin
+
+    click.echo(list_builtin())
+
+
+# --- generate (guppyforge/dataset/) ------------------------------------------------------------
+
+
+@click.command()
+@click.argument("persona")
+@click.option(
+    "-n", "n", type=int, default=60_000, show_default=True, help="Rows to write.", metavar="N"
+)
+@click.option("--seed", type=SEED, default=42, show_default=True, help="Same seed, same data.")
+@click.option(
+    "--test-size", type=float, default=0.05, show_default=True, help="Share held out, by prompt."
+)
+@click.option(
+    "--turns",
+    default=None,
+    metavar="N|A-B",
+    help="User turns: N or A-B.  [default: the persona's `turns:` mix, else 1]",
+)
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Processes (same data).", metavar="N"
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail, not warn, when the persona runs out or a row holds template text.",
+)
+@click.option("--out", "out_dir", required=True, help="Dataset folder to write.", metavar="DIR")
+@click.option("--force", is_flag=True, help="Replace an existing dataset folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force, quiet) -> None:
+    """Write a chat dataset (parquet splits, card, stats) from PERSONA.
+
+    PERSONA is a persona file, or the name of a built-in one (guppy, cat). The folder loads with
+    `datasets.load_dataset(OUT)`; no prompt of its test split appears in its train split.
+
+    \b
+    guppyforge generate personas/cat.yaml -n 60000 --seed 42 --out data/cat
+    """
+    import warnings
+
+    from guppyforge.dataset.generate import (
+        CapacityWarning,
+        DataWarning,
+        TemplateTextWarning,
+        generate_dataset,
+    )
+
+    # Values are checked by generate_dataset, so a bad one is a one-line GuppyError here too.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CapacityWarning)
+        warnings.simplefilter("always", TemplateTextWarning)
+        warnings.simplefilter("always", DataWarning)
+        result = generate_dataset(
+            persona,
+            out_dir,
+            n=n,
+            seed=seed,
+            test_size=test_size,
+            turns=turns,
+            workers=workers,
+            force=force,
+            strict=strict,
+            progress=not quiet,
+        )
+    for warning in caught:  # one line, rather than Python's "file:line: Category: ..." form
+        click.echo(f"warning: {warning.message}", err=True)
+    click.echo(result.summary())
+
+
+@click.command("import-card")
+@click.argument("card")
+@click.option("--out", help="Persona file to write.  [default: personas/NAME.yaml]")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def import_card_cmd(card, out, force) -> None:
+    """Turn a Character Card (V1/V2/V3 JSON, a PNG card, a .charx) into a persona skeleton.
+
+    Card fields guppyforge does not use are kept under `extensions.character_card`.
+
+    \b
+    guppyforge import-card mochi.json --out personas/mochi.yaml
+    guppyforge import-card mochi.png --out personas/mochi.yaml
+    """
+    from guppyforge.cards import import_card
+
+    path = import_card(card, out, force=force)
+    click.echo(f"wrote {path}. Check it: guppyforge validate {path}")
+
+
+@click.command("export-card")
+@click.argument("persona")
+@click.option("--out", required=True, help="Card file to write (JSON V2, or PNG with --png).")
+@click.option("--png", "image", help="Picture for a PNG card (V2 and V3 chunks) at --out.")
+@click.option("--force", is_flag=True, help="Replace --out if it is a card guppyforge wrote.")
+def export_card_cmd(persona, out, image, force) -> None:
+    """Write PERSONA (a file, or a built-in's name) as a Character Card: V2 JSON, or a PNG card.
+
+    Chat front-ends (SillyTavern...) import the card; the whole persona rides along in it, so
+    `guppyforge import-card` gives the very same file back.
+
+    \b
+    guppyforge export-card personas/cat.yaml --out cat.card.json
+    guppyforge export-card personas/cat.yaml --png cat.jpg --out cat.card.png
+    """
+    from guppyforge.cards import export_card
+
+    click.echo(f"wrote {export_card(persona, out, png=image, force=force)}")
+
+
+# --- The `guppyforge` command line: each command parses its options and calls one library function.
+#
+# No logic lives here. Library modules are imported inside each command so that light commands
+# (validate, preview, new-persona, personas) never pay for importing torch or datasets. This is
+# the only module that imports click; a `GuppyError` from the library becomes one `error:` line.
 
 
 class UserError(click.ClickException):
@@ -66,21 +331,19 @@ def cli() -> None:
     """
 
 
-# The commands, in the order of the pipeline.
-cli.add_command(cli_data.validate)
-cli.add_command(cli_data.preview)
-cli.add_command(cli_data.new_persona)
-cli.add_command(cli_data.personas)
-cli.add_command(cli_data.generate)
-cli.add_command(cli_model.train)
-cli.add_command(cli_model.presets)
-cli.add_command(cli_model.chat_cmd)
-cli.add_command(cli_model.eval_cmd)
-cli.add_command(cli_model.why_cmd)
-cli.add_command(cli_model.export_cmd)
-cli.add_command(cli_model.serve_cmd)
-cli.add_command(cli_data.import_card_cmd)
-cli.add_command(cli_data.export_card_cmd)
+for command in (
+    validate,
+    preview,
+    new_persona,
+    personas,
+    generate,
+    import_card_cmd,
+    export_card_cmd,
+):
+    cli.add_command(command)
+# The model commands (cli_model.py) add themselves to `cli`; importing the module is what runs
+# them, and it must come after `cli` and the option types it imports from here exist.
+from guppyforge.apps import cli_model  # noqa: E402, F401
 
 
 def main() -> None:

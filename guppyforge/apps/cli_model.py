@@ -8,7 +8,7 @@ from dataclasses import fields
 import click
 
 from guppyforge import defaults
-from guppyforge.apps.cli_types import PORT, SEED, finite
+from guppyforge.apps.cli import PORT, SEED, cli, finite
 from guppyforge.train.config import TrainOptions
 
 DEVICES = click.Choice(defaults.DEVICES)
@@ -90,7 +90,7 @@ def presets() -> None:
     click.echo(presets_table())
 
 
-# --- chat and eval (guppyforge/apps/chat.py, evaluate.py) ---------------------------------------
+# --- chat and eval (apps/chat.py, evaluate/score.py) ---------------------------------------
 
 
 @click.command("chat", context_settings={"show_default": True})
@@ -134,9 +134,11 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, trace, **options) -> Non
     "--probes", help="Blind probe file.  [default: a built-in's personas/blind/NAME.yaml, if any]"
 )
 @click.option(
-    "--offtopic-samples", type=click.IntRange(min=0), default=20,
+    "--offtopic-samples",
+    type=click.IntRange(min=0),
+    default=20,
     help="Held-out off-topic prompts asked, one reply each.",
-)  # fmt: skip
+)
 @click.option("--json", "json_path", help="Also write the figures to this JSON file.")
 @click.option("--force", is_flag=True, help="Replace an earlier --json result.")
 @click.option("--min-pass", type=finite(0, 1), help="Exit 1 below this pass rate (0-1).")
@@ -151,7 +153,7 @@ def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
     guppyforge eval runs/cat --samples 5 --json eval.json --min-pass 0.7
     guppyforge eval runs/cat --probes my-blind-probes.yaml
     """
-    from guppyforge.apps.evaluate import run_eval
+    from guppyforge.evaluate.score import run_eval
 
     run_eval(run_dir, json_path, min_pass, **options)
 
@@ -167,8 +169,8 @@ def why_cmd(run_dir, reply, data, as_json) -> None:
     \b
     guppyforge why runs/cat "tuna? finally. i was wasting away on the sofa."
     """
-    from guppyforge.apps.trace_store import why
-    from guppyforge.apps.trace_view import format_trace
+    from guppyforge.apps.text import format_trace
+    from guppyforge.evaluate.trace import why
 
     trace = why(run_dir, reply, data, note=lambda line: click.echo(line, err=True))
     if as_json:
@@ -177,7 +179,7 @@ def why_cmd(run_dir, reply, data, as_json) -> None:
         click.echo(format_trace(trace))
 
 
-# --- sharing: export, cards, serve (apps/export/, persona/cards.py, apps/serve.py) -------------
+# --- sharing: export, cards, serve (apps/export/, cards.py, apps/serve.py) -------------
 
 
 @click.command("export")
@@ -224,16 +226,36 @@ def export_cmd(run_dir, target, out_dir, int8, fp32, gguf_type, force) -> None:
     envvar="GUPPYFORGE_API_KEY",
     help="Bearer key every /v1 request must send; required beyond 127.0.0.1.",
 )
-@click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True,
-              help="Replies decoded together.")  # fmt: skip
-@click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True,
-              help="Longest reply a request may ask for.")  # fmt: skip
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1),
+    default=32,
+    show_default=True,
+    help="Replies decoded together.",
+)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=512,
+    show_default=True,
+    help="Longest reply a request may ask for.",
+)
 @click.option("--max-messages", type=click.IntRange(1), default=256, show_default=True)
 @click.option("--max-prompt-chars", type=click.IntRange(1), default=32_000, show_default=True)
-@click.option("--max-body", type=click.IntRange(1), default=1 << 20, show_default=True,
-              help="Largest request body, in bytes.")  # fmt: skip
-@click.option("--timeout", type=finite(min=0.1), default=10.0, show_default=True,
-              help="Seconds a client may take to send a request.")  # fmt: skip
+@click.option(
+    "--max-body",
+    type=click.IntRange(1),
+    default=1 << 20,
+    show_default=True,
+    help="Largest request body, in bytes.",
+)
+@click.option(
+    "--timeout",
+    type=finite(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client may take to send a request.",
+)
 def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
     """Serve RUN_DIR: an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
     /v1/models) and a chat page at /. Needs the serve extra: pip install 'guppyforge[serve]'.
@@ -244,7 +266,7 @@ def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
     # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     """
     try:
-        from guppyforge.apps.serve_http import Limits, check_exposure
+        from guppyforge.apps.serve import Limits, check_exposure
     except ImportError:  # the serve extra is missing: serve.py says so in one line
         import guppyforge.apps.serve  # noqa: F401
     check_exposure(host, api_key)  # before torch is imported and the model loads: seconds sooner
@@ -252,3 +274,7 @@ def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
 
     limits = Limits(**limits, body_timeout=timeout, head_timeout=timeout)
     serve(run_dir, host, port, device, api_key=api_key, limits=limits)
+
+
+for command in (train, presets, chat_cmd, eval_cmd, why_cmd, export_cmd, serve_cmd):
+    cli.add_command(command)

@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 
-if TYPE_CHECKING:  # serve_http.py imports this module
-    from guppyforge.apps.serve_http import Limits
+if TYPE_CHECKING:  # serve.py imports this module
+    from guppyforge.apps.serve import Limits
 
 
 class ApiError(Exception):
@@ -156,7 +156,7 @@ class _Sampling(_Strict):
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
-    trace: bool = False  # ours, not OpenAI's: add where the reply came from (apps/trace.py)
+    trace: bool = False  # ours, not OpenAI's: add where the reply came from (evaluate/trace.py)
     top_logprobs: Any = None
     tools: Any = None
     functions: Any = None

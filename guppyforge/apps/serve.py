@@ -1,35 +1,31 @@
 """`guppyforge serve`: an OpenAI-compatible server and a chat page for one run.
 
-Any OpenAI client can talk to the character, and a browser can at `http://127.0.0.1:8000/`:
-
-    from openai import OpenAI
-    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
-    client.chat.completions.create(model="cat", messages=[{"role": "user", "content": "hi"}])
-
-Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (plain, or server-sent events
-with `"stream": true`; `"trace": true` adds where a chat reply came from, see apps/trace.py),
-`GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/`.
-Built on FastAPI and uvicorn (the `serve` extra): they parse HTTP, route and frame events;
-requests are checked by the typed models in openai_api.py. Every reply is decoded by one
-BatchDecoder thread (model/engine.py), so concurrent requests share each forward pass.
+Read in this order: the guards around each request (who may ask, how big and how slow a request
+may be); then the app: the endpoints, batched decoding through the one engine, streaming.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import socket
 import threading
 import time
 import uuid
 from contextlib import suppress
+from dataclasses import dataclass
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
 try:
+    import h11
     import uvicorn
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse
     from sse_starlette import EventSourceResponse
     from starlette.exceptions import HTTPException
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 except ImportError as e:  # the optional extra is not installed
     from guppyforge.errors import GuppyError
 
@@ -40,10 +36,203 @@ except ImportError as e:  # the optional extra is not installed
 
 from guppyforge.apps import openai_api as api
 from guppyforge.apps.openai_api import ApiError
-from guppyforge.apps.serve_http import HeadTimeoutH11, Limits, check_exposure, check_key, read_body
 from guppyforge.errors import GuppyError
-from guppyforge.model.engine import BatchDecoder, Busy, Engine
-from guppyforge.model.run import Run, load_run, pick_device
+
+if TYPE_CHECKING:
+    from guppyforge.train.run_folder import Run
+
+# --- The server's guards around each request: who may ask, how big and how slow a request may be.
+#
+# uvicorn parses HTTP and FastAPI routes; what they leave to the application is here: a bearer
+# key, a cap and a deadline on the body (uvicorn waits for a body for ever), and a deadline on the
+# request head (uvicorn waits for that for ever too), so a stalled client costs one idle socket
+# for a few seconds and never holds anything another request needs. A request refused before its
+# body is in (413, 408) is answered, then the connection lingers to read and drop what the client
+# still sends: closing on unread data makes the kernel reset the connection, and the client would
+# see "connection reset" or "broken pipe" instead of the answer.
+
+
+@dataclass
+class Limits:
+    """What one request may ask of the server; each is a `guppyforge serve` option."""
+
+    max_body: int = 1 << 20  # bytes; a whole conversation at these contexts is a few KB
+    max_messages: int = 256
+    max_prompt_chars: int = 32_000  # all messages' text together: bounds tokenizing work
+    max_tokens: int = 512  # a reply's cap; the model's context cuts it earlier anyway
+    max_batch: int = 32  # replies decoded together
+    max_waiting: int = 256  # replies waiting for a free batch row; more get a 503
+    body_timeout: float = 10.0  # seconds to receive a request body: a stalled client gets 408
+    head_timeout: float = 10.0  # seconds to receive a request's head, or the connection closes
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_exposure(host: str, api_key: str | None) -> None:
+    """Refuse to serve beyond this machine without a key (checked before the model loads)."""
+    if not is_loopback(host) and not api_key:
+        raise GuppyError(
+            f"--host {host}: serving beyond this machine needs --api-key KEY (or GUPPYFORGE_API_KEY); clients send it as 'Authorization: Bearer KEY'."
+        )
+
+
+def check_key(api_key: str | None):
+    """A FastAPI dependency: with a key set, every request must carry it as a bearer token."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: how long the comparison takes says nothing about the key.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), api_key.encode()):
+            message = "Incorrect API key provided: send 'Authorization: Bearer KEY' with the server's --api-key."
+            raise ApiError(401, message, None, "invalid_api_key")
+
+    return check
+
+
+async def read_body(request: Request, limits: Limits) -> bytes:
+    """The request body, at most `limits.max_body` bytes, received within `limits.body_timeout`."""
+    declared = request.headers.get("content-length")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    if declared is None and not chunked:
+        raise ApiError(411, "A Content-Length header is required.", None, "length_required")
+    too_big = (
+        f"The request body is over this server's limit of {limits.max_body} bytes (--max-body)."
+    )
+    if declared is not None and int(declared) > limits.max_body:  # h11 checked it is a number
+        raise ApiError(413, too_big, None, "body_too_large")  # the body is never read
+    body = await _receive(request, limits.max_body, limits.body_timeout)
+    if body is None:
+        raise ApiError(413, too_big, None, "body_too_large")
+    return body
+
+
+async def _receive(request: Request, cap: int, timeout: float) -> bytes | None:
+    """Up to `cap` bytes of body (None past it); ApiError 408 when it does not come in time."""
+    parts, size = [], 0
+
+    async def collect() -> None:
+        nonlocal size
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                return
+            parts.append(chunk)
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except asyncio.TimeoutError:
+        message = f"The request body did not arrive within {timeout:g} s (--timeout)."
+        raise ApiError(408, message, None, "request_timeout") from None
+    return None if size > cap else b"".join(parts)
+
+
+LINGER_BYTES = 128 << 20  # what a refused client may still send before it is cut off
+
+
+class _Lingering:
+    """A connection's transport whose close() waits for the client's unsent body: the answer
+    goes out, then a FIN, and what still arrives is dropped until the client closes, has sent
+    LINGER_BYTES, or the head timeout passes."""
+
+    def __init__(self, transport, protocol: HeadTimeoutH11) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingered is not None or self._transport.is_closing()
+
+    def close(self) -> None:
+        p, transport = self._protocol, self._transport
+        mid_body = p.conn.their_state is h11.SEND_BODY
+        if p.lingered is not None or not mid_body or not transport.can_write_eof():
+            transport.close()
+            return
+        p.lingered = 0
+        transport.write_eof()  # after the answer already written
+        transport.resume_reading()  # flow control may have paused it
+        p.loop.call_later(p.head_timeout, transport.close)
+
+
+class HeadTimeoutH11(H11Protocol):
+    """uvicorn's HTTP/1.1 connection, closed when a request's head does not arrive in time.
+
+    A timer starts when the connection opens and again after each response; it is cancelled
+    once h11 has read a whole request head. uvicorn's own keep-alive timer covers an idle
+    connection only until its first byte, so a client that sends half a head would otherwise
+    hold the socket for ever.
+    """
+
+    head_timeout = 10.0
+    lingered: int | None = None  # bytes dropped since a refusal; None: not lingering
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.transport = _Lingering(transport, self)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingered is not None:  # a refused request's body: dropped, never parsed
+            self.lingered += len(data)
+            if self.lingered > LINGER_BYTES:
+                self.transport._transport.close()
+            return
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
+
+    def eof_received(self) -> bool | None:
+        if self.lingered is not None:
+            self.transport._transport.close()  # the client has sent all it will: it has the answer
+        return super().eof_received()
+
+    def connection_lost(self, exc) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+# --- `guppyforge serve`: an OpenAI-compatible server and a chat page for one run.
+#
+# Any OpenAI client can talk to the character, and a browser can at `http://127.0.0.1:8000/`:
+#
+#     from openai import OpenAI
+#     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+#     client.chat.completions.create(model="cat", messages=[{"role": "user", "content": "hi"}])
+#
+# Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (plain, or server-sent events
+# with `"stream": true`; `"trace": true` adds where a chat reply came from, see evaluate/trace.py),
+# `GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/`.
+
+
+# Built on FastAPI and uvicorn (the `serve` extra): they parse HTTP, route and frame events;
+# requests are checked by the typed models in openai_api.py. Every reply is decoded by one
+# BatchDecoder thread (model/engine.py), so concurrent requests share each forward pass.
+#
+# Torch and the engine load only when a server starts: `serve --host` is checked, and a missing
+# extra named, before the model's stack costs seconds.
 
 # The chat page, shared with `export --to web`: here page.json picks its server.js backend.
 PAGE = files("guppyforge.apps") / "page"
@@ -57,6 +246,8 @@ class Reply:
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
         self.decoder = server.decoder
         self.id, self.created = uuid.uuid4().hex, int(time.time())
+        from guppyforge.model.engine import Busy  # loaded already: the server holds an engine
+
         try:
             self.row = server.decoder.submit(ids, self._emit, **options)
         except Busy as e:
@@ -157,12 +348,16 @@ def create_app(server: Server) -> FastAPI:
         """`guppyforge why --json`'s trace of the reply, when the request asked for it."""
         if not req.trace:
             return None
-        from guppyforge.apps.trace_store import trace_json
+        from guppyforge.evaluate.trace import trace_json
 
         return await asyncio.to_thread(trace_json, server.run.path, text)
 
-    @app.post("/v1/chat/completions", dependencies=auth, response_model=api.ChatCompletion,
-              response_model_exclude_none=True)  # fmt: skip
+    @app.post(
+        "/v1/chat/completions",
+        dependencies=auth,
+        response_model=api.ChatCompletion,
+        response_model_exclude_none=True,
+    )
     async def chat_completions(request: Request):
         body = await read_body(request, limits)
         req = api.parse_request(api.ChatRequest, body, model_id, limits)
@@ -247,21 +442,35 @@ class Server:
     """A run served over HTTP: bound at once (so a bad --host or --port fails early), serving
     from `serve_forever()` until `shutdown()`."""
 
-    def __init__(self, run: Run, host: str = "127.0.0.1", port: int = 8000, *,
-                 api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning"):  # fmt: skip
+    def __init__(
+        self,
+        run: Run,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        api_key: str | None = None,
+        limits: Limits | None = None,
+        log_level: str = "warning",
+    ):
         self.run, self.api_key, self.limits = run, api_key, limits or Limits()
         # The persona's name, as chat shows it; the folder's name for runs without one.
         self.model_id = (run.config.get("persona") or {}).get("name") or run.path.name
         self.created = int(time.time())
+        from guppyforge.model.engine import BatchDecoder, Engine
+
         self.engine = Engine.from_run(run)
         self.decoder = BatchDecoder(self.engine, self.limits.max_batch, self.limits.max_waiting)
         self.page = _page_settings(run, self.model_id)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.create_server((host, port), family=family, backlog=2048)
         protocol = type("Protocol", (HeadTimeoutH11,), {"head_timeout": self.limits.head_timeout})
-        config = uvicorn.Config(create_app(self), http=protocol, log_level=log_level,
-                                limit_concurrency=4 * (self.limits.max_batch + self.limits.max_waiting),
-                                timeout_graceful_shutdown=1)  # fmt: skip
+        config = uvicorn.Config(
+            create_app(self),
+            http=protocol,
+            log_level=log_level,
+            limit_concurrency=4 * (self.limits.max_batch + self.limits.max_waiting),
+            timeout_graceful_shutdown=1,
+        )
         self.uvicorn = uvicorn.Server(config)
         self.stopped = threading.Event()
 
@@ -302,21 +511,33 @@ def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000, **options) 
 def _page_settings(run: Run, model_id: str) -> api.PageSettings:
     """page.json: the persona's name, summary and first message (its card's), for the chat page."""
     try:
-        from guppyforge.persona.cards import persona_to_card
-        from guppyforge.persona.load import load_persona
+        from guppyforge.cards import persona_to_card
+        from guppyforge.persona.schema import load_persona
 
         persona = load_persona(run.persona_path)
         first = persona_to_card(persona)["data"]["first_mes"]
-        return api.PageSettings(model=model_id, name=persona.display_name or persona.name,
-                                summary=persona.summary, first_message=first)  # fmt: skip
+        return api.PageSettings(
+            model=model_id,
+            name=persona.display_name or persona.name,
+            summary=persona.summary,
+            first_message=first,
+        )
     except (GuppyError, OSError):  # no persona.yaml, or one this version cannot read
         return api.PageSettings(model=model_id, name=model_id, summary="", first_message="")
 
 
-def serve(run_dir, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          api_key: str | None = None, limits: Limits | None = None) -> None:  # fmt: skip
+def serve(
+    run_dir,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    api_key: str | None = None,
+    limits: Limits | None = None,
+) -> None:
     """`guppyforge serve`: load the run and answer requests until Ctrl+C."""
     check_exposure(host, api_key)
+    from guppyforge.train.run_folder import load_run, pick_device
+
     run = load_run(run_dir, device=str(pick_device(device)))
     try:
         server = make_server(run, host, port, api_key=api_key, limits=limits, log_level="info")

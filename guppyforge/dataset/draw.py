@@ -21,11 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from guppyforge.dataset.write import Row
+from guppyforge.dataset.folder import Row
 from guppyforge.errors import GuppyError
-from guppyforge.persona.conversations import Sampler
-from guppyforge.persona.load import load_persona
-from guppyforge.persona.offtopic import OffTopicSampler
+from guppyforge.persona.conversations import OffTopicSampler, Sampler
+from guppyforge.persona.schema import load_persona
 from guppyforge.persona.variation import Varier
 
 # Indices per task sent to a worker: large enough that pickling and scheduling are noise,

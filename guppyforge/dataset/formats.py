@@ -43,8 +43,10 @@ def data_files(path: Path) -> list[Path]:
     """The files of `path` (a file, or a folder searched recursively) that `datasets` reads."""
     if path.is_file():
         if path.suffix.lower() not in BUILDERS:
-            raise GuppyError(f"{path}: not a file type guppyforge reads (.jsonl, .json, .csv, "
-                             ".parquet). Convert it, or rename it for what it holds")  # fmt: skip
+            raise GuppyError(
+                f"{path}: not a file type guppyforge reads (.jsonl, .json, .csv, "
+                ".parquet). Convert it, or rename it for what it holds"
+            )
         return [path]
     require_regular(path) if not path.is_dir() else None
     found = sorted(
@@ -54,8 +56,10 @@ def data_files(path: Path) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(path).parts)
     )
     if not found:
-        raise GuppyError(f"{path}: not a dataset folder: no .jsonl, .json, .csv or .parquet file. Give a "
-                         "folder of chat data, or one written by `guppyforge generate`")  # fmt: skip
+        raise GuppyError(
+            f"{path}: not a dataset folder: no .jsonl, .json, .csv or .parquet file. Give a "
+            "folder of chat data, or one written by `guppyforge generate`"
+        )
     return found
 
 
@@ -70,8 +74,9 @@ def read_rows(path: Path) -> list[dict]:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:  # datasets raises many types for a file it cannot parse
         first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise GuppyError(f"{path}: cannot be read as {builder} ({first}). Mend the file, or "
-                         "convert it to JSONL") from None  # fmt: skip
+        raise GuppyError(
+            f"{path}: cannot be read as {builder} ({first}). Mend the file, or convert it to JSONL"
+        ) from None
     return ds.to_list()
 
 
@@ -94,23 +99,29 @@ def recognise(columns: list[str], forced: str | None, path: Path) -> tuple[str, 
         fits.remove("guppylm")
     if forced:
         if forced not in SHAPES:
-            raise GuppyError(f"--format {forced}: not a shape guppyforge reads. Use one of "
-                             f"{', '.join(SHAPES)}")  # fmt: skip
+            raise GuppyError(
+                f"--format {forced}: not a shape guppyforge reads. Use one of {', '.join(SHAPES)}"
+            )
         missing = [k for k, v in found[forced].items() if not v]
         if missing:
-            raise GuppyError(f"{path}: --format {forced} needs the column(s) {', '.join(missing)}"
-                             f"; the file has {', '.join(columns[:8]) or 'none'}")  # fmt: skip
+            raise GuppyError(
+                f"{path}: --format {forced} needs the column(s) {', '.join(missing)}"
+                f"; the file has {', '.join(columns[:8]) or 'none'}"
+            )
         shape = forced
     elif len(fits) == 1:
         shape = fits[0]
     elif fits:
-        raise GuppyError(f"{path}: its columns fit {' and '.join(fits)}. Say which with "
-                         f"--format {fits[0]}")  # fmt: skip
+        raise GuppyError(
+            f"{path}: its columns fit {' and '.join(fits)}. Say which with --format {fits[0]}"
+        )
     else:
-        raise GuppyError(f"{path}: columns {', '.join(columns[:8]) or 'none'} are no chat shape "
-                         "guppyforge knows (messages; prompt/completion; instruction/input/"
-                         "output; input/output/category; question/answer). Rename the columns, "
-                         "or give --format")  # fmt: skip
+        raise GuppyError(
+            f"{path}: columns {', '.join(columns[:8]) or 'none'} are no chat shape "
+            "guppyforge knows (messages; prompt/completion; instruction/input/"
+            "output; input/output/category; question/answer). Rename the columns, "
+            "or give --format"
+        )
     mapping = dict(found[shape])
     if shape == "alpaca" and col("input"):
         mapping["input"] = col("input")
@@ -129,8 +140,11 @@ def describe(shape: str, m: dict[str, str], rows: int, topics: int) -> str:
         user = " + ".join(filter(None, [m["instruction"], m.get("input")]))
         how = f"{user} -> user, {m['output']} -> assistant"
     else:
-        ask, answer = {"prompt-completion": ("prompt", "completion"), "guppylm": ("input", "output"),
-                       "qa": ("question", "answer")}[shape]  # fmt: skip
+        ask, answer = {
+            "prompt-completion": ("prompt", "completion"),
+            "guppylm": ("input", "output"),
+            "qa": ("question", "answer"),
+        }[shape]
         how = f"{m[ask]} -> user, {m[answer]} -> assistant"
     if "topic" in m:
         how += f", {m['topic']} -> topic ({topics} topics)"
@@ -161,8 +175,10 @@ def _check_turns(messages, where: str = "messages") -> list[tuple[str, str]] | s
     for i, (role, content) in enumerate(body):
         want = "user" if i % 2 == 0 else "assistant"
         if role != want:
-            return (f"message {i + 1 + len(out) - len(body)} is '{role}' where '{want}' "
-                    "belongs (roles go user, assistant, user, ...; a system message only first)")  # fmt: skip
+            return (
+                f"message {i + 1 + len(out) - len(body)} is '{role}' where '{want}' "
+                "belongs (roles go user, assistant, user, ...; a system message only first)"
+            )
         if not content.strip():
             return f"{'empty reply' if role == 'assistant' else 'empty prompt'} in message {i + 1}"
     if not body or body[-1][0] != "assistant":
@@ -208,7 +224,7 @@ def read_foreign(
     shape of SHAPES. Its `source` attribute holds what config.json records about it."""
     import datasets
 
-    from guppyforge.dataset.card import fingerprint
+    from guppyforge.dataset.folder import fingerprint
     from guppyforge.dataset.split import prompt_key, split_by_prompt
 
     path = Path(path)
@@ -224,8 +240,10 @@ def read_foreign(
         columns = list(records[0])
         file_shape, file_map = recognise(columns, forced, f)
         if shape and file_shape != shape:
-            raise GuppyError(f"{f}: holds {file_shape} rows, the files before it {shape}. Keep "
-                             "one shape per folder, or give one file")  # fmt: skip
+            raise GuppyError(
+                f"{f}: holds {file_shape} rows, the files before it {shape}. Keep "
+                "one shape per folder, or give one file"
+            )
         shape, mapping = file_shape, file_map
         split = "test" if _TEST_NAME.search(f.stem.lower()) else "train"
         name = f.relative_to(path).as_posix() if path.is_dir() else f.name
@@ -235,8 +253,10 @@ def read_foreign(
             if isinstance(turns, list) and max_chars:
                 chars = sum(len(c) for _, c in turns)
                 if chars > max_chars:
-                    turns = (f"{chars:,} characters: far too long for the {context}-token "
-                             "context (shorten it, or use a longer-context --preset)")  # fmt: skip
+                    turns = (
+                        f"{chars:,} characters: far too long for the {context}-token "
+                        "context (shorten it, or use a longer-context --preset)"
+                    )
             if isinstance(turns, str):
                 bad.append(f"{f}: row {n}: {turns}")
                 continue
@@ -254,25 +274,34 @@ def read_foreign(
     if bad:
         share = len(bad) / total
         if share > MAX_BAD_SHARE or not good:
-            raise GuppyError(f"{path}: {len(bad):,} of {total:,} rows are bad ({share:.1%}; the "
-                             f"limit is {MAX_BAD_SHARE:.0%}). Mend the rows named above, or give "
-                             "--format if the shape was misread")  # fmt: skip
+            raise GuppyError(
+                f"{path}: {len(bad):,} of {total:,} rows are bad ({share:.1%}; the "
+                f"limit is {MAX_BAD_SHARE:.0%}). Mend the rows named above, or give "
+                "--format if the shape was misread"
+            )
         say(f"{len(bad):,} bad rows left out, {good:,} kept")
     if not rows["test"]:
         keys = [prompt_key(r[0]) for r in rows["train"]]
         if len(set(keys)) < 2:
-            raise GuppyError(f"{path}: fewer than two distinct prompts, so no test split can "
-                             "avoid the train one. Add rows, or a test file")  # fmt: skip
+            raise GuppyError(
+                f"{path}: fewer than two distinct prompts, so no test split can "
+                "avoid the train one. Add rows, or a test file"
+            )
         share = max(TEST_SHARE, 1 / len(keys))
         train_i, test_i = split_by_prompt(keys, share, SPLIT_SEED)
-        rows = {"train": [rows["train"][i] for i in train_i],
-                "test": [rows["train"][i] for i in test_i]}  # fmt: skip
-        say(f"no test split in the data: {len(rows['test']):,} rows held out by prompt "
+        rows = {
+            "train": [rows["train"][i] for i in train_i],
+            "test": [rows["train"][i] for i in test_i],
+        }
+        say(
+            f"no test split in the data: {len(rows['test']):,} rows held out by prompt "
             f"(seed {SPLIT_SEED}), {len(rows['train']):,} for training; no test prompt is in "
-            "train")  # fmt: skip
+            "train"
+        )
     elif not rows["train"]:
-        raise GuppyError(f"{path}: only test files ({', '.join(f.name for f in files)}). Add "
-                         "the training rows")  # fmt: skip
+        raise GuppyError(
+            f"{path}: only test files ({', '.join(f.name for f in files)}). Add the training rows"
+        )
     else:
         say(f"test split from the files named for it: {len(rows['test']):,} rows")
     splits = datasets.DatasetDict(

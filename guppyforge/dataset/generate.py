@@ -22,21 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from guppyforge import __version__
-from guppyforge.dataset.card import (
+from guppyforge.dataset.draw import DrawResult, draw_unique, turn_mix
+from guppyforge.dataset.folder import (
+    atomic_folder,
+    check_destination,
     diversity,
     fingerprint,
     pair_counts,
     render_card,
     topic_counts,
+    write_parquet,
 )
-from guppyforge.dataset.draw import DrawResult, draw_unique, turn_mix
 from guppyforge.dataset.split import message_keys, split_by_prompt
-from guppyforge.dataset.write import atomic_folder, check_destination, write_parquet
 from guppyforge.errors import GuppyError
-from guppyforge.persona.capacity import capacity
-from guppyforge.persona.load import load_persona
-from guppyforge.persona.offtopic import OFFTOPIC
-from guppyforge.resources import builtin_persona
+from guppyforge.files import builtin_persona
+from guppyforge.persona.conversations import OFFTOPIC
+from guppyforge.persona.forecast import capacity
+from guppyforge.persona.schema import load_persona
 
 MAX_ROWS = 5_000_000  # conversations per dataset: ~80x the default, and a few GB in memory
 MAX_WORKERS = 64
@@ -212,9 +214,11 @@ def data_warnings(stats: dict, persona_path) -> list[str]:
     # Off-topic rows take their own share of the schedule; the topics' weights split the rest.
     generated = stats["rows"] - stats["examples"] - stats.get("offtopic_rows", 0)
     if stats["drawn"] and stats["unique_pct"] < MIN_UNIQUE_PCT:
-        out.append(f"{persona_path}: only {stats['unique_pct']:.2f}% of {stats['drawn']:,} draws "
-                   f"were new (under {MIN_UNIQUE_PCT:g}%): some (ask, say) pairs repeat. "
-                   "`guppyforge validate` names them at their lines")  # fmt: skip
+        out.append(
+            f"{persona_path}: only {stats['unique_pct']:.2f}% of {stats['drawn']:,} draws "
+            f"were new (under {MIN_UNIQUE_PCT:g}%): some (ask, say) pairs repeat. "
+            "`guppyforge validate` names them at their lines"
+        )
     topics = stats["topics"]
     total = sum(t["weight"] for t in topics.values())
     for name, t in topics.items():
@@ -222,12 +226,16 @@ def data_warnings(stats: dict, persona_path) -> list[str]:
             continue
         asked = generated * t["weight"] / total
         if abs(t["rows"] - asked) > SHARE_TOLERANCE * asked:
-            out.append(f"{persona_path}: topics.{name}: {t['rows']:,} rows where its weight "
-                       f"asked for about {asked:,.0f} ({100 * (t['rows'] / asked - 1):+.0f}%). "
-                       "Fix the dry pairs `guppyforge validate` names, or change its weight")  # fmt: skip
+            out.append(
+                f"{persona_path}: topics.{name}: {t['rows']:,} rows where its weight "
+                f"asked for about {asked:,.0f} ({100 * (t['rows'] / asked - 1):+.0f}%). "
+                "Fix the dry pairs `guppyforge validate` names, or change its weight"
+            )
         if "test" in stats["splits"] and t.get("test", 0) == 0:
-            out.append(f"{persona_path}: topics.{name}: no rows in the test split, so eval never "
-                       "sees it held out. Give it more distinct questions, or raise --test-size")  # fmt: skip
+            out.append(
+                f"{persona_path}: topics.{name}: no rows in the test split, so eval never "
+                "sees it held out. Give it more distinct questions, or raise --test-size"
+            )
     return out
 
 

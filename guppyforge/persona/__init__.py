@@ -1,7 +1,18 @@
 """Stage 1: a persona YAML file, safely loaded and checked, and the conversations it makes.
 
-Read in this order: types.py (what a persona is), yamlsafe.py and schema.py (reading one),
-grammar.py and templating.py (the engine), conversations.py (sampling), variation.py (the user's
-side typed as people type) and offtopic.py (the shipped pool of general prompts), load.py (all
-of it together), then capacity.py, starter.py, report.py and cards.py. Never imports torch or click.
+Read in this order:
+
+    types.py          what a loaded persona is: typed, frozen objects
+    limits.py         the hard limits on what a persona file may ask of us
+    yamlsafe.py       reading a stranger's YAML: plain data, bounded cost, line:column per key
+    schema.py         the format: a parsed file walked into a Persona; `load_persona`
+    grammar.py        named symbols with weighted alternatives, expanded by a shuffle bag
+    templating.py     the Jinja2 sandbox, the inflection filters, the plain-text fast path
+    conversations.py  sampling rows: the pairing rule, the sampler, the off-topic rows
+    variation.py      the user's side typed the way people type
+    checks.py         what `validate` checks by making text, and its lints
+    forecast.py       capacity counted by enumeration, and what `generate -n N` will do
+    starter.py        `new-persona`: a commented starter, or a renamed copy
+
+Never imports torch or click.
 """

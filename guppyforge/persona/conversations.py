@@ -1,11 +1,9 @@
-"""Turn a persona into conversations: `Sampler(persona, seed).conversation(index)`.
+"""A persona's conversations: `Sampler(persona, seed).conversation(index)`.
 
-A conversation depends only on (persona, seed, index, turns, topic), never on which others were
-made before it, so any worker can make sample 41,337 alone. The index picks a topic from a
-weighted schedule, an (ask, say) pair in turn, and an evenly spread number from which the grammar
-decodes its values (see grammar.Draw); anything else random comes from random.Random(
-f"{seed}:{index}"). Each symbol a template names is bound once per conversation, so the reply can
-reuse what the question picked; `pick('x')` and references inside the grammar draw fresh values.
+Read in this order: the pairing rule (which replies answer which questions, format 1.1); the
+sampler (a topic, an ask, a paired say, follow-ups, the style rules, each from the index's own
+seeded RNG); and the off-topic rows (a prompt from the shipped pool answered with the persona's
+`offtopic.say`). Every row is a pure function of (persona, seed, index).
 """
 
 from __future__ import annotations
@@ -17,11 +15,151 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guppyforge.errors import GuppyError
+from guppyforge.files import personas_dir
 from guppyforge.persona import limits
 from guppyforge.persona.grammar import INF, Draw, Grammar, Rule
-from guppyforge.persona.pairing import Stage, first_pairs, make_stage, stated
 from guppyforge.persona.templating import Compiled, TemplateProblem, compile_text, did_you_mean
 from guppyforge.persona.types import Persona, Template
+from guppyforge.persona.variation import Rng
+
+# --- Which replies answer which questions: the pairing rule of persona format 1.1.
+#
+# A symbol that some question of a step states (`do you like {{ food }}`) is an *echo* when a reply
+# of that step reads it: "{{ food }}? yes" only makes sense after a question that named the food.
+# In format 1.1 a reply is paired only with questions that state every symbol it echoes; a symbol
+# no question of the step states is the character's own (picked for the reply, as in format 1),
+# and a symbol read under `is defined` is optional: the test is true exactly when the question
+# stated it. Format 1 pairs every question with every reply; `validate` warns where that makes a
+# reply echo a value its question never stated.
+
+Side = list[tuple[Template, Compiled]]
+
+
+@dataclass
+class Stage:
+    """One step of a topic's conversations (the first question, or a follow-up), paired."""
+
+    asks: Side
+    says: Side
+    ask_bind: list[tuple[str, ...]]  # symbols each question binds for the conversation
+    say_bind: list[tuple[str, ...]]  # symbols each reply binds (its own, never echoes)
+    say_need: list[frozenset[str]]  # symbols each reply echoes: they must be bound already
+
+    def fits(self, s: int, bound: dict) -> bool:
+        """True when reply `s` may answer a conversation with these values bound."""
+        need = self.say_need[s]
+        return not need or need <= bound.keys()
+
+    def replies_for(self, bound: dict) -> list[int]:
+        """The replies that may answer, given what the conversation has stated."""
+        return [s for s in range(len(self.says)) if self.fits(s, bound)]
+
+
+def stated(c: Compiled) -> tuple[str, ...]:
+    """Symbols a template states for sure (a name only tested with `is defined` is not)."""
+    return tuple(n for n in c.symbols if n not in c.tested)
+
+
+def make_stage(asks: Side, says: Side, also_asked: set[str], strict: bool) -> Stage:
+    """Pair one step. `also_asked`: symbols earlier questions of the topic may have stated."""
+    if not strict:  # format 1: every question with every reply, every read binds
+        return Stage(
+            asks,
+            says,
+            [c.symbols for _, c in asks],
+            [c.symbols for _, c in says],
+            [frozenset()] * len(says),
+        )
+    asked = also_asked.union(*(stated(c) for _, c in asks))
+    need = [frozenset(n for n in stated(c) if n in asked) for _, c in says]
+    own = [tuple(n for n in stated(c) if n not in asked) for _, c in says]
+    return Stage(asks, says, [stated(c) for _, c in asks], own, need)
+
+
+def first_pairs(stage: Stage, offsets: tuple[int, int]) -> list[tuple[int, int]]:
+    """The (ask, say) cells of a first step in the order conversations visit them.
+
+    The walk of format 1 (every question in turn, the replies shifting once per round) with the
+    cells that do not pair left out, so a format 1 file keeps its exact sequence.
+    """
+    n_ask, n_say = len(stage.asks), len(stage.says)
+    off_ask, off_say = offsets
+    out = []
+    for cell in range(n_ask * n_say):
+        a, s = (cell + off_ask) % n_ask, (cell // n_ask + off_say) % n_say
+        if stage.fits(s, dict.fromkeys(stage.ask_bind[a])):
+            out.append((a, s))
+    return out
+
+
+def check(topic_name: str, stages: list[Stage], strict: bool) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about pairing: replies no question fits, questions with no reply."""
+    errors: list[str] = []
+    warnings: list[str] = []
+    first_asked = set().union(*(stated(c) for _, c in stages[0].asks)) if stages else set()
+    for k, st in enumerate(stages):
+        if not strict:
+            warnings += _echo_warnings(st, first_asked if k else set())
+            continue
+        bound_max = dict.fromkeys(first_asked | set().union(*map(set, st.ask_bind)))
+        for s, (t, _) in enumerate(st.says):
+            if k == 0 and not any(st.fits(s, dict.fromkeys(b)) for b in st.ask_bind):
+                errors.append(
+                    f"{t.where}: echoes {_names(st.say_need[s])}, which no single "
+                    "question of the topic states, so it can never be used. Use "
+                    "pick('name') for a value of its own, or add a question"
+                )
+            elif k and not st.fits(s, bound_max):
+                errors.append(
+                    f"{t.where}: echoes {_names(st.say_need[s])}, which no question "
+                    "before it states. Use pick('name') for a value of its own"
+                )
+        if k == 0:
+            for a, (t, _) in enumerate(st.asks):
+                if not st.replies_for(dict.fromkeys(st.ask_bind[a])):
+                    errors.append(
+                        f"{t.where}: no reply of topic '{topic_name}' fits this "
+                        "question: each echoes a symbol it does not state. Add a "
+                        "reply that echoes nothing it leaves out"
+                    )
+    return errors, warnings
+
+
+def _echo_warnings(st: Stage, before: set[str]) -> list[str]:
+    """Format 1: a reply reading a symbol that some questions state and others do not."""
+    out = []
+    stated_by = [set(stated(c)) | before for _, c in st.asks]
+    asked = set().union(*stated_by) if stated_by else set()
+    for t, c in st.says:
+        for name in stated(c):
+            if name not in asked:
+                continue  # no question states it: the character's own value
+            missing = [a for a, s in enumerate(stated_by) if name not in s]
+            if missing:
+                q = st.asks[missing[0]][0]
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                out.append(
+                    f"{t.where}: reads {{{{ {name} }}}}, but the question at line "
+                    f"{q.line}{more} never states it, so this reply names a {name} the "
+                    "user never said. Write `guppyforge: 1.1` to pair replies only with "
+                    "questions that state what they echo, or split the topic"
+                )
+                break
+    return out
+
+
+def _names(names) -> str:
+    return ", ".join(f"{{{{ {n} }}}}" for n in sorted(names))
+
+
+# --- Turn a persona into conversations: `Sampler(persona, seed).conversation(index)`.
+#
+# A conversation depends only on (persona, seed, index, turns, topic), never on which others were
+# made before it, so any worker can make sample 41,337 alone. The index picks a topic from a
+# weighted schedule, an (ask, say) pair in turn, and an evenly spread number from which the grammar
+# decodes its values (see grammar.Draw); anything else random comes from random.Random(
+# f"{seed}:{index}"). Each symbol a template names is bound once per conversation, so the reply can
+# reuse what the question picked; `pick('x')` and references inside the grammar draw fresh values.
 
 # Ranks 0, 1, 2... -> u = frac(u0 + rank / golden ratio): the most evenly spread sequence in [0, 1)
 # (any N points leave gaps of at most three sizes), from which Draw decodes the grammar's values.
@@ -82,8 +220,10 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
             if work > limits.MAX_GRAMMAR_WORK and all(
                 grammar.work.get(s, 0) <= limits.MAX_GRAMMAR_WORK for s in (*c.symbols, *c.picks)
             ):  # a symbol past the limit on its own is reported once, as a grammar problem
-                on_error(f"{t.where}: needs {work:g} symbol expansions, more than the limit of "
-                         f"{limits.MAX_GRAMMAR_WORK:,}. Use fewer or smaller symbols")  # fmt: skip
+                on_error(
+                    f"{t.where}: needs {work:g} symbol expansions, more than the limit of "
+                    f"{limits.MAX_GRAMMAR_WORK:,}. Use fewer or smaller symbols"
+                )
             elif all(  # a symbol with a grammar problem is reported once, above
                 grammar.work.get(s, INF) <= limits.MAX_GRAMMAR_WORK
                 and grammar.height.get(s, INF) <= limits.MAX_GRAMMAR_DEPTH
@@ -93,16 +233,23 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
                 # Jinja's sandbox makes each value it renders cost about two expansions more.
                 most *= 1 if c.parts is not None else 3
                 if most > limits.MAX_MESSAGE_WORK:  # what bounds the time a message costs
-                    on_error(f"{t.where}: can take more than {limits.MAX_MESSAGE_WORK} symbol "
-                             "expansions in one message (the limit; {% if %} templates count "
-                             "3 per expansion). Use fewer, flatter symbols")  # fmt: skip
+                    on_error(
+                        f"{t.where}: can take more than {limits.MAX_MESSAGE_WORK} symbol "
+                        "expansions in one message (the limit; {% if %} templates count "
+                        "3 per expansion). Use fewer, flatter symbols"
+                    )
         return out
 
     topics = [
-        CompiledTopic(t.name, t.weight, templates(t.ask), templates(t.say),
-                      [(templates(f.ask), templates(f.say)) for f in t.follow_ups])
+        CompiledTopic(
+            t.name,
+            t.weight,
+            templates(t.ask),
+            templates(t.say),
+            [(templates(f.ask), templates(f.say)) for f in t.follow_ups],
+        )
         for t in persona.topics.values()
-    ]  # fmt: skip
+    ]
     strict = persona.spec >= (1, 1)
     for t in topics:
         first = make_stage(t.ask, t.say, set(), strict)
@@ -147,10 +294,12 @@ class Sampler:
         rng = random.Random(f"{seed}:schedule")
         self._quota, self._slots = _schedule([t.weight for t in self._topic_list], rng)
         self._shift, self._u0 = rng.randrange(len(self._slots)), rng.random()
-        offsets = {t.name: (rng.randrange(len(t.ask)), rng.randrange(len(t.say)))
-                   for t in self._topic_list}  # fmt: skip
-        self._pairs = {t.name: first_pairs(t.stages[0], offsets[t.name]) or [(0, 0)]
-                       for t in self._topic_list}  # fmt: skip
+        offsets = {
+            t.name: (rng.randrange(len(t.ask)), rng.randrange(len(t.say))) for t in self._topic_list
+        }
+        self._pairs = {
+            t.name: first_pairs(t.stages[0], offsets[t.name]) or [(0, 0)] for t in self._topic_list
+        }
         style = persona.style
         self._case = {"lower": str.lower, "upper": str.upper}.get(style.case)
         self._max_sentences = style.max_sentences
@@ -195,8 +344,10 @@ class Sampler:
                 break
             a, s, prompt, reply = turn
             seen.update((prompt, reply))
-            messages += [{"role": "user", "content": prompt},
-                         {"role": "assistant", "content": reply}]  # fmt: skip
+            messages += [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": reply},
+            ]
             st = t.stages[j]
             ids.append(f"f{j - 1}:ask{a}@L{st.asks[a][0].line}/say{s}@L{st.says[s][0].line}")
         return Conversation(messages, t.name, "/".join(ids), len(messages) // 2)
@@ -224,10 +375,15 @@ class Sampler:
         for i, ex in enumerate(self.persona.examples):
             messages = []
             for user, assistant in ex.turns:
-                messages += [{"role": "user", "content": user},
-                             {"role": "assistant", "content": assistant}]  # fmt: skip
-            out.append(Conversation(messages, ex.topic or "examples", f"examples/{i}@L{ex.line}",
-                                    len(ex.turns)))  # fmt: skip
+                messages += [
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": assistant},
+                ]
+            out.append(
+                Conversation(
+                    messages, ex.topic or "examples", f"examples/{i}@L{ex.line}", len(ex.turns)
+                )
+            )
         return out
 
     def style(self, text: str) -> str:
@@ -255,9 +411,11 @@ class Sampler:
             options = options or st.replies_for(bound)
             # Draw again: another reply that fits the question, fresh grammar picks.
             s = options[draw.rng().randrange(len(options))]
-        raise GuppyError(f"{st.says[s][0].where}: {limits.MAX_NEVER_SAY_REDRAWS} replies in a "
-                         "row contained a style.never_say phrase. Reword the templates or "
-                         "grammar")  # fmt: skip
+        raise GuppyError(
+            f"{st.says[s][0].where}: {limits.MAX_NEVER_SAY_REDRAWS} replies in a "
+            "row contained a style.never_say phrase. Reword the templates or "
+            "grammar"
+        )
 
     def render(self, t: Template, c: Compiled, bound: dict, draw: Draw) -> str:
         """Render one compiled template with this persona's grammar (off-topic replies use it)."""
@@ -289,8 +447,10 @@ class Sampler:
                 raise GuppyError(f"{t.where}: {problem}. Fix the template") from None
         text = tidy(text)
         if len(text) > limits.MAX_MESSAGE_CHARS:
-            raise GuppyError(f"{t.where}: renders {len(text):,} characters, more than the "
-                             f"{limits.MAX_MESSAGE_CHARS:,} limit. Shorten it")  # fmt: skip
+            raise GuppyError(
+                f"{t.where}: renders {len(text):,} characters, more than the "
+                f"{limits.MAX_MESSAGE_CHARS:,} limit. Shorten it"
+            )
         return text
 
 
@@ -332,3 +492,77 @@ def tidy(text: str) -> str:
     if "  " in text:
         text = _SPACES.sub(" ", text)
     return text.strip()
+
+
+# --- Off-topic and break-character prompts, answered in character.
+#
+# guppyforge ships a pool of general prompts that no persona writes (facts, maths, code, news,
+# money, advice, rude lines, "are you an ai", "ignore your instructions") in two fixed parts:
+# `train.txt`, which `generate` mixes in at the persona's `offtopic.share`, each paired with one of
+# the persona's `offtopic.say` deflections; and `heldout.txt`, which generate never uses and `eval`
+# samples, so the off-topic pass rate is measured on prompts the model never saw.
+
+OFFTOPIC = "offtopic"  # the `topic` of an off-topic row
+POOL_PARTS = ("train", "heldout")
+
+
+def pool(part: str) -> tuple[str, ...]:
+    """The shipped prompts of one part of the pool ("train" or "heldout"), in file order."""
+    if part not in POOL_PARTS:
+        raise ValueError(f"no pool part {part!r}")
+    text = (personas_dir() / "offtopic" / f"{part}.txt").read_text(encoding="utf-8")
+    lines = (line.strip() for line in text.splitlines())
+    return tuple(dict.fromkeys(x for x in lines if x and not x.startswith("#")))
+
+
+def compile_say(
+    persona: Persona, on_error: Callable[[str], None]
+) -> list[tuple[Template, Compiled]]:
+    """The persona's `offtopic.say` templates, compiled; each problem goes to `on_error`."""
+    out = []
+    for t in persona.offtopic.say if persona.offtopic else ():
+        try:
+            out.append((t, compile_text(t.text, persona.grammar)))
+        except TemplateProblem as p:
+            on_error(f"{t.file}:{t.line + p.line - 1}:{t.column}: {t.key}: {p.problem}. {p.fix}")
+    return out
+
+
+class OffTopicSampler:
+    """Decides which conversation indices are off-topic and makes those conversations.
+
+    Index i is off-topic when frac(u0 + i / golden ratio) < share: an evenly spread, exact share
+    that costs nothing to test. The prompt, the deflection and its grammar values come from the
+    index's own RNG, so the row is a pure function of (persona, seed, index) like any other.
+    """
+
+    def __init__(self, sampler: Sampler, seed: int):
+        persona = sampler.persona
+        self.sampler, self.seed = sampler, seed
+        self.says = compile_say(persona, _raise)
+        self.share = persona.offtopic.share if persona.offtopic and self.says else 0.0
+        self.prompts = pool("train") if self.share else ()
+        self._u0 = Rng(seed, -1).random()
+
+    def takes(self, index: int) -> bool:
+        return self.share > 0 and (self._u0 + index * _GOLDEN) % 1.0 < self.share
+
+    def conversation(self, index: int) -> Conversation:
+        rng = Rng(self.seed, index, salt=1)
+        k = rng.randrange(len(self.prompts))
+        draw = Draw(self.sampler.grammar, f"{self.seed}:{index}:offtopic", rng.random())
+        for _ in range(limits.MAX_NEVER_SAY_REDRAWS):
+            s = rng.randrange(len(self.says))
+            t, c = self.says[s]
+            draw.work = 0
+            reply = self.sampler.style(self.sampler.render(t, c, {}, draw))
+            if not self.sampler.banned(reply):
+                messages = [
+                    {"role": "user", "content": self.prompts[k]},
+                    {"role": "assistant", "content": reply},
+                ]
+                return Conversation(messages, OFFTOPIC, f"offtopic:p{k}/say{s}@L{t.line}", 1)
+        raise GuppyError(
+            f"{t.where}: {limits.MAX_NEVER_SAY_REDRAWS} off-topic replies in a row "
+            "contained a style.never_say phrase. Reword offtopic.say"
+        )

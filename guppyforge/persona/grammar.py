@@ -53,8 +53,10 @@ class Grammar:
         self._most: dict[tuple[str, int], int] = {}
         for rule in rules.values():
             rule.cum = list(itertools.accumulate(rule.weights))
-            rule.heights = [1 + max((self.height.get(r, INF) for r in rule.refs(i)), default=0)
-                            for i in range(len(rule.alts))]  # fmt: skip
+            rule.heights = [
+                1 + max((self.height.get(r, INF) for r in rule.refs(i)), default=0)
+                for i in range(len(rule.alts))
+            ]
             rule.deepest = max(rule.heights, default=INF)
 
     def most(self, name: str, room: int = limits.MAX_GRAMMAR_DEPTH) -> int:
@@ -89,16 +91,33 @@ class Grammar:
         out = []
         if never:
             where, also = self._worst(never, lambda n: 0)
-            out.append((where, f"can never finish: every alternative leads back into a loop{also}",
-                        "Add an alternative of plain text"))  # fmt: skip
+            out.append(
+                (
+                    where,
+                    f"can never finish: every alternative leads back into a loop{also}",
+                    "Add an alternative of plain text",
+                )
+            )
         if deep:
             where, also = self._worst(deep, self.height.get)
-            out.append((where, f"needs {max(map(self.height.get, deep)):g} nested symbols, more "
-                        f"than the limit of {depth}{also}", "Make the grammar flatter"))  # fmt: skip
+            out.append(
+                (
+                    where,
+                    f"needs {max(map(self.height.get, deep)):g} nested symbols, more "
+                    f"than the limit of {depth}{also}",
+                    "Make the grammar flatter",
+                )
+            )
         if heavy:
             where, also = self._worst(heavy, self.work.get)
-            out.append((where, f"needs {max(map(self.work.get, heavy)):,g} expansions, more than "
-                        f"the limit of {work:,}{also}", "Make the grammar smaller"))  # fmt: skip
+            out.append(
+                (
+                    where,
+                    f"needs {max(map(self.work.get, heavy)):,g} expansions, more than "
+                    f"the limit of {work:,}{also}",
+                    "Make the grammar smaller",
+                )
+            )
         return out
 
     def _worst(self, names: list[str], cost: Callable) -> tuple[str, str]:
@@ -224,8 +243,10 @@ class Draw:
         rule = self.rules[name]
         self.work += 1
         if self.work > limits.MAX_GRAMMAR_WORK:
-            raise GuppyError(f"{rule.where}: more than {limits.MAX_GRAMMAR_WORK:,} expansions in "
-                             "one conversation. Make the grammar less recursive")  # fmt: skip
+            raise GuppyError(
+                f"{rule.where}: more than {limits.MAX_GRAMMAR_WORK:,} expansions in "
+                "one conversation. Make the grammar less recursive"
+            )
         alts = rule.alts
         if len(alts) == 1:
             alt = alts[0]
@@ -261,8 +282,10 @@ class Draw:
                 out.append(value)
         text = "".join(out)
         if len(text) > limits.MAX_MESSAGE_CHARS:
-            raise GuppyError(f"{rule.where}: expands to more than {limits.MAX_MESSAGE_CHARS:,} "
-                             "characters. Shorten the alternatives")  # fmt: skip
+            raise GuppyError(
+                f"{rule.where}: expands to more than {limits.MAX_MESSAGE_CHARS:,} "
+                "characters. Shorten the alternatives"
+            )
         return text
 
     def _choose(self, rule: Rule, depth: int) -> int:

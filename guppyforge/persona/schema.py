@@ -1,17 +1,33 @@
-"""The persona schema: walks a parsed YAML file and builds a `Persona`, collecting every error.
+"""The persona format: a parsed YAML file walked into a typed `Persona`, every error collected.
 
-Each error is one line, `file:line:col: key.path: problem. fix`, ready for `guppyforge validate`.
-Templates are only stored here; load.py compiles them (conversations.compile_persona) afterwards.
+`load_persona(path)` is the door: safe YAML (yamlsafe.py), then this schema, then the checks
+that need the whole persona (templates compile, symbols exist). `validate_persona` adds what
+validate reports on top. Format versions 1.0-1.2 load; anything else gets an upgrade message.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from guppyforge.errors import GuppyError
 from guppyforge.persona import limits
+from guppyforge.persona.checks import (
+    pairing_problems,
+    placeholder_warnings,
+    reply_lints,
+    sentence_warnings,
+    smoke_test,
+)
+from guppyforge.persona.conversations import (
+    Sampler,
+    compile_persona,
+    compile_say,
+    remember_compiled,
+)
+from guppyforge.persona.forecast import capacity, forecast
 from guppyforge.persona.templating import RESERVED, did_you_mean
 from guppyforge.persona.types import (
     Alternative,
@@ -20,18 +36,42 @@ from guppyforge.persona.types import (
     OffTopic,
     Persona,
     Probe,
+    Report,
     Style,
     Symbol,
     Template,
     Topic,
     Variation,
 )
-from guppyforge.persona.yamlsafe import Doc
+from guppyforge.persona.yamlsafe import Doc, read_yaml
+
+# --- The persona schema: walks a parsed YAML file and builds a `Persona`, collecting every error.
+#
+# Each error is one line, `file:line:col: key.path: problem. fix`, ready for `guppyforge validate`.
+# Templates are only stored here; load.py compiles them (conversations.compile_persona) afterwards.
 
 _KEYS = {
-    (): {"guppyforge", "name", "display_name", "summary", "author", "license", "version",
-         "language", "tags", "notes", "extensions", "style", "grammar", "topics", "examples",
-         "probes", "turns", "variation", "offtopic"},
+    (): {
+        "guppyforge",
+        "name",
+        "display_name",
+        "summary",
+        "author",
+        "license",
+        "version",
+        "language",
+        "tags",
+        "notes",
+        "extensions",
+        "style",
+        "grammar",
+        "topics",
+        "examples",
+        "probes",
+        "turns",
+        "variation",
+        "offtopic",
+    },
     ("style",): {"case", "max_sentences", "never_say"},
     ("alternative",): {"text", "weight"},
     ("topic",): {"weight", "ask", "say", "follow_ups"},
@@ -41,7 +81,7 @@ _KEYS = {
     ("probe",): {"ask", "expect_any", "forbid"},
     ("variation",): {"share", "case", "punctuation", "typo", "filler", "name", "contraction"},
     ("offtopic",): {"share", "say"},
-}  # fmt: skip
+}
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _NUMBER = re.compile(r"\d{1,6}(\.\d{1,6})?")
 
@@ -83,8 +123,11 @@ class Reader:
         if value is None and not nonempty:
             return ()
         if not isinstance(value, list) or (nonempty and not value):
-            self.error(path, "must be a non-empty list" if nonempty else "must be a list",
-                       "Write [a, b] or one '- item' per line")  # fmt: skip
+            self.error(
+                path,
+                "must be a non-empty list" if nonempty else "must be a list",
+                "Write [a, b] or one '- item' per line",
+            )
             return ()
         return tuple(self.text((*path, i), v) for i, v in enumerate(value))
 
@@ -129,27 +172,53 @@ class Reader:
         grammar = self._grammar(d.get("grammar") or {})
         self.grammar_ok = len(self.errors) == before
         topics = self._topics(d.get("topics") or {}) if "topics" in d else {}
-        t = {k: self.text((k,), d.get(k), optional=True) for k in
-             ("display_name", "summary", "author", "license", "version", "language", "notes")}  # fmt: skip
+        t = {
+            k: self.text((k,), d.get(k), optional=True)
+            for k in (
+                "display_name",
+                "summary",
+                "author",
+                "license",
+                "version",
+                "language",
+                "notes",
+            )
+        }
         return Persona(
-            name=name, display_name=t["display_name"] or name, summary=t["summary"], style=style,
-            grammar=grammar, topics=topics, examples=self._examples(d.get("examples"), topics),
-            probes=self._probes(d.get("probes"), style), author=t["author"], license=t["license"],
-            version=t["version"], language=t["language"] or "en",
-            tags=self.texts(("tags",), d.get("tags")), notes=t["notes"],
+            name=name,
+            display_name=t["display_name"] or name,
+            summary=t["summary"],
+            style=style,
+            grammar=grammar,
+            topics=topics,
+            examples=self._examples(d.get("examples"), topics),
+            probes=self._probes(d.get("probes"), style),
+            author=t["author"],
+            license=t["license"],
+            version=t["version"],
+            language=t["language"] or "en",
+            tags=self.texts(("tags",), d.get("tags")),
+            notes=t["notes"],
             extensions=extensions if isinstance(extensions, dict) else {},
-            path=self.doc.path, sha256=self.doc.sha256, raw=data, spec=spec,
+            path=self.doc.path,
+            sha256=self.doc.sha256,
+            raw=data,
+            spec=spec,
             turns=self._turns(d.get("turns"), spec),
             variation=self._variation(d.get("variation"), spec, "variation" in d),
             offtopic=self._offtopic(d.get("offtopic"), spec),
-        )  # fmt: skip
+        )
 
     def _version(self, v: Any) -> tuple[int, int]:
         """The declared format as (major, minor); "1.1" is read as written, not as a float."""
         path = ("guppyforge",)
         if v is None:
-            self.error((), "missing the spec version key 'guppyforge'", "Add `guppyforge: 1` "
-                       f"as the first line (`{limits.SPEC_VERSION}` for the newest features)")  # fmt: skip
+            self.error(
+                (),
+                "missing the spec version key 'guppyforge'",
+                "Add `guppyforge: 1` "
+                f"as the first line (`{limits.SPEC_VERSION}` for the newest features)",
+            )
             return (1, 0)
         text = self.doc.texts.get(path, v) if not isinstance(v, str) else v
         text = text.strip() if isinstance(text, str) else None
@@ -157,13 +226,20 @@ class Reader:
             return limits.SPEC_VERSIONS[text]
         known = " or ".join(dict.fromkeys(k for k in limits.SPEC_VERSIONS if k != "1.0"))
         if text and _NUMBER.fullmatch(text) and float(text) > float(limits.SPEC_VERSION):
-            self.error(path, f"this file uses persona format {text}; this guppyforge reads up "
-                       f"to {limits.SPEC_VERSION}", "Upgrade: pip install -U guppyforge")  # fmt: skip
+            self.error(
+                path,
+                f"this file uses persona format {text}; this guppyforge reads up "
+                f"to {limits.SPEC_VERSION}",
+                "Upgrade: pip install -U guppyforge",
+            )
         else:  # a long or odd value is shortened: the error must stay one readable line
             shown = repr(v if text is None else text)
             shown = shown if len(shown) <= 24 else f"{shown[:20]}...' ({len(str(text)):,} chars)"
-            self.error(path, f"spec version must be {known}, not {shown}",
-                       f"Write `guppyforge: {limits.SPEC_VERSION}`")  # fmt: skip
+            self.error(
+                path,
+                f"spec version must be {known}, not {shown}",
+                f"Write `guppyforge: {limits.SPEC_VERSION}`",
+            )
         return (1, 0)
 
     def _turns(self, value: Any, spec: tuple[int, int]) -> tuple[tuple[int, float], ...]:
@@ -172,8 +248,12 @@ class Reader:
         if value is None:
             return ()
         if spec < (1, 1):
-            self.error(path, "`turns` needs persona format 1.1", "Write `guppyforge: 1.1` as "
-                       "the first line", key=True)  # fmt: skip
+            self.error(
+                path,
+                "`turns` needs persona format 1.1",
+                "Write `guppyforge: 1.1` as the first line",
+                key=True,
+            )
             return ()
         if not isinstance(value, dict) or not value:
             self.error(path, "must be a mapping of turns: weight", "Write e.g. {1: 6, 2: 3, 3: 1}")
@@ -182,8 +262,12 @@ class Reader:
         for k, w in value.items():
             n = int(k) if str(k).isdigit() and len(str(k)) <= 3 else 0
             if not 1 <= n <= limits.MAX_TURNS:
-                self.error((*path, k), f"'{k}' is not a number of turns from 1 to "
-                           f"{limits.MAX_TURNS}", "Use keys 1, 2, 3...", key=True)  # fmt: skip
+                self.error(
+                    (*path, k),
+                    f"'{k}' is not a number of turns from 1 to {limits.MAX_TURNS}",
+                    "Use keys 1, 2, 3...",
+                    key=True,
+                )
                 continue
             out.append((n, self.weight((*path, k), w)))
         return tuple(sorted(out))
@@ -193,14 +277,19 @@ class Reader:
         if spec >= version:
             return True
         v = ".".join(map(str, version))
-        self.error((key,), f"`{key}` needs persona format {v}", f"Write `guppyforge: {v}` as "
-                   "the first line", key=True)  # fmt: skip
+        self.error(
+            (key,),
+            f"`{key}` needs persona format {v}",
+            f"Write `guppyforge: {v}` as the first line",
+            key=True,
+        )
         return False
 
     def _share(self, path: tuple, value: Any, most: float = 1.0) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= most:
-            self.error(path, f"must be a number from 0 to {most:g}, not {value!r}",
-                       "Write e.g. 0.3")  # fmt: skip
+            self.error(
+                path, f"must be a number from 0 to {most:g}, not {value!r}", "Write e.g. 0.3"
+            )
             return 0.0
         return float(value)
 
@@ -213,8 +302,13 @@ class Reader:
         if value is False or value == "off" or value is None:
             return Variation(share=0.0)
         v = self.mapping(("variation",), value, ("variation",))
-        return Variation(**{k: self._share(("variation", k), x) for k, x in v.items()
-                            if k in _KEYS[("variation",)]})  # fmt: skip
+        return Variation(
+            **{
+                k: self._share(("variation", k), x)
+                for k, x in v.items()
+                if k in _KEYS[("variation",)]
+            }
+        )
 
     def _offtopic(self, value: Any, spec: tuple[int, int]) -> OffTopic | None:
         """`offtopic: {share: 0.08, say: [...]}`: how the character deflects the shipped pool."""
@@ -232,8 +326,11 @@ class Reader:
             self.error(("style", "case"), f"must be lower, upper or keep, not '{case}'", hint)
         n = s.get("max_sentences")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-            self.error(("style", "max_sentences"), f"must be a whole number >= 1, not {n!r}",
-                       "Write e.g. 3, or remove it")  # fmt: skip
+            self.error(
+                ("style", "max_sentences"),
+                f"must be a whole number >= 1, not {n!r}",
+                "Write e.g. 3, or remove it",
+            )
             n = None
         never = self.texts(("style", "never_say"), s.get("never_say"))
         return Style(case, n, tuple(p.lower() for p in never if p.strip()))
@@ -244,18 +341,29 @@ class Reader:
             return {}
         g = value
         if len(g) > limits.MAX_SYMBOLS:
-            self.error(("grammar",), f"{len(g):,} symbols, more than the {limits.MAX_SYMBOLS:,} "
-                       "limit", "Split the persona")  # fmt: skip
+            self.error(
+                ("grammar",),
+                f"{len(g):,} symbols, more than the {limits.MAX_SYMBOLS:,} limit",
+                "Split the persona",
+            )
             return {}
         out = {}
         for name, alts in g.items():
             path = ("grammar", name)
             if not name.isidentifier() or name in RESERVED:
-                self.error(path, f"'{name}' cannot be a symbol name", "Use letters, digits and _, "
-                           "not starting with a digit (and not pick/true/false/none)", key=True)  # fmt: skip
+                self.error(
+                    path,
+                    f"'{name}' cannot be a symbol name",
+                    "Use letters, digits and _, "
+                    "not starting with a digit (and not pick/true/false/none)",
+                    key=True,
+                )
             if isinstance(alts, list) and len(alts) > limits.MAX_ALTERNATIVES:
-                self.error(path, f"{len(alts):,} alternatives, more than the "
-                           f"{limits.MAX_ALTERNATIVES:,} limit", "Split the symbol")  # fmt: skip
+                self.error(
+                    path,
+                    f"{len(alts):,} alternatives, more than the {limits.MAX_ALTERNATIVES:,} limit",
+                    "Split the symbol",
+                )
                 continue
             items = []
             if not isinstance(alts, list) or not alts:
@@ -273,8 +381,11 @@ class Reader:
 
     def _topics(self, value: Any) -> dict[str, Topic]:
         if not isinstance(value, dict) or not value:
-            self.error(("topics",), "must be a mapping with at least one topic", "Add a topic "
-                       "with ask: and say: lists")  # fmt: skip
+            self.error(
+                ("topics",),
+                "must be a mapping with at least one topic",
+                "Add a topic with ask: and say: lists",
+            )
             return {}
         out = {}
         for name, t in value.items():
@@ -342,3 +453,76 @@ def _dotted(path: tuple) -> str:
 
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", type(None): "empty"}.get(type(value), repr(value))
+
+
+# --- Load a persona YAML file into typed, frozen objects, checking everything a user can get wrong.
+#
+# `load_persona` raises the first problem as a one-line `GuppyError`; `validate_persona` collects
+# every problem, the warnings and the capacity report for `guppyforge validate`. The format is
+# documented in docs/persona-format.md.
+
+
+def load_persona(path: str | Path) -> Persona:
+    """Load and fully check a persona file; raise GuppyError with the first problem."""
+    persona, errors, _, _ = _load(path)
+    if errors:
+        raise GuppyError(errors[0])
+    return persona
+
+
+def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> Report:
+    """Check a persona and report every problem, every warning and its capacity."""
+    try:
+        persona, errors, warnings, doc = _load(path)
+    except GuppyError as exc:  # the file could not be read as YAML at all
+        return Report([str(exc)], [])
+    if errors:
+        return Report(errors, warnings)
+    errors += smoke_test(persona)
+    if errors:
+        return Report(errors, warnings)
+    sampler = Sampler(persona)
+    warnings += sentence_warnings(sampler) + placeholder_warnings(persona, doc.at)
+    warnings += reply_lints(sampler.compiled)
+    table = capacity(persona)
+    total = sum(c.conversations for c in table.values())
+    if total < target:
+        warnings.append(
+            f"{doc.at(('topics',), key=True)}: capacity: {total:,} distinct conversations, fewer "
+            f"than the {target:,} requested. Add alternatives or templates"
+        )
+    predicted = forecast(persona, target, sampler=sampler)
+    warnings += [p.warning(target) for p in predicted.pairs if p.dry]
+    weights = sum(t.weight for t in persona.topics.values())
+    for name, t in persona.topics.items():
+        share = target * t.weight / weights
+        rows = predicted.rows[name]
+        if abs(rows - share) > max(0.10 * share, 10):  # as generate warns, but before drawing
+            where = t.ask[0] if t.ask else None
+            at = f"{where.file}:{where.line}:{where.column}" if where else str(persona.path)
+            warnings.append(
+                f"{at}: topics.{name}: about {rows:,} rows predicted for "
+                f"-n {target:,}, but its weight asks for {round(share):,}. Fix its "
+                "dry pairs (above), or change its weight"
+            )
+    return Report(errors, warnings, table, predicted)
+
+
+def _load(path: str | Path) -> tuple[Persona, list[str], list[str], object]:
+    r = Reader(read_yaml(path))
+    persona = r.persona()
+    # Templates are checked even after other schema errors, so one run reports every problem.
+    compiled = compile_persona(persona, r.errors.append if r.grammar_ok else lambda e: None)
+    for _, c in compile_say(persona, r.errors.append if r.grammar_ok else lambda e: None):
+        compiled.used_symbols.update(c.symbols, c.picks)
+    if not r.errors:  # pairing only means something once every template compiled
+        errors, warnings = pairing_problems(compiled, persona.spec >= (1, 1))
+        r.errors += errors
+        r.warnings += warnings
+    if not r.errors:  # after an error, "unused" is likely noise (a refused template uses nothing)
+        used = set(compiled.used_symbols)
+        for name, sym in persona.grammar.items():
+            if name not in used:
+                r.warnings.append(f"{sym.where}: symbol is never used. Use it or delete it")
+        remember_compiled(persona, compiled)  # a Sampler of this persona need not parse again
+    return persona, r.errors, r.warnings, r.doc

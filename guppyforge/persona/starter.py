@@ -6,10 +6,8 @@ import re
 from pathlib import Path
 
 from guppyforge.errors import GuppyError
-from guppyforge.files import write_atomic
-from guppyforge.ownership import claim_file, guard
-from guppyforge.persona.load import load_persona
-from guppyforge.resources import builtin_persona, templates_dir
+from guppyforge.files import builtin_persona, claim_file, guard, templates_dir, write_atomic
+from guppyforge.persona.schema import load_persona
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # The top-level `name:` key and its value (plain or quoted), leaving any comment after it.
@@ -22,10 +20,14 @@ def starter_text(name: str) -> str:
 
     # [[ ]] and [% %] delimiters: the starter itself is full of persona {{ templates }}.
     env = Environment(
-        variable_start_string="[[", variable_end_string="]]",
-        block_start_string="[%", block_end_string="%]",
-        undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False,
-    )  # fmt: skip
+        variable_start_string="[[",
+        variable_end_string="]]",
+        block_start_string="[%",
+        block_end_string="%]",
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     source = (templates_dir() / "persona.yaml.j2").read_text(encoding="utf-8")
     display = re.sub(r"[-_]+", " ", name).title()
     return env.from_string(source).render(name=name, display_name=display)

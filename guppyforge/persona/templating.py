@@ -1,9 +1,9 @@
-"""Persona templates: a Jinja2 sandbox with a whitelist, and a fast path for plain text + symbols.
+"""Persona templates: a Jinja2 sandbox with a whitelist, English inflection filters, and a fast
+path for plain text + symbols.
 
-Every template is parsed once at load time and its syntax tree checked against a whitelist, so a
-stranger's file can neither reach Python objects (`x.__class__`) nor loop, and render work stays
-linear in the template's size. Templates that are only text and `{{ name | filter }}` (nearly all
-of them) compile to a list of parts that Python joins directly: no Jinja call per sample.
+A stranger's template can never run code: the sandbox sees only the grammar's symbols, `pick`,
+and the filters here (plural, singular, a_an, verb from the inflect package, plus a few string
+ones). Most templates are plain text with `{{ symbol }}`; those skip Jinja entirely.
 """
 
 from __future__ import annotations
@@ -18,8 +18,103 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from guppyforge.persona.inflection import a_an, plural, singular, verb
 from guppyforge.persona.limits import MAX_MESSAGE_CHARS, MAX_TAG_TOKENS, MAX_TEMPLATE_NESTING
+
+# --- English inflection for persona filters: plural, singular, a/an, and verb agreement.
+#
+# Everything comes from the `inflect` library (a kept dictionary of irregular nouns and verbs, and
+# of compounds: "cup of tea" -> "cups of tea"), never from rules written here. Each filter is a pure
+# function of one bounded string, cached: a persona renders the same few values over and over, and
+# nothing a persona writes reaches inflect's engine except a short string to inflect.
+
+_MAX_INFLECT = 80  # characters: longer text is returned as it is (bounds inflect's regex work)
+
+
+@lru_cache(maxsize=1)
+def _engine():
+    import inflect
+
+    engine = inflect.engine()
+    engine.classical(all=False)  # everyday English: "operas", not "opera" as the plural of "opus"
+    return engine
+
+
+def _inflectable(text: str) -> bool:
+    word = text.rpartition(" ")[2].replace("-", "")
+    return 0 < len(text) <= _MAX_INFLECT and word.isascii() and word.isalpha()
+
+
+@lru_cache(maxsize=4096)
+def is_plural(text: str) -> bool:
+    """True when `text` reads as a plural noun phrase ("spiders", "long walks"; not "fish")."""
+    text = str(text)
+    if not _inflectable(text):
+        return False
+    engine = _engine()
+    single = engine.singular_noun(text)
+    if not single or single == text or engine.plural_noun(single) != text:
+        return False
+    # inflect also strips the s of a singular that ends in one (octopus -> "octopu", glass ->
+    # "glas"): such a word's own plural adds -es (octopuses, glasses), a plural's adds only -s.
+    head = text.partition(" of ")[0]
+    return engine.plural_noun(head) != head + "es"
+
+
+@lru_cache(maxsize=4096)
+def plural(text: str) -> str:
+    """Plural of a noun phrase: e-reader -> e-readers, cup of tea -> cups of tea, mouse -> mice.
+    Already plural (or not English letters): unchanged."""
+    text = str(text)
+    if not _inflectable(text) or is_plural(text):
+        return text
+    return _keep_case(text, _engine().plural_noun(text.lower()))
+
+
+@lru_cache(maxsize=4096)
+def singular(text: str) -> str:
+    """Singular of a noun phrase: spiders -> spider, cups of tea -> cup of tea, mice -> mouse."""
+    text = str(text)
+    if not _inflectable(text):
+        return text
+    return _keep_case(text, _engine().singular_noun(text.lower()) or text.lower())
+
+
+@lru_cache(maxsize=4096)
+def a_an(text: str) -> str:
+    """Prefix the right English article: apple -> an apple, unicorn -> a unicorn, hour -> an hour;
+    a plural takes none (keys -> keys)."""
+    text = str(text)
+    if not text[:1].isascii() or not text[:1].isalpha() or len(text) > _MAX_INFLECT:
+        return text  # digits or another script: no article rule we can trust
+    if is_plural(text):
+        return text
+    return _engine().a(text)
+
+
+@lru_cache(maxsize=4096)
+def verb(subject: str, form: str) -> str:
+    """`form` (a verb as it goes with "it": is, has, does, frightens) agreeing with `subject`:
+    `{{ thing }} {{ thing | verb('is') }}` -> "spiders are", "the sea is"."""
+    subject, form = str(subject), str(form)
+    if len(form) > _MAX_INFLECT or not is_plural(subject):
+        return form
+    return _keep_case(form, _engine().plural_verb(form.lower()))
+
+
+def _keep_case(original: str, out: str) -> str:
+    if original.isupper() and len(original) > 1:
+        return out.upper()
+    if original[:1].isupper():
+        return out[:1].upper() + out[1:]
+    return out
+
+
+# --- Persona templates: a Jinja2 sandbox with a whitelist, and a fast path for plain text + symbols.
+#
+# Every template is parsed once at load time and its syntax tree checked against a whitelist, so a
+# stranger's file can neither reach Python objects (`x.__class__`) nor loop, and render work stays
+# linear in the template's size. Templates that are only text and `{{ name | filter }}` (nearly all
+# of them) compile to a list of parts that Python joins directly: no Jinja call per sample.
 
 # --- filters --------------------------------------------------------------------------------
 
@@ -88,19 +183,52 @@ class Compiled:
 
 
 _ALLOWED = (
-    nodes.Template, nodes.Output, nodes.TemplateData, nodes.Name, nodes.Const, nodes.Filter,
-    nodes.Call, nodes.If, nodes.Assign, nodes.CondExpr, nodes.Concat, nodes.Compare,
-    nodes.Operand, nodes.And, nodes.Or, nodes.Not, nodes.List, nodes.Tuple, nodes.Test,
-)  # fmt: skip
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Const,
+    nodes.Filter,
+    nodes.Call,
+    nodes.If,
+    nodes.Assign,
+    nodes.CondExpr,
+    nodes.Concat,
+    nodes.Compare,
+    nodes.Operand,
+    nodes.And,
+    nodes.Or,
+    nodes.Not,
+    nodes.List,
+    nodes.Tuple,
+    nodes.Test,
+)
 _REFUSED_NAMES = {
-    "For": "loops ({% for %})", "Macro": "macros", "CallBlock": "call blocks",
-    "Include": "includes", "Import": "imports", "FromImport": "imports", "Extends": "extends",
-    "Block": "blocks", "FilterBlock": "filter blocks", "With": "with blocks",
+    "For": "loops ({% for %})",
+    "Macro": "macros",
+    "CallBlock": "call blocks",
+    "Include": "includes",
+    "Import": "imports",
+    "FromImport": "imports",
+    "Extends": "extends",
+    "Block": "blocks",
+    "FilterBlock": "filter blocks",
+    "With": "with blocks",
     "AssignBlock": "block assignments ({% set x %}...{% endset %})",
-    "Getattr": "attribute access (x.y)", "Getitem": "item access (x['y'])", "Slice": "slices",
-    "Dict": "dict literals", "Mul": "'*'", "Add": "'+' (use '~' to join text)", "Sub": "'-'",
-    "Div": "'/'", "FloorDiv": "'//'", "Mod": "'%'", "Pow": "'**'", "Neg": "'-'", "Pos": "'+'",
-}  # fmt: skip
+    "Getattr": "attribute access (x.y)",
+    "Getitem": "item access (x['y'])",
+    "Slice": "slices",
+    "Dict": "dict literals",
+    "Mul": "'*'",
+    "Add": "'+' (use '~' to join text)",
+    "Sub": "'-'",
+    "Div": "'/'",
+    "FloorDiv": "'//'",
+    "Mod": "'%'",
+    "Pow": "'**'",
+    "Neg": "'-'",
+    "Pos": "'+'",
+}
 
 
 def compile_text(text: str, symbols: dict[str, Any], grammar: bool = False) -> Compiled:
@@ -166,11 +294,17 @@ def _check_nesting(env: SandboxedEnvironment, text: str) -> None:
             blocks += 1 if value == "if" else -1
         prev = kind
         if max(depth, blocks) > MAX_TEMPLATE_NESTING:
-            raise TemplateProblem(f"nested more than {MAX_TEMPLATE_NESTING} levels deep",
-                                  "Flatten it, or move the variety into grammar symbols", line)  # fmt: skip
+            raise TemplateProblem(
+                f"nested more than {MAX_TEMPLATE_NESTING} levels deep",
+                "Flatten it, or move the variety into grammar symbols",
+                line,
+            )
         if tag > MAX_TAG_TOKENS:
-            raise TemplateProblem(f"one {{{{ }}}} or {{% %}} holds more than {MAX_TAG_TOKENS} "
-                                  "tokens", "Split it, or use grammar symbols", line)  # fmt: skip
+            raise TemplateProblem(
+                f"one {{{{ }}}} or {{% %}} holds more than {MAX_TAG_TOKENS} tokens",
+                "Split it, or use grammar symbols",
+                line,
+            )
 
 
 def _fast_parts(tree: nodes.Template, symbols: dict[str, Any]) -> tuple | None:
@@ -246,8 +380,11 @@ class _Checker:
             return
         elif isinstance(node, nodes.Filter) and node.name in ARG_FILTERS:
             if _const_word(node) is None:
-                self.refuse(node, f"filter '{node.name}' takes one quoted word",
-                            f"Write {{{{ thing | {node.name}('is') }}}}")  # fmt: skip
+                self.refuse(
+                    node,
+                    f"filter '{node.name}' takes one quoted word",
+                    f"Write {{{{ thing | {node.name}('is') }}}}",
+                )
         elif isinstance(node, nodes.Filter) and node.name not in TEXT_FILTERS:
             if node.name not in _JINJA_FILTERS:
                 allowed = ", ".join(sorted(set(TEXT_FILTERS) | set(ARG_FILTERS) | _JINJA_FILTERS))
@@ -268,8 +405,11 @@ class _Checker:
         name = node.name
         if name in self.assigned:
             if in_set:  # `{% set b = a ~ a %}` chained would double a value per line
-                self.refuse(node, f"'{name}' is a set variable; a set value may only use symbols",
-                            "Build the value from symbols and text")  # fmt: skip
+                self.refuse(
+                    node,
+                    f"'{name}' is a set variable; a set value may only use symbols",
+                    "Build the value from symbols and text",
+                )
             return
         if name == "pick":
             self.refuse(node, "pick must be called: pick('symbol')", "Write {{ pick('food') }}")

@@ -81,7 +81,7 @@ class Variation:
 
 @dataclass(frozen=True)
 class OffTopic:
-    """1.2: how the character meets prompts outside its topics (persona/offtopic.py)."""
+    """1.2: how the character meets prompts outside its topics (persona/conversations.py)."""
 
     share: float
     say: tuple[Template, ...]

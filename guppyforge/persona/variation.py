@@ -14,8 +14,24 @@ import re
 
 from guppyforge.persona.types import Persona, Variation
 
-FILLER_OPENERS = ("hey ", "hey, ", "so ", "so, ", "um ", "umm ", "quick question: ", "ok so ",
-                  "hmm ", "well ", "oh ", "yo ", "ok ", "okay ", "hi ", "hello, ")  # fmt: skip
+FILLER_OPENERS = (
+    "hey ",
+    "hey, ",
+    "so ",
+    "so, ",
+    "um ",
+    "umm ",
+    "quick question: ",
+    "ok so ",
+    "hmm ",
+    "well ",
+    "oh ",
+    "yo ",
+    "ok ",
+    "okay ",
+    "hi ",
+    "hello, ",
+)
 FILLER_CLOSERS = (" lol", " haha", " :)", " pls", " please", " hm", " xd", " :D")
 # The filler words `normalise` strips from either end (what FILLER_* add, and their kin).
 _LEADING = frozenset(
@@ -24,13 +40,31 @@ _LEADING = frozenset(
 _TRAILING = frozenset("lol haha hm xd d pls please ok".split())
 # (expanded, contracted): varied in either direction, and always expanded by `normalise`.
 CONTRACTIONS = (
-    ("do not", "don't"), ("does not", "doesn't"), ("did not", "didn't"), ("is not", "isn't"),
-    ("are not", "aren't"), ("cannot", "can't"), ("will not", "won't"), ("have not", "haven't"),
-    ("i am", "i'm"), ("you are", "you're"), ("they are", "they're"), ("we are", "we're"),
-    ("what is", "what's"), ("it is", "it's"), ("that is", "that's"), ("where is", "where's"),
-    ("who is", "who's"), ("how is", "how's"), ("there is", "there's"), ("i have", "i've"),
-    ("i will", "i'll"), ("you will", "you'll"), ("let us", "let's"), ("you have", "you've"),
-)  # fmt: skip
+    ("do not", "don't"),
+    ("does not", "doesn't"),
+    ("did not", "didn't"),
+    ("is not", "isn't"),
+    ("are not", "aren't"),
+    ("cannot", "can't"),
+    ("will not", "won't"),
+    ("have not", "haven't"),
+    ("i am", "i'm"),
+    ("you are", "you're"),
+    ("they are", "they're"),
+    ("we are", "we're"),
+    ("what is", "what's"),
+    ("it is", "it's"),
+    ("that is", "that's"),
+    ("where is", "where's"),
+    ("who is", "who's"),
+    ("how is", "how's"),
+    ("there is", "there's"),
+    ("i have", "i've"),
+    ("i will", "i'll"),
+    ("you will", "you'll"),
+    ("let us", "let's"),
+    ("you have", "you've"),
+)
 # Without the apostrophe too ("dont"): a few then read like other words ("its", "were", "ill"),
 # which only joins a few more rows in the split, since both sides are normalised alike.
 _EXPAND = {c.replace("'", ""): e for e, c in CONTRACTIONS}
@@ -44,8 +78,11 @@ for _row in ("qwertyuiop", "asdfghjkl", "zxcvbnm"):
         _NEIGHBOURS[_ch] = _row[max(_i - 1, 0) : _i] + _row[_i + 1 : _i + 2]
 _WORD = re.compile(r"[a-z]{4,}", re.I)
 _END = re.compile(r"[\s.!?,:;)(]*$")
-_QUESTION = re.compile(r"^(?:\W*)(what|who|where|when|why|how|do|does|did|are|is|can|could|"
-                       r"would|will|have|has)\b", re.I)  # fmt: skip
+_QUESTION = re.compile(
+    r"^(?:\W*)(what|who|where|when|why|how|do|does|did|are|is|can|could|"
+    r"would|will|have|has)\b",
+    re.I,
+)
 _NON_WORD = re.compile(r"[^\w]+")
 
 
@@ -118,8 +155,14 @@ class Varier:
     def text(self, text: str, rng: Rng) -> str:
         """One message, varied: at least one kind of change is tried."""
         v = self.v
-        kinds = [(v.contraction, _contraction), (v.typo, _typo), (v.case, _case),
-                 (v.punctuation, _punctuation), (v.filler, _filler), (v.name, self._name)]  # fmt: skip
+        kinds = [
+            (v.contraction, _contraction),
+            (v.typo, _typo),
+            (v.case, _case),
+            (v.punctuation, _punctuation),
+            (v.filler, _filler),
+            (v.name, self._name),
+        ]
         z = rng.bits()  # 10 bits per kind: six decisions for the price of one draw
         chosen = [f for k, (p, f) in enumerate(kinds) if (z >> (10 * k)) & 1023 < p * 1024]
         if not chosen:

@@ -99,8 +99,13 @@ def read_yaml(path: str | Path) -> Doc:
         problem = (exc.problem or exc.context or "invalid YAML").rstrip(".")
         line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
         if "nesting depth" in problem:  # libyaml's own cap (1000) can fire before ours
-            raise fail(path, f"nesting deeper than {limits.MAX_YAML_DEPTH} levels",
-                       "Flatten the file", line, col) from None  # fmt: skip
+            raise fail(
+                path,
+                f"nesting deeper than {limits.MAX_YAML_DEPTH} levels",
+                "Flatten the file",
+                line,
+                col,
+            ) from None
         source = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
         raise fail(path, f"YAML syntax: {problem}", _syntax_fix(source), line, col) from None
     except yaml.YAMLError as exc:
@@ -195,8 +200,13 @@ def _convert(doc: Doc, loader: Any, node: yaml.Node, path: Path_) -> Any:
             return loader.construct_object(node)
         except (ValueError, OverflowError):  # Python refuses ints of more than 4,300 digits
             line, col = doc.marks[path]
-            raise fail(doc.path, f"a number of {len(node.value):,} characters is too long to "
-                       "read", "Write a short number", line, col) from None  # fmt: skip
+            raise fail(
+                doc.path,
+                f"a number of {len(node.value):,} characters is too long to read",
+                "Write a short number",
+                line,
+                col,
+            ) from None
     if isinstance(node, yaml.SequenceNode):
         return [_convert(doc, loader, item, (*path, i)) for i, item in enumerate(node.value)]
     loader.flatten_mapping(node)  # applies `<<: *base` merge keys in place

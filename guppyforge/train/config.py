@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from guppyforge.defaults import DEFAULT_PRESET, DEVICES, LOSS_ON
 from guppyforge.errors import GuppyError
 
-OPTIMIZERS = ("muon", "adamw")  # see optim.py
+OPTIMIZERS = ("muon", "adamw")  # see loop.py
 # AdamW's peak rate when --lr is not given, the best measured per optimizer on 2 fp32 cores: with
 # Muon, AdamW moves only the embeddings (which are also the output head), biases and LayerNorms,
 # and twice AdamW's own rate lifted a 5-minute guppy from 81.5 % to 90.8 % of its probes.

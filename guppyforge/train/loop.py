@@ -1,51 +1,278 @@
-"""The training loop: a dataset folder in, a run folder out (see model/run.py for its layout).
+"""Training: the update rule, when a run stops, and the loop that ties them to the model.
 
-    tokenizer -> packed batches -> optimizer steps (Muon + AdamW by default, see optim.py) on a
-    warm-up + cosine schedule -> eval, samples -> checkpoints/last.pt along the way
-    -> model.safetensors, loss.png, README.md, config.json
-
-Every option and its default lives in config.py; one step is marked "one step" in `train`.
-
-`--max-steps` fixes the whole learning-rate schedule up front, so a run can stop (Ctrl-C,
-`--max-minutes`, `--stop-after`) and `--resume` later to exactly the same result.
+Read in this order: the optimizers (Muon for the matrices, AdamW for the rest) and the
+learning-rate schedule, with `train_step`, the one step; stopping (Ctrl-C, a time budget, and
+timing a step to fit the schedule to it); then `train()`, a dataset folder in, a run folder out
+(run_folder.py says what is in it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
 import random
+import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow
 import torch
 from tqdm import tqdm
 
-from guppyforge.dataset.read import load_splits
+from guppyforge.dataset.folder import load_splits
 from guppyforge.defaults import DEFAULT_PRESET
 from guppyforge.errors import GuppyError
+from guppyforge.files import check_folder, kind_of
 from guppyforge.model.engine import Engine
 from guppyforge.model.gpt import GPT
-from guppyforge.model.packing import batches, epoch_batches, eval_loss, padding_share, tokenize
+from guppyforge.model.packing import (
+    Samples,
+    batches,
+    epoch_batches,
+    eval_loss,
+    padding_share,
+    tokenize,
+)
 from guppyforge.model.presets import PRESETS, get_preset
-from guppyforge.model.run import pick_device, read_tokenizer
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
-from guppyforge.ownership import check_folder, kind_of
-from guppyforge.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from guppyforge.train.config import TrainOptions, check_options, resolve_options
-from guppyforge.train.optim import lr_scale, make_optimizer, step_progress, train_step
-from guppyforge.train.precision import pick_precision
-from guppyforge.train.run_files import (
+from guppyforge.train.config import TrainOptions, check_options, peak_lr, resolve_options
+from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
+from guppyforge.train.run_folder import (
     dataset_info,
     finish_run,
+    load_checkpoint,
     load_persona_info,
+    pick_device,
     read_metrics,
+    read_tokenizer,
     sample_prompts,
+    save_checkpoint,
+    set_rng_state,
 )
-from guppyforge.train.stopping import Stop, stop_on_ctrl_c, time_a_step
+
+# --- The update rule: which optimizer moves which weights, and the learning-rate schedule.
+#
+# Two optimizers are on offer (`--optimizer`):
+# - `adamw`: AdamW for every weight, decay on matrices only: the classic recipe.
+# - `muon`: Muon for the blocks' weight matrices, AdamW for the rest (embeddings, biases,
+#   LayerNorms). Muon orthogonalises each matrix's momentum (a few Newton-Schulz iterations), so
+#   every direction of the matrix moves at a similar rate, instead of the few largest ones
+#   dominating: more learning per step, which is what a short CPU budget needs. Embeddings and
+#   vectors are not matrices in that sense (a row per token, a gain per channel), so AdamW keeps
+#   them.
+#
+# The schedule is a linear warm-up, then a cosine decay from the peak down to `--min-lr` (as a
+# share of AdamW's peak, the same share for Muon's rate). Its clock
+# is the step count when `--max-steps` (or `--epochs`) fixes the length, and the wall clock when
+# `--max-minutes` does, so a budgeted run always ends fully decayed however fast the machine is.
+
+
+class Optimizers:
+    """One or two torch optimizers that step together, with one learning-rate scale."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    def describe(self) -> str:
+        """What moves which weights, for the line the trainer prints at start."""
+        names = {
+            torch.optim.Muon: "muon (bf16 Newton-Schulz)",
+            Fp32Muon: "muon (fp32 Newton-Schulz: no native bf16 here)",
+            torch.optim.AdamW: "adamw",
+        }
+        kinds = [names.get(type(opt), type(opt).__name__) for opt in self.optimizers]
+        if len(kinds) == 1:
+            return kinds[0]
+        return f"{kinds[0]} for the blocks' matrices, {kinds[1]} for the rest"
+
+    def set_scale(self, scale: float) -> None:
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["peak_lr"] * scale
+
+    def step(self, scaler: torch.amp.GradScaler) -> None:
+        for opt in self.optimizers:
+            scaler.step(opt)  # skipped when fp16 gradients overflowed
+
+    def unscale(self, scaler: torch.amp.GradScaler) -> None:
+        for opt in self.optimizers:
+            scaler.unscale_(opt)
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> list[dict]:
+        return [opt.state_dict() for opt in self.optimizers]
+
+    def load_state_dict(self, states: list[dict] | dict) -> None:
+        states = [states] if isinstance(states, dict) else states
+        for opt, state in zip(self.optimizers, states, strict=True):
+            opt.load_state_dict(state)
+
+
+def make_optimizer(model: GPT, o, device: torch.device) -> Optimizers:
+    """The optimizers `o.optimizer` names, each group carrying its `peak_lr`."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    # Decay pulls weights toward zero, a brake on memorising. On matrices (and embeddings) that
+    # helps; on biases and LayerNorm gains it only fights the scale the model needs.
+    matrices = [p for n, p in params.items() if p.dim() == 2 and n.startswith("h.")]
+    tables = [p for n, p in params.items() if p.dim() == 2 and not n.startswith("h.")]
+    vectors = [p for p in params.values() if p.dim() < 2]
+    # Fused: one kernel updates every tensor, instead of a dozen small ops per tensor.
+    cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    fused = device.type == "cuda" or (device.type == "cpu" and cpu_fused)
+    adam_groups = [
+        {"params": tables, "weight_decay": o.weight_decay, "peak_lr": peak_lr(o)},
+        {"params": vectors, "weight_decay": 0.0, "peak_lr": peak_lr(o)},
+    ]
+    if o.optimizer == "adamw":
+        adam_groups[0]["params"] = matrices + tables
+        return Optimizers(
+            [torch.optim.AdamW(adam_groups, lr=peak_lr(o), betas=(0.9, 0.95), fused=fused)]
+        )
+    # "match_rms_adamw" scales Muon's orthogonal update to AdamW's typical size, so its learning
+    # rate means what AdamW's does; muon_lr can then sit near lr (measured in bench_train.py).
+    slow_bf16 = device.type == "cpu" and not cpu_has_native_bf16()
+    muon = (Fp32Muon if slow_bf16 else torch.optim.Muon)(
+        [{"params": matrices, "peak_lr": o.muon_lr}],
+        lr=o.muon_lr,
+        weight_decay=o.weight_decay,
+        adjust_lr_fn="match_rms_adamw",
+    )
+    adam = torch.optim.AdamW(adam_groups, lr=peak_lr(o), betas=(0.9, 0.95), fused=fused)
+    return Optimizers([muon, adam])
+
+
+class Fp32Muon(torch.optim.Muon):
+    """torch's Muon with its Newton-Schulz iterations in fp32 instead of bf16.
+
+    torch runs the orthogonalisation in bf16, which is fast on a GPU and on CPUs with native
+    bf16, but emulated (about 5x slower per training step, measured) on a CPU without it. The
+    update is otherwise torch's: momentum, Nesterov, the five quintic iterations, the learning
+    rate matched to AdamW's scale, decoupled weight decay. The state ("momentum_buffer") is
+    torch's too, so a checkpoint resumes with either class.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            a, b, c = group["ns_coefficients"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                g = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                x = g.T if g.shape[0] > g.shape[1] else g  # the Gram matrix of the short side
+                x = x / x.norm().clamp(min=group["eps"])  # singular values <= 1
+                for _ in range(group["ns_steps"]):
+                    gram = x @ x.T
+                    x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+                update = x.T if g.shape[0] > g.shape[1] else x
+                scale = 0.2 * math.sqrt(max(p.shape))  # "match_rms_adamw"
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * scale)
+
+
+def lr_scale(step: int, progress: float, o) -> float:
+    """The learning rate as a share of its peak: warm-up over steps, then cosine on `progress`.
+
+    `progress` is the share of the schedule done (steps or seconds, see the module docstring).
+    """
+    # Warm-up: Adam's moment estimates are noise for the first steps; full-size updates on
+    # them can knock a fresh model into a bad region it never leaves.
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    floor = o.min_lr / peak_lr(o)
+    return floor + 0.5 * (1 - floor) * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
+def step_progress(step: int, o) -> float:
+    """Progress of a schedule measured in steps (warm-up excluded)."""
+    return (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
+
+
+def train_step(model, batch, optimizers: Optimizers, scaler, precision: Precision, scale, clip):
+    """One optimizer step on one batch; returns the loss (a tensor, so CUDA need not wait)."""
+    optimizers.set_scale(scale)
+    with precision.autocast():
+        loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
+    scaler.scale(loss).backward()  # the scaler is a no-op unless precision is fp16
+    optimizers.unscale(scaler)  # clip the true gradients, not the scaled ones
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizers.step(scaler)
+    scaler.update()
+    optimizers.zero_grad()
+    return loss.detach()
+
+
+# --- When a run stops early: Ctrl-C, a time budget, and timing a step to fit the schedule to it.
+#
+# Stopping is always clean: the loop finishes the step it is in, writes a checkpoint, and prints
+# how to resume. A step cut in half would leave weights and optimizer state out of step.
+
+
+@dataclass
+class Stop:
+    """Why the run stops before its schedule ends; None while it goes on."""
+
+    reason: str | None = None
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(stop: Stop):
+    """Ctrl-C asks for a clean stop after the current step; a second Ctrl-C aborts at once."""
+
+    def handler(signum, frame):
+        stop.reason = "interrupted"
+        signal.signal(signal.SIGINT, previous)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def time_a_step(
+    model, o, samples: Samples, context: int, device: torch.device, precision: Precision
+) -> float:
+    """Seconds one training step takes on this machine, timed on a few real ones.
+
+    The steps run at learning rate 0 with their own optimizer, so they change nothing: AdamW's
+    and Muon's weight decay are scaled by the learning rate too.
+    """
+    probe = batches(samples, context, o.batch_size, o.seed, o.loss_on)
+    optimizer, scaler = make_optimizer(model, o, device), precision.scaler()
+    times = []
+    for _ in range(4):
+        t = time.perf_counter()
+        float(train_step(model, next(probe)[0].to(device), optimizer, scaler, precision, 0.0, 1.0))
+        times.append(time.perf_counter() - t)
+    return min(times[1:])  # the first step pays one-off costs
+
+
+# --- The training loop: a dataset folder in, a run folder out (see run_folder.py for its layout).
+#
+# tokenizer -> packed batches -> optimizer steps (Muon + AdamW by default, above) on a
+#     warm-up + cosine schedule -> eval, samples -> checkpoints/last.pt along the way
+#     -> model.safetensors, loss.png, README.md, config.json
+#
+# Every option and its default lives in config.py; one step is marked "one step" in `train`.
+#
+# `--max-steps` fixes the whole learning-rate schedule up front, so a run can stop (Ctrl-C,
+# `--max-minutes`, `--stop-after`) and `--resume` later to exactly the same result.
 
 # The fewest steps a time budget trains: fewer cannot warm up and then decay.
 MIN_BUDGET_STEPS = 20
@@ -102,7 +329,7 @@ def train(
 ) -> Path:
     """Train a character model on the dataset in `data_dir`; write a run folder to `out_dir`.
 
-    `force` replaces an earlier run in `out_dir` (its files only, see guppyforge.ownership).
+    `force` replaces an earlier run in `out_dir` (its files only, see guppyforge.files).
     Ctrl-C stops after the current step with a checkpoint and returns; with
     `raise_on_interrupt` it then raises KeyboardInterrupt (the CLI does: exit status 130).
     """

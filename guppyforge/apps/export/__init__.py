@@ -19,8 +19,8 @@ from guppyforge.apps.export.hf import export_hf
 from guppyforge.apps.export.onnx import export_onnx
 from guppyforge.apps.export.web import export_web
 from guppyforge.errors import GuppyError
-from guppyforge.model.run import load_run
-from guppyforge.ownership import Claim, check_folder
+from guppyforge.files import Claim, check_folder
+from guppyforge.train.run_folder import load_run
 
 TARGETS = ("hf", "onnx", "gguf", "web")
 
@@ -86,7 +86,7 @@ def export_run(
 
 
 def prepare_out_dir(run_dir: Path, out: Path, force: bool, files=OUTPUT_FILES) -> Claim:
-    """Check `out` before any work (guppyforge.ownership): an earlier export is replaced only
+    """Check `out` before any work (guppyforge.files): an earlier export is replaced only
     with `force`, the user's own files never. A new target passes its `files`."""
     if out.resolve() == run_dir.resolve():
         # The GPT-2 config.json would replace the run's own config.json: the run would be lost.

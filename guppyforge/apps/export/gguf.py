@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from guppyforge.errors import GuppyError
-from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS, START
+from guppyforge.train.run_folder import Run
 
 GGUF_TYPES = ("f16", "f32", "q8_0")
 # f16 by default: half of f32's size, and greedy replies agree with guppyforge's own (measured in

@@ -34,8 +34,8 @@ from guppyforge.apps.export.hf import generation_config, gpt2_config
 from guppyforge.apps.export.onnx import export_model_onnx, quantize_int8
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 from guppyforge.errors import GuppyError
-from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import save_tokenizer
+from guppyforge.train.run_folder import Run
 
 # The chat page of `guppyforge serve` too: the export leaves out its server.js backend.
 WEB_DIR = Path(__file__).resolve().parents[1] / "page"
@@ -118,9 +118,7 @@ def install_runtime(dest: Path) -> Path:
     specs = [f"{name}@{version}" for name, (version, _) in locked.items()]
     # --ignore-scripts: a registry tarball has nothing to build; fetching is all that happens.
     args = ["pack", *specs, "--json", "--ignore-scripts", "--pack-destination", "tarballs"]
-    done = subprocess.run(
-        [npm, *args, "--loglevel=error"], cwd=tmp, capture_output=True, text=True
-    )  # fmt: skip
+    done = subprocess.run([npm, *args, "--loglevel=error"], cwd=tmp, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise GuppyError(
@@ -178,7 +176,7 @@ def page_settings(run: Run, dtype: str) -> dict:
     summary = first_message = ""
     if run.persona_path.is_file():
         from guppyforge import load_persona
-        from guppyforge.persona.cards import persona_to_card
+        from guppyforge.cards import persona_to_card
 
         persona = load_persona(run.persona_path)
         name, summary = persona.display_name or persona.name, persona.summary

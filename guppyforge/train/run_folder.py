@@ -1,15 +1,17 @@
-"""A run folder on disk: what `train` writes and what chat, eval, export and serve read.
+"""A run folder (runs/NAME): what `train` writes and what chat, eval, export and serve read.
 
-RUN/config.json         {"model": ModelConfig, "train": ..., "dataset": ..., "persona": ...}
-RUN/model.safetensors   the weights, in this package's names (see gpt.py)
-RUN/tokenizer.json      plus tokenizer_config.json with the chat template
-RUN/persona.yaml        the persona the data came from (eval's default probes)
+Read in this order: the folder's layout and `load_run`; checkpoints, everything needed to
+continue a run where it stopped; the loss plot; the rest of what a finished run holds
+(config.json, weights, the persona, the model card).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import dataclass, fields
+import random
+import shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -18,10 +20,18 @@ from tokenizers import Tokenizer
 
 from guppyforge.defaults import DEVICES
 from guppyforge.errors import GuppyError
-from guppyforge.files import atomic_path
+from guppyforge.files import atomic_path, templates_dir, write_atomic
 from guppyforge.model.gpt import ACTIVATIONS, GPT, ModelConfig
 from guppyforge.model.presets import param_counts
 from guppyforge.model.tokenizer import load_tokenizer
+from guppyforge.persona.schema import load_persona
+
+# --- A run folder on disk: what `train` writes and what chat, eval, export and serve read.
+#
+# RUN/config.json         {"model": ModelConfig, "train": ..., "dataset": ..., "persona": ...}
+# RUN/model.safetensors   the weights, in this package's names (see gpt.py)
+# RUN/tokenizer.json      plus tokenizer_config.json with the chat template
+# RUN/persona.yaml        the persona the data came from (eval's default probes)
 
 
 @dataclass
@@ -231,3 +241,217 @@ def pick_device(name: str = "auto") -> torch.device:
     if name not in DEVICES:
         raise GuppyError(f"--device: unknown device '{name}'. Use auto, cpu, cuda or mps.")
     return torch.device(name)
+
+
+# --- Checkpoints: everything needed to continue a run exactly where it stopped.
+#
+# Exact means bit for bit: a run stopped at step 30 and resumed to 60 logs the same losses as a run
+# straight to 60. For that a checkpoint holds more than the weights: the optimizer's moments, the
+# step (which fixes the learning rate), the GradScaler's scale, every random generator's state,
+# and the position in the data (epoch, row). The file is written to a temporary name and renamed,
+# so a crash mid-write leaves the previous checkpoint intact.
+
+FORMAT = 1  # bump when the layout below changes
+
+
+def rng_state() -> dict:
+    """The state of every random generator training draws from."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    """Write `state` (tensors, numbers, dicts) to `path` atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state, "rng": rng_state()}, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint; a missing or damaged file is a one-line error, not a traceback."""
+    path = Path(path)
+    if not path.is_file():
+        raise GuppyError(f"{path}: no checkpoint to resume from. Start without --resume.")
+    try:
+        # weights_only: a checkpoint is data. Unpickling arbitrary objects could run code.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a truncated or foreign file
+        raise GuppyError(
+            f"{path}: corrupt checkpoint ({type(e).__name__}). Delete it and start without "
+            "--resume, or restore it from a copy."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise GuppyError(
+            f"{path}: not a checkpoint of this guppyforge version. Start without --resume."
+        )
+    return state
+
+
+# --- The loss curve: train and eval loss against steps, written as a PNG.
+
+
+def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
+    """Draw `train_loss` and `eval_loss` from metrics records into `path` (atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed: training often runs on a server
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue", lw=1.2)
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss", color="tab:orange", lw=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+# --- What a run folder holds besides checkpoints: config.json, weights, persona, plot, model card.
+#
+# config.json is written last. `model.run.load_run` needs it, so a run stopped before the end never
+# looks complete: it has a checkpoint and a tokenizer, and no config.json.
+
+CARD_TEMPLATE = "model_card.md.j2"
+
+
+@dataclass
+class PersonaInfo:
+    """The parts of DATA_DIR/persona.yaml that a run records and shows."""
+
+    name: str
+    sha256: str
+    display_name: str = ""
+    summary: str = ""
+    license: str = ""
+    tags: list[str] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)  # what each probe asks
+
+
+def load_persona_info(data_dir: Path) -> PersonaInfo | None:
+    """Read the persona copied next to the dataset, if there is one."""
+    path = Path(data_dir) / "persona.yaml"
+    if not path.is_file():
+        return None
+    p = load_persona(path)
+    return PersonaInfo(
+        name=p.name,
+        sha256=p.sha256,
+        display_name=getattr(p, "display_name", "") or "",
+        summary=getattr(p, "summary", "") or "",
+        license=getattr(p, "license", "") or "",
+        tags=list(getattr(p, "tags", None) or []),
+        probes=[probe.ask for probe in p.probes],
+    )
+
+
+def sample_prompts(persona: PersonaInfo | None, test_split, n: int = 3) -> list[str]:
+    """What to ask the model at each eval: the persona's probes, else the first test prompts."""
+    if persona and persona.probes:
+        return persona.probes[:n]
+    return [
+        messages[0]["content"]
+        for messages in test_split.select(range(min(n, len(test_split))))["messages"]
+    ]
+
+
+def dataset_info(data_dir: Path, splits) -> dict:
+    """Where the data came from, for config.json (stats.json is optional)."""
+    fingerprint = None
+    stats = Path(data_dir) / "stats.json"
+    if stats.is_file():
+        try:
+            fingerprint = json.loads(stats.read_text()).get("fingerprint")
+        except (ValueError, AttributeError):
+            fingerprint = None
+    return {
+        "path": str(Path(data_dir).resolve()),
+        "fingerprint": fingerprint,
+        "train_rows": splits["train"].num_rows,
+        "test_rows": splits["test"].num_rows,
+        "too_long": 0,
+    }
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of metrics.jsonl; a line cut short by a crash is skipped."""
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            records.append(json.loads(line))
+    return records
+
+
+def render_model_card(
+    run: Path, config: dict, persona: PersonaInfo | None, records: list[dict]
+) -> str:
+    """README.md for the run, from templates/model_card.md.j2."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # markdown; values in the YAML header go through |tojson
+    )
+    cfg = ModelConfig(**config["model"])
+    tags = ["guppyforge", "character", "tiny-lm", "text-generation"]
+    tags += persona.tags if persona else []
+    evals = [r for r in records if "eval_loss" in r]
+    return env.get_template(CARD_TEMPLATE).render(
+        run=run,
+        c=config,
+        persona=persona,
+        title=(persona.display_name or persona.name) if persona else "a guppyforge model",
+        license=(persona.license if persona and persona.license else "unknown"),
+        tags=list(dict.fromkeys(tags)),
+        params=param_counts(cfg),
+        evals=evals,
+    )
+
+
+def finish_run(
+    run: Path,
+    model: GPT,
+    train: dict,
+    dataset: dict,
+    persona: PersonaInfo | None,
+    vocab_size: int,
+    records: list[dict],
+    results: dict,
+) -> None:
+    """Write the finished run's files; config.json last, so it marks the run complete."""
+    save_weights(model, run / "model.safetensors")
+    if persona:
+        with atomic_path(run / "persona.yaml") as tmp:
+            shutil.copyfile(Path(dataset["path"]) / "persona.yaml", tmp)
+    config = {
+        "model": model.cfg.to_dict(),
+        "train": train,
+        "dataset": dataset,
+        "tokenizer": {"vocab_size": vocab_size},
+        "results": results,
+    }
+    if persona:
+        config["persona"] = {"name": persona.name, "sha256": persona.sha256}
+    plot_losses(records, run / "loss.png", title=f"{run.name}: loss per token")
+    write_atomic(run / "README.md", render_model_card(run, config, persona, records))
+    write_atomic(run / "config.json", json.dumps(config, indent=2) + "\n")

@@ -1,12 +1,8 @@
-"""Character Card interop: a card becomes a persona skeleton, and a persona becomes a card.
+"""Character Cards in and out: JSON V1-V3, PNG cards and .charx.
 
-Character Cards (V2: github.com/malfoyslastname/character-card-spec-v2, V3:
-github.com/kwaroran/character-card-spec-v3) are the JSON that chat front-ends share characters
-in. A card describes a character in prose, a persona how to *generate* its conversations, so an
-import only gives a skeleton (identity, greetings, examples) for the user to grow. Nothing is
-lost either way: card fields guppyforge does not use are kept under `extensions.character_card`
-and put back by export, as the specs ask of every editor; an exported card carries the whole
-persona (mapping and file text) under `data.extensions.guppyforge`, and imports back as is.
+This file: the checks on what a card brings in (bounded before any YAML is built), then the
+card <-> persona mapping (a card becomes a persona skeleton, a persona becomes a card carrying
+its YAML under `extensions.guppyforge`). png.py: the containers, PNG chunks and .charx zips.
 """
 
 from __future__ import annotations
@@ -14,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -21,29 +18,136 @@ from typing import Any
 import yaml
 from jinja2 import TemplateError
 
+from guppyforge.cards.png import read_packed_card, write_png_card
 from guppyforge.errors import GuppyError, where
-from guppyforge.files import require_regular, write_atomic
-from guppyforge.ownership import claim_file, guard
+from guppyforge.files import builtin_persona, claim_file, guard, require_regular, write_atomic
 from guppyforge.persona import limits
-from guppyforge.persona.card_png import read_packed_card, write_png_card
-from guppyforge.persona.cardcheck import (
-    check_card_text,
-    check_persona_text,
-    deeper_than,
-    strip_controls,
-)
 from guppyforge.persona.conversations import Sampler
-from guppyforge.persona.load import load_persona
+from guppyforge.persona.schema import load_persona
 from guppyforge.persona.templating import environment
-from guppyforge.resources import builtin_persona
+from guppyforge.persona.yamlsafe import read_yaml
+
+# --- Checks on what a Character Card brings in: nesting depth, control characters, how much text
+#
+# (bounded before any YAML is built), and the persona an import would write (which must load
+# before it is written).
+#
+# Cards come from strangers and from other tools: a card nested 100,000 levels deep must be a line
+# about depth (not Python's recursion limit, nor "not UTF-8"), and a name with terminal escape
+# codes must not reach a persona file (the schema refuses them) or a terminal.
+
+_STRINGS = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')  # unrolled: linear on a 30 MB string
+_PAIR = re.compile(rb"\[\]|\{\}")
+# Control characters other than newline and tab: a persona refuses them (and a terminal obeys them).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def deeper_than(raw: bytes, limit: int) -> bool:
+    """Is valid JSON `raw` nested more than `limit` levels? Without recursion: strings dropped,
+    then each pass removes the innermost `[]`/`{}` pairs; what is left after `limit` passes is
+    deeper (or unbalanced, which json.loads then reports)."""
+    brackets = _STRINGS.sub(b"", raw).translate(None, delete=bytes(set(range(256)) - set(b"[]{}")))
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = _PAIR.sub(b"", brackets)
+    if not brackets:
+        return False
+    try:
+        json.loads(raw)
+    except ValueError:  # JSONDecodeError, or a number too long to read
+        return False  # unbalanced: json.loads says where
+    except (RecursionError, UnicodeDecodeError):
+        return True
+    return True
+
+
+def strip_controls(value: Any) -> Any:
+    """The card with control characters stripped from every text (keys included)."""
+    if isinstance(value, str):
+        return _CONTROL.sub("", value)
+    if isinstance(value, list):
+        return [strip_controls(v) for v in value]
+    if isinstance(value, dict):
+        return {_CONTROL.sub("", k): strip_controls(v) for k, v in value.items()}
+    return value
+
+
+def text_chars(value: Any) -> int:
+    """Characters of text in a card's value (keys included), without recursion."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            total += sum(len(k) for k in item if isinstance(k, str))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return total
+
+
+def check_card_text(value: Any, card_path: Path) -> None:
+    """Refuse, before any conversion, a card whose text cannot fit the persona import writes.
+
+    Everything a card holds goes into the persona (used, or kept under extensions), so text
+    past the persona's 1 MiB can only be refused; finding that out by building the YAML of a
+    30 MB card took minutes and gigabytes.
+    """
+    chars = text_chars(value)
+    if chars > limits.MAX_FILE_BYTES:
+        raise GuppyError(
+            f"{card_path}: holds {chars / 2**20:.1f} MiB of text, more than the "
+            f"{limits.MAX_FILE_BYTES >> 20} MiB a persona may hold (embedded "
+            "images, a big lorebook?). Remove them from the card, import it "
+            "again"
+        )
+
+
+def check_persona_text(text: str, card_path: Path, out: Path, full: bool) -> None:
+    """Load the persona before it is written: import never leaves a file that fails validate."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trial = Path(tmp) / out.name
+        trial.write_text(text, encoding="utf-8")
+        try:
+            load_persona(trial) if full else read_yaml(trial)
+        except GuppyError as exc:
+            why = str(exc).replace(str(trial), str(out))
+            raise GuppyError(
+                f"{card_path}: the persona made from it would not validate, so "
+                f"nothing was written ({why})"
+            ) from None
+
+
+# --- Character Card interop: a card becomes a persona skeleton, and a persona becomes a card.
+#
+# Character Cards (V2: github.com/malfoyslastname/character-card-spec-v2, V3:
+# github.com/kwaroran/character-card-spec-v3) are the JSON that chat front-ends share characters
+# in. A card describes a character in prose, a persona how to *generate* its conversations, so an
+# import only gives a skeleton (identity, greetings, examples) for the user to grow. Nothing is
+# lost either way: card fields guppyforge does not use are kept under `extensions.character_card`
+# and put back by export, as the specs ask of every editor; an exported card carries the whole
+# persona (mapping and file text) under `data.extensions.guppyforge`, and imports back as is.
 
 MAX_CARD_BYTES = 32 << 20  # cards may hold base64 images; the persona limit is checked later
 ENVELOPE = ("spec", "spec_version", "data")  # a card's top level, rebuilt on export
 V2_FIELDS = {  # every V2 `data` field with its default: the spec wants them all present
-    "name": "", "description": "", "personality": "", "scenario": "", "first_mes": "",
-    "mes_example": "", "creator_notes": "", "system_prompt": "", "post_history_instructions": "",
-    "alternate_greetings": [], "tags": [], "creator": "", "character_version": "", "extensions": {},
-}  # fmt: skip
+    "name": "",
+    "description": "",
+    "personality": "",
+    "scenario": "",
+    "first_mes": "",
+    "mes_example": "",
+    "creator_notes": "",
+    "system_prompt": "",
+    "post_history_instructions": "",
+    "alternate_greetings": [],
+    "tags": [],
+    "creator": "",
+    "character_version": "",
+    "extensions": {},
+}
 GREETING_ASKS = ["hi", "hello", "hey", "hi there", "good morning", "hello {name}", "hey {name}"]
 
 # {{char}}, {{user}} and their V1 spellings <BOT>, <USER> (and V3's <char>), in any case.
@@ -65,10 +169,14 @@ def read_card(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise GuppyError(f"{path}: cannot read the card ({exc.strerror}). Check the path") from None
     if len(raw) > MAX_CARD_BYTES:
-        raise GuppyError(f"{path}: larger than the {MAX_CARD_BYTES >> 20} MiB limit for a card. "
-                         "Remove embedded images or a big lorebook, and export it again")  # fmt: skip
-    too_deep = GuppyError(f"{path}: nested more than {limits.MAX_CARD_DEPTH} levels deep (lists "
-                          "in lists...). Flatten the card, or export it again")  # fmt: skip
+        raise GuppyError(
+            f"{path}: larger than the {MAX_CARD_BYTES >> 20} MiB limit for a card. "
+            "Remove embedded images or a big lorebook, and export it again"
+        )
+    too_deep = GuppyError(
+        f"{path}: nested more than {limits.MAX_CARD_DEPTH} levels deep (lists "
+        "in lists...). Flatten the card, or export it again"
+    )
     try:
         card = json.loads(raw) if not deeper_than(raw, limits.MAX_CARD_DEPTH) else None
     except json.JSONDecodeError as exc:
@@ -89,8 +197,10 @@ def read_card(path: Path) -> dict[str, Any]:
         return card
     if isinstance(card.get("name"), str) and "description" in card and "data" not in card:
         return {"data": card}  # V1 cards are flat: all of it is what V2 put under `data`
-    raise GuppyError(f"{path}: not a Character Card (no `spec: chara_card_v2`/v3 and `data`, "
-                     "nor a V1 card's `name`). Give a card exported as JSON")  # fmt: skip
+    raise GuppyError(
+        f"{path}: not a Character Card (no `spec: chara_card_v2`/v3 and `data`, "
+        "nor a V1 card's `name`). Give a card exported as JSON"
+    )
 
 
 def slugify(text: str) -> str:
@@ -176,13 +286,15 @@ def card_to_persona(card: dict[str, Any]) -> dict[str, Any]:
         "tags": strings("tags"),
         "notes": "\n\n".join(filter(None, notes)),
         "style": {"case": "keep"},  # cards are written in sentence case: keep it
-        "topics": {"greeting": {
-            "ask": [a.format(name=escape_jinja(char)) for a in GREETING_ASKS],
-            "say": [escape_jinja(g) for g in greetings or [f"Hello! I am {char}."]],
-        }},
+        "topics": {
+            "greeting": {
+                "ask": [a.format(name=escape_jinja(char)) for a in GREETING_ASKS],
+                "say": [escape_jinja(g) for g in greetings or [f"Hello! I am {char}."]],
+            }
+        },
         "examples": examples,
         "probes": [{"ask": a, "expect_any": words[:3] or [char]} for a in ("hello", "hey")],
-    }  # fmt: skip
+    }
     persona = {k: v for k, v in persona.items() if v}  # leave out what the card did not have
     # Kept: fields not used above (bar empty V2 defaults, which export writes anyway), and what
     # a persona cannot hold: greetings too long for a message, blocks that are not exchanges.
@@ -207,12 +319,22 @@ def persona_to_card(persona: Any) -> dict[str, Any]:
     if not body.startswith(persona.summary.removesuffix("...")):  # add the summary if not there
         body = f"{persona.summary}\n\n{body}".strip()
     greetings = _greetings(persona)
-    blocks = ["\n".join(["<START>", *(f"{{{{user}}}}: {u}\n{{{{char}}}}: {a}" for u, a in e.turns)])
-              for e in persona.examples if e.turns]  # fmt: skip
-    mine = {"name": persona.display_name, "description": body, "personality": personality,
-            "first_mes": greetings[0] if greetings else "", "mes_example": "\n".join(blocks),
-            "alternate_greetings": greetings[1:], "tags": list(persona.tags),
-            "creator": persona.author, "character_version": persona.version}  # fmt: skip
+    blocks = [
+        "\n".join(["<START>", *(f"{{{{user}}}}: {u}\n{{{{char}}}}: {a}" for u, a in e.turns)])
+        for e in persona.examples
+        if e.turns
+    ]
+    mine = {
+        "name": persona.display_name,
+        "description": body,
+        "personality": personality,
+        "first_mes": greetings[0] if greetings else "",
+        "mes_example": "\n".join(blocks),
+        "alternate_greetings": greetings[1:],
+        "tags": list(persona.tags),
+        "creator": persona.author,
+        "character_version": persona.version,
+    }
     data = {**V2_FIELDS, **kept}
     for key, value in mine.items():  # what the persona says wins; kept fields fill the gaps
         if value or key not in kept:
@@ -307,7 +429,7 @@ def export_card(
     persona_path: str | Path, out: str | Path, png: str | Path | None = None, force: bool = False
 ) -> Path:
     """Write a persona (a file, or a built-in's name) as a Character Card V2 JSON file, or,
-    given a picture `png`, as a PNG card (V2 `chara` and V3 `ccv3` chunks; card_png.py).
+    given a picture `png`, as a PNG card (V2 `chara` and V3 `ccv3` chunks; below).
 
     An existing `out` is replaced only with `force`, and only if it is a card guppyforge wrote.
     """
