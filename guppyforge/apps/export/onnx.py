@@ -38,7 +38,7 @@ from guppyforge.train.run_folder import Run
 OPSET = 18
 
 
-class DecoderWithCache(nn.Module):
+class OnnxDecodeStep(nn.Module):
     """The model as the ONNX graph sees it: new token ids, the mask and the cache in; logits and
     the grown cache out. The cache is a flat tuple (key 0, value 0, key 1, ...) because ONNX
     inputs and outputs are flat lists of tensors."""
@@ -134,7 +134,7 @@ def export_model_onnx(model: GPT, path: Path) -> None:
         # The 2L cache inputs share one name per axis, on purpose; the exporter says so.
         warnings.filterwarnings("ignore", "# The axis name", UserWarning)
         program = torch.onnx.export(
-            DecoderWithCache(model).eval(),
+            OnnxDecodeStep(model).eval(),
             example,
             input_names=[
                 "input_ids",
