@@ -85,6 +85,12 @@ def columns(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
+def cut(text: str, width: int) -> str:
+    """`text` on one line, at most `width` characters: a table cell or a quoted reply."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def text_table(rows: Sequence[Sequence[object]], indent: str = "", align: str = "") -> str:
     """Rows (the header first) as padded columns. `align` has an l or r per column; by default
     the first column is left-aligned (names) and the rest right-aligned (numbers)."""

@@ -511,17 +511,10 @@ def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000, **options) 
 def _page_settings(run: Run, model_id: str) -> api.PageSettings:
     """page.json: the persona's name, summary and first message (its card's), for the chat page."""
     try:
-        from guppyforge.cards import persona_to_card
+        from guppyforge.cards import page_identity
         from guppyforge.persona.schema import load_persona
 
-        persona = load_persona(run.persona_path)
-        first = persona_to_card(persona)["data"]["first_mes"]
-        return api.PageSettings(
-            model=model_id,
-            name=persona.display_name or persona.name,
-            summary=persona.summary,
-            first_message=first,
-        )
+        return api.PageSettings(model=model_id, **page_identity(load_persona(run.persona_path)))
     except (GuppyError, OSError):  # no persona.yaml, or one this version cannot read
         return api.PageSettings(model=model_id, name=model_id, summary="", first_message="")
 

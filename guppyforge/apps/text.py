@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from guppyforge.errors import GuppyError
-from guppyforge.files import builtin_personas, personas_dir, printable, text_table
+from guppyforge.files import builtin_personas, cut, personas_dir, printable, text_table
 from guppyforge.persona.schema import load_persona
 
 if TYPE_CHECKING:  # the persona commands print from here without loading torch
@@ -101,11 +101,6 @@ KINDS = {
 }
 
 
-def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _around(text: str, end: int, width: int = 34) -> str:
     """The stretch of a training reply that leads up to `end` (and a little after it)."""
     start = max(0, end - width + 8)
@@ -154,13 +149,13 @@ def format_trace(trace: Trace) -> str:
         lines.append(f"  {n}  {s.where}  {s.key or s.template_id}{topic}")
         if trace.kind != "verbatim":
             covers = ", ".join(repr(trace.reply[a:b]) for a, b in s.spans) or "(no 3-word span)"
-            lines.append(f"     covers    {_cut(covers, WIDTH - 12)}")
-            lines.append(f"     from      {_cut(s.text, WIDTH - 12)!r}")
+            lines.append(f"     covers    {cut(covers, WIDTH - 12)}")
+            lines.append(f"     from      {cut(s.text, WIDTH - 12)!r}")
         if s.template:
-            lines.append(f"     template  {_cut(s.template, WIDTH - 12)}")
+            lines.append(f"     template  {cut(s.template, WIDTH - 12)}")
     if trace.new:
         new = ", ".join(repr(trace.reply[a:b]) for a, b in trace.new)
-        lines.append(f"  *  new: {_cut(new, WIDTH - 9)}  (in no training reply)")
+        lines.append(f"  *  new: {cut(new, WIDTH - 9)}  (in no training reply)")
     return "\n".join(lines)
 
 
@@ -170,7 +165,7 @@ def format_short(trace: Trace) -> str:
         return f"  [{trace.kind}]"
     where = ", ".join(dict.fromkeys(s.where for s in trace.sources))
     new = f"; new: {', '.join(repr(trace.reply[a:b]) for a, b in trace.new)}" if trace.new else ""
-    return _cut(f"  [{trace.kind}: {where}{new}]", WIDTH + 20)
+    return cut(f"  [{trace.kind}: {where}{new}]", WIDTH + 20)
 
 
 def hesitations(record: list[tuple[int, list]], points: int) -> list[int]:

@@ -308,6 +308,13 @@ def card_to_persona(card: dict[str, Any]) -> dict[str, Any]:
     return persona
 
 
+def page_identity(persona) -> dict:
+    """What the chat page shows of a character (serve's page and the web export alike): its
+    name, summary and the first message a card would open with."""
+    first = persona_to_card(persona)["data"]["first_mes"]
+    return {"name": persona.display_name, "summary": persona.summary, "first_message": first}
+
+
 def persona_to_card(persona: Any) -> dict[str, Any]:
     """A V2 card from a loaded persona: the fields it has, the fields an earlier import kept,
     and the whole persona (mapping and file text) under `data.extensions.guppyforge`."""

@@ -325,7 +325,7 @@ def render_card(stats: dict, persona, command: str, files: dict[str, dict[str, i
         language=persona.language or "en",
         tags=tags,
         size_category=size_category(stats["rows"]),
-        pretty_name=f"{persona.display_name or persona.name}: a guppyforge persona dataset",
+        pretty_name=f"{persona.display_name}: a guppyforge persona dataset",
         files=files,
         command=command,
         version=__version__,

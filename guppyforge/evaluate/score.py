@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import random
-import re
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from guppyforge.files import (
     builtin_persona,
     check_inputs,
     claim_file,
+    cut,
     guard,
     personas_dir,
     text_table,
@@ -31,7 +31,7 @@ from guppyforge.files import (
 )
 from guppyforge.model.engine import Engine
 from guppyforge.model.packing import eval_loss, tokenize
-from guppyforge.persona.conversations import pool
+from guppyforge.persona.conversations import SENTENCE_END, pool
 from guppyforge.persona.schema import Reader, load_persona
 from guppyforge.persona.types import Persona, Probe, Variation
 from guppyforge.persona.variation import Rng, Varier
@@ -51,7 +51,6 @@ from guppyforge.train.run_folder import dataset_dir, load_run, pick_device
 #   in its training replies (a model that falls apart on a strange prompt makes words up).
 
 # The sentence ends `generate` cuts replies at (style.max_sentences), so both count alike.
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
 # What breaks character whatever the persona says: a model that learned chatbot talk.
 CHATBOT_PHRASES = ("as an ai", "language model", "assistant")
 
@@ -130,7 +129,7 @@ def has_phrase(text_words: list[str], phrase: str) -> bool:
 
 
 def count_sentences(text: str) -> int:
-    ends = list(_SENTENCE_END.finditer(text))
+    ends = list(SENTENCE_END.finditer(text))
     tail = text[ends[-1].end() :] if ends else text
     return len(ends) + (1 if tail.strip() else 0)
 
@@ -383,11 +382,6 @@ def _existing(run_dir: str | Path) -> Path:
     return Path(run_dir)
 
 
-def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def format_report(result: dict) -> str:
     """The readable table `guppyforge eval` prints."""
     rows = result["probes"]
@@ -401,9 +395,9 @@ def format_report(result: dict) -> str:
         why = "" if r["passed"] else f"  [{', '.join(r['failures'])}]"
         table.append(
             (
-                _cut(r["ask"], 34),
+                cut(r["ask"], 34),
                 f"{r['passed']}/{r['samples']}",
-                f"{_cut(r['example'], 60)!r}{why}",
+                f"{cut(r['example'], 60)!r}{why}",
             )
         )
     lines.append(text_table(table, indent="  ", align="lrl") if rows else "")
@@ -451,7 +445,7 @@ def _rates(result: dict) -> list[str]:
     )
     missed = [r for r in off["replies"] if r["failures"]][:2]
     lines += [
-        f"    missed: {_cut(r['ask'], 30)!r} -> {_cut(r['reply'], 44)!r} "
+        f"    missed: {cut(r['ask'], 30)!r} -> {cut(r['reply'], 44)!r} "
         f"[{', '.join(r['failures'])}]"
         for r in missed
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from guppyforge.errors import GuppyError
-from guppyforge.persona.conversations import Sampler, first_pairs, stated, tidy
+from guppyforge.persona.conversations import SENTENCE_END, Sampler, first_pairs, stated, tidy
 from guppyforge.persona.conversations import check as check_pairing
 from guppyforge.persona.grammar import Draw
 from guppyforge.persona.types import Persona
@@ -22,7 +22,6 @@ from guppyforge.persona.types import Persona
 
 # Text the starter persona (templates/persona.yaml.j2) marks for the author to replace.
 PLACEHOLDER = "TODO:"
-_ENDS = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
 _NOWHERE = None  # _render only names its template when it fails, which validate caught already
 _SAMPLES = 12  # renders per reply template when its sentences cannot be counted from the text
 
@@ -91,15 +90,15 @@ def _most_sentences(sampler: Sampler, c, most: dict) -> int:
     if c.parts is None:
         draws = (Draw(sampler.grammar, f"sentences:{i}") for i in range(_SAMPLES))
         texts = (sampler._render(_NOWHERE, c, {}, d) for d in draws)
-        return max((len(_ENDS.findall(tidy(x))) for x in texts), default=0)
+        return max((len(SENTENCE_END.findall(tidy(x))) for x in texts), default=0)
     n = 0
     for p in c.parts:
         if isinstance(p, str):
-            n += len(_ENDS.findall(p))
+            n += len(SENTENCE_END.findall(p))
         else:
             if p[1] not in most:
                 values, _ = sampler.grammar.values(p[1], 2_000)
-                most[p[1]] = max((len(_ENDS.findall(v.strip())) for v in values), default=0)
+                most[p[1]] = max((len(SENTENCE_END.findall(v.strip())) for v in values), default=0)
             n += most[p[1]]
     return n
 

@@ -164,7 +164,7 @@ def _names(names) -> str:
 # Ranks 0, 1, 2... -> u = frac(u0 + rank / golden ratio): the most evenly spread sequence in [0, 1)
 # (any N points leave gaps of at most three sizes), from which Draw decodes the grammar's values.
 _GOLDEN = (5**0.5 - 1) / 2
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
+SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|[。！？]+")
 _SPACES = re.compile(r"  +")
 
 
@@ -477,7 +477,7 @@ def keep_sentences(text: str, limit: int) -> str:
 
     A reply over the cap loses its fillers ("sorry.", "beep.") rather than its main clause.
     """
-    cuts = [m.end() for m in _SENTENCE_END.finditer(text)]
+    cuts = [m.end() for m in SENTENCE_END.finditer(text)]
     if cuts and cuts[-1] < len(text.rstrip()):
         cuts.append(len(text))  # an unfinished last sentence counts too
     pieces = [text[a:b] for a, b in zip([0, *cuts], cuts, strict=False)]

@@ -420,7 +420,7 @@ def render_model_card(
         run=run,
         c=config,
         persona=persona,
-        title=(persona.display_name or persona.name) if persona else "a guppyforge model",
+        title=persona.display_name if persona else "a guppyforge model",
         license=(persona.license if persona and persona.license else "unknown"),
         tags=list(dict.fromkeys(tags)),
         params=param_counts(cfg),

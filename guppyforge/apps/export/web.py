@@ -172,20 +172,19 @@ def copy_runtime(node_modules: Path, out: Path) -> list[Path]:
 def page_settings(run: Run, dtype: str) -> dict:
     """page.json: what the page shows, its sampling defaults (those of `guppyforge chat`), and
     what browser.js needs to load the model (the same fields serve's page.json has, and more)."""
-    name = (run.config.get("persona") or {}).get("name") or run.path.name
-    summary = first_message = ""
+    identity = {
+        "name": (run.config.get("persona") or {}).get("name") or run.path.name,
+        "summary": "",
+        "first_message": "",
+    }
     if run.persona_path.is_file():
         from guppyforge import load_persona
-        from guppyforge.cards import persona_to_card
+        from guppyforge.cards import page_identity
 
-        persona = load_persona(run.persona_path)
-        name, summary = persona.display_name or persona.name, persona.summary
-        first_message = persona_to_card(persona)["data"]["first_mes"]  # as serve's page shows
+        identity = page_identity(load_persona(run.persona_path))  # as serve's page shows it
     return {
         "backend": "browser",
-        "name": name,
-        "summary": summary,
-        "first_message": first_message,
+        **identity,
         "model": "character",
         "dtype": dtype,
         "parameters": run.model.num_params(),
