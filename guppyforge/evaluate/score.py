@@ -158,21 +158,33 @@ def style_failures(text: str, style) -> list[str]:
     return failures
 
 
+def ask_all(engine, prompts, seeds, temperature: float, strip: bool = True) -> list[str]:
+    """One reply to each single-message prompt, `seeds[i]` seeding reply i, decoded together in
+    one batch: eval asks hundreds of prompts, and a batch shares each forward pass."""
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    texts = engine.replies(conversations, seeds, temperature=temperature)
+    return [t.strip() for t in texts] if strip else texts
+
+
 def score_probes(engine, probes, asks, style, seed, temperature, kind: str = ""):
     """Ask probe i each of `asks[i]` (one reply per ask); per probe, its passes and failures.
 
     Returns (rows, replies). `kind` keeps each set's sampling seeds its own; the own probes
     (kind "") keep the seeds they always had, so their replies do not change.
     """
+    keys = [(i, s) for i in range(len(probes)) for s in range(len(asks[i]))]
+    texts = ask_all(
+        engine,
+        [asks[i][s] for i, s in keys],
+        [sample_seed(seed, f"{kind}:{i}" if kind else i, s) for i, s in keys],
+        temperature,
+    )
+    answered = dict(zip(keys, texts, strict=True))
     rows, replies = [], []
     for i, probe in enumerate(probes):
         got = []
         for s, ask in enumerate(asks[i]):
-            text = engine.reply(
-                [{"role": "user", "content": ask}],
-                temperature=temperature,
-                seed=sample_seed(seed, f"{kind}:{i}" if kind else i, s),
-            ).strip()
+            text = answered[i, s]
             got.append((ask, text, check_reply(text, probe, style)))
         passed = [t for _, t, why in got if not why]
         failures: dict[str, int] = {}
@@ -196,16 +208,12 @@ def score_probes(engine, probes, asks, style, seed, temperature, kind: str = "")
 
 def score_offtopic(engine, persona, n: int, seed: int, temperature: float, vocabulary=None) -> dict:
     """`n` held-out off-topic prompts, one reply each, judged in character (above)."""
-    results = []
-    for i, ask in enumerate(offtopic_sample(n, seed)):
-        text = engine.reply(
-            [{"role": "user", "content": ask}],
-            temperature=temperature,
-            seed=sample_seed(seed, f"offtopic:{i}", 0),
-        ).strip()
-        results.append(
-            {"ask": ask, "reply": text, "failures": offtopic_failures(text, persona, vocabulary)}
-        )
+    prompts = offtopic_sample(n, seed)
+    seeds = [sample_seed(seed, f"offtopic:{i}", 0) for i in range(len(prompts))]
+    results = [
+        {"ask": ask, "reply": text, "failures": offtopic_failures(text, persona, vocabulary)}
+        for ask, text in zip(prompts, ask_all(engine, prompts, seeds, temperature), strict=True)
+    ]
     passed = sum(not r["failures"] for r in results)
     return {
         "samples": len(results),
@@ -362,16 +370,9 @@ def composition_by_topic(engine, index, test, per_topic: int, seed: int, tempera
             mine.append(messages[0]["content"])
     out = {}
     for topic in sorted(t for t, mine in asks.items() if mine):
-        kinds = [
-            index.trace(
-                engine.reply(
-                    [{"role": "user", "content": ask}],
-                    temperature=temperature,
-                    seed=sample_seed(seed, f"topic:{topic}", s),
-                )
-            ).kind
-            for s, ask in enumerate(asks[topic])
-        ]
+        seeds = [sample_seed(seed, f"topic:{topic}", s) for s in range(len(asks[topic]))]
+        texts = ask_all(engine, asks[topic], seeds, temperature, strip=False)
+        kinds = [index.trace(text).kind for text in texts]
         out[topic] = {"replies": len(kinds)} | {k: kinds.count(k) / len(kinds) for k in KINDS}
     return out
 
