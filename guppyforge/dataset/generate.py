@@ -6,9 +6,8 @@
     DIR/stats.json                          the same figures, for programs
     DIR/persona.yaml                        the persona file, byte for byte
 
-The steps live in small modules, in the order they run: dataset_draw (unique conversations),
-dataset_split (leak-free split), dataset_card (figures and card), dataset_write (parquet files
-and the all-or-nothing folder).
+The steps, in the order they run: draw.py (unique conversations), split.py (the leak-free
+split), folder.py (the figures and card, the parquet files and the all-or-nothing folder).
 """
 
 from __future__ import annotations
