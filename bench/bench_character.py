@@ -2,6 +2,8 @@
 
     python bench/bench_character.py --persona guppy --minutes 5 --preset tiny
     python bench/bench_character.py --persona guppy cat lighthouse --minutes 5
+    python bench/bench_character.py --persona guppy cat --minutes 4 --preset tiny \
+        --probes bench/fixtures/dev_probes      # each persona's own dev set, by name
     python bench/bench_character.py --persona guppy --minutes 2 5 10 20 --preset tiny guppy-9m
     python bench/bench_character.py --persona guppy --minutes 0.2 --preset micro --rows 2000 \
         --samples 1 --offtopic-samples 5          # a micro run: proves the bench works
@@ -13,7 +15,7 @@ with train's defaults for that budget at --precision fp32 (the schedule fitted t
 
     own        the persona's own probes (`eval`'s probe pass rate)
     perturbed  the same probes typed with typos, casing and fillers
-    blind      the blind probe set (personas/blind/NAME.yaml, or --probes FILE); - when none
+    blind      the blind probe set (personas/blind/NAME.yaml, or --probes); - when none
     off-topic  held-out off-topic prompts (never in the data) answered in character
     eval loss  loss on the test split's replies
 
@@ -56,6 +58,23 @@ def _steps(run: Path) -> int:
     return step
 
 
+def probe_files(personas: list[str], given: list[str] | None) -> list[Path | None]:
+    """Each persona's blind probe file: `given` in order, or NAME.yaml from a folder."""
+    if not given:
+        return [None] * len(personas)
+    if len(given) == 1 and Path(given[0]).is_dir():
+        files = [Path(given[0]) / f"{Path(p).stem}.yaml" for p in personas]
+    elif len(given) == len(personas):
+        files = [Path(g) for g in given]
+    else:
+        raise SystemExit(f"--probes: {len(given)} files for {len(personas)} personas. Give one "
+                         "per persona, in order, or a folder holding NAME.yaml for each")  # fmt: skip
+    for f in files:
+        if not f.is_file():
+            raise SystemExit(f"--probes: no probe file {f}")
+    return files
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--persona", nargs="+", default=["guppy"], help="built-in names or files")
@@ -65,19 +84,27 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42, help="generate's seed (train and eval: 0)")
     ap.add_argument("--samples", type=int, default=5, help="replies per probe")
     ap.add_argument("--offtopic-samples", type=int, default=50, help="held-out off-topic prompts")
-    ap.add_argument("--probes", help="blind probe file (default: the built-in's own, if any)")
+    ap.add_argument(
+        "--probes",
+        nargs="+",
+        help="blind probe files, one per --persona in order, or "
+        "a folder holding NAME.yaml for each (default: each built-in's own, if any)",
+    )
     ap.add_argument("--work", help="folder for datasets and runs (default: a temporary one)")
     ap.add_argument("--json", help="write every eval result to this file")
     args = ap.parse_args()
 
+    probes = probe_files(args.persona, args.probes)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-character-"))
     print(f"# {os.cpu_count()} cores visible, torch threads as torch picks; work in {work}")
     print(" | ".join(COLUMNS))
     results = []
-    for persona in args.persona:
+    for persona, probe_file in zip(args.persona, probes, strict=True):
         data = work / f"data-{Path(persona).stem}"
         gen = generate_dataset(persona, data, n=args.rows, seed=args.seed, force=True,
                                progress=False)  # fmt: skip
+        if probe_file is not None:
+            print(f"# {persona}: the blind column scores {probe_file}")
         print(f"# {persona}: {gen.summary()}; varied {gen.stats['varied_rows']:,}, "
               f"off-topic {gen.stats['offtopic_rows']:,}")  # fmt: skip
         for preset in args.preset:
@@ -88,7 +115,7 @@ def main() -> None:
                 if preset:
                     options["preset"] = preset
                 train(data, run, force=True, progress=False, **options)
-                r = evaluate_run(run, samples=args.samples, probes=args.probes,
+                r = evaluate_run(run, samples=args.samples, probes=probe_file,
                                  offtopic_samples=args.offtopic_samples, device="cpu")  # fmt: skip
                 shape = json.loads((run / "config.json").read_text()).get("train", {}).get("preset")
                 row = (Path(persona).stem, str(shape or "-"), f"{minutes:g}", str(_steps(run)),

@@ -4,13 +4,14 @@ message, and off-topic prompts from the shipped pool answered in character."""
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import pytest
 from click.testing import CliRunner
 
 from guppyforge.apps.cli import cli
 from guppyforge.dataset.draw import draw_unique, turn_mix
-from guppyforge.dataset.split import message_keys, split_by_prompt
+from guppyforge.dataset.split import RowKeys, message_keys, split_by_prompt
 from guppyforge.errors import GuppyError
 from guppyforge.files import builtin_persona
 from guppyforge.persona.conversations import OFFTOPIC, Sampler, pool
@@ -106,22 +107,45 @@ def test_new_keys_need_format_1_2_and_old_files_still_load(write_persona_file):
 # --- the split ---------------------------------------------------------------------------------
 
 
-def test_no_user_message_of_a_test_row_nor_its_unvaried_form_is_in_train(guppy_60k):
+def _guppy_split(guppy_60k, strata: bool):
+    persona, draw = guppy_60k
+    names = (persona.name, persona.display_name)
+    keys = [message_keys(r[0], u, names) for r, u in zip(draw.rows, draw.unvaried, strict=True)]
+    topics = [r[1] for r in draw.rows] if strata else None
+    return split_by_prompt(keys, 0.05, 7, topics)
+
+
+def _forms(persona, draw, i, turns=slice(None)):
+    """Row i's user messages (`turns` of them) as generated, as written, and both normalised."""
+    names = (persona.name, persona.display_name)
+    users = [text for role, text in draw.rows[i][0] if role == "user"][turns]
+    raw = users + list(draw.unvaried[i] or ())[turns]
+    return set(raw) | {normalise(u, names) for u in raw}
+
+
+@pytest.mark.parametrize("strata", [False, True], ids=["as-generate-calls-it", "by-topic"])
+def test_no_test_rows_opening_nor_its_unvaried_form_is_in_train(guppy_60k, strata):
     persona, draw = guppy_60k
     assert len(draw.rows) == 60_000 and len({row[0] for row in draw.rows}) == 60_000
     assert draw.varied > 20_000 and max(row[3] for row in draw.rows) == 3
-    names = (persona.name, persona.display_name)
-    keys = [message_keys(r[0], u, names) for r, u in zip(draw.rows, draw.unvaried, strict=True)]
-    train, test = split_by_prompt(keys, 0.05, 7)
+    train, test = _guppy_split(guppy_60k, strata)
     assert len(test) == 3_000
+    in_train = set().union(*(_forms(persona, draw, i) for i in train))
+    assert not any(_forms(persona, draw, i, slice(1)) & in_train for i in test)
+    # A later turn of a test row that opens any row is a topic message there: not in train either.
+    openings = set().union(*(_forms(persona, draw, i, slice(1)) for i in range(len(draw.rows))))
+    assert not any(_forms(persona, draw, i) & openings & in_train for i in test)
 
-    def forms(i):  # each user message as generated, as written, and both normalised
-        users = [text for role, text in draw.rows[i][0] if role == "user"]
-        raw = users + list(draw.unvaried[i] or ())
-        return set(raw) | {normalise(u, names) for u in raw}
 
-    in_train = set().union(*(forms(i) for i in train))
-    assert not any(forms(i) & in_train for i in test)
+def test_test_split_has_multi_turn_rows_and_every_topic(guppy_60k):
+    persona, draw = guppy_60k
+    train, test = _guppy_split(guppy_60k, strata=True)
+    assert sum(draw.rows[i][3] > 1 for i in test) > 500  # follow-ups no longer pin rows in train
+    rows = Counter(r[1] for r in draw.rows)
+    held = Counter(draw.rows[i][1] for i in test)
+    assert set(held) == set(rows) == {*persona.topics, OFFTOPIC}
+    for topic, n in rows.items():  # each topic about its own share of the test split
+        assert abs(held[topic] / len(test) - n / len(draw.rows)) < 0.02, topic
 
 
 def test_split_joins_rows_that_share_any_message():
@@ -129,6 +153,32 @@ def test_split_joins_rows_that_share_any_message():
     for seed in range(20):
         train, test = split_by_prompt(keys, 0.3, seed)
         assert {0, 2} <= set(train) or {0, 2} <= set(test)
+
+
+def test_a_generic_follow_up_joins_no_rows_but_an_opening_does():
+    def row(opening, reply):
+        return [("user", opening), ("assistant", reply), ("user", "why?"), ("assistant", "food.")]
+
+    keys = [message_keys(row("do you like worms", "yes."))]
+    keys += [message_keys(row(f"question {n}", "ok.")) for n in range(9)]
+    assert keys[0] == RowKeys(("do you like worms",), ("why",))
+    assert len({tuple(split_by_prompt(keys, 0.3, seed)[1]) for seed in range(20)}) > 1
+    # Once "why?" opens a row it is a topic message: every row asking it goes to one side.
+    keys.append(message_keys([("user", "Why?"), ("assistant", "bubbles.")]))
+    keys += [message_keys([("user", f"other {n}"), ("assistant", "ok.")]) for n in range(20)]
+    for seed in range(20):
+        train, test = split_by_prompt(keys, 0.3, seed)
+        assert set(range(11)) <= set(train) or set(range(11)) <= set(test)
+
+
+def test_strata_give_each_a_test_row_and_must_match_the_rows():
+    keys = [f"a{n}" for n in range(90)] + ["b", "b", "c"]
+    strata = ["a"] * 90 + ["b", "b", "c"]
+    for seed in range(10):
+        _, test = split_by_prompt(keys, 0.1, seed, strata)
+        assert {strata[i] for i in test} == {"a", "b", "c"} and len(test) == 9
+    with pytest.raises(ValueError, match="2 strata for 93 rows"):
+        split_by_prompt(keys, 0.1, 0, ["a", "b"])
 
 
 # --- off-topic ---------------------------------------------------------------------------------
