@@ -65,7 +65,7 @@ def test_the_page_shows_the_persona_and_streams_a_reply(page, server, run):
     assert page.locator("#summary").inner_text().startswith("A ")
     greeting = page.locator(".msg.assistant").first.inner_text()
     # the persona card's first_mes
-    assert greeting == "You're back. The bowl is empty, in case you wondered."
+    assert greeting == "*flicks tail* Ah. The one with the can opener. Welcome."
     page.locator("#temperature").fill("0")
     page.locator("#top-k").fill("7")
     with page.expect_request("**/v1/chat/completions") as request:

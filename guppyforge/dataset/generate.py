@@ -157,7 +157,8 @@ def generate_dataset(
 
     names = (persona.name, persona.display_name)
     keys = [message_keys(row[0], u, names) for row, u in zip(draw.rows, draw.unvaried, strict=True)]
-    train_at, test_at = split_by_prompt(keys, test_size, seed)
+    topics = [row[1] for row in draw.rows]  # every topic gets its share of test rows
+    train_at, test_at = split_by_prompt(keys, test_size, seed, topics)
     splits = {"train": [draw.rows[i] for i in train_at]}
     if test_at:
         splits["test"] = [draw.rows[i] for i in test_at]
