@@ -50,7 +50,7 @@ def test_same_reply_twice_at_temperature_0(micro_run):
 
 
 def test_int8_chat_is_reproducible_and_agrees_with_fp32(micro_run):
-    from guppyforge.model.int8 import quantize_int8
+    from guppyforge.model.speed import quantize_int8
 
     first = invoke("chat", micro_run, "--prompt", "are you hungry", "--temperature", "0", "--int8")
     second = invoke("chat", micro_run, "--prompt", "are you hungry", "--temperature", "0", "--int8")
