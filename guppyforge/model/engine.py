@@ -3,7 +3,7 @@
 chat, eval, the trainer's samples, serve and `why`'s hesitation view all call it, so a reply is
 the same whether it is typed in a terminal, scored, or requested over HTTP:
 
-    engine = Engine(model, tokenizer)              # int8=True: int8 weights on a CPU
+    engine = Engine(model, tokenizer)
     engine.reply(messages, temperature=0)          # the whole reply
     completion = engine.stream(messages, seed=1)  # text pieces as the model writes them
     for piece in completion: ...                   # then .finish_reason, .completion_tokens
@@ -36,7 +36,7 @@ from tokenizers import Tokenizer
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, ModelConfig
-from guppyforge.model.speed import DecodeStep, decode_layout, quantize_int8
+from guppyforge.model.speed import DecodeStep, decode_layout
 from guppyforge.model.tokenizer import END, build_prompt, prompt_budget
 
 OnToken = Callable[[int, torch.Tensor], None]  # (token id, the logits it was drawn from)
@@ -504,29 +504,22 @@ class Completion:
 class Engine:
     """A model and its tokenizer, ready to write replies."""
 
-    def __init__(
-        self, model: GPT, tokenizer: Tokenizer | None, *, int8: bool = False, prepare: bool = True
-    ):
-        """`int8`: decode with an int8 copy of the weights (CPU only). `prepare`: decode with a
-        copy laid out for speed (`decode_layout`); False decodes with `model` itself, as it is
-        (the trainer's samples, whose weights change between evals). Without a tokenizer only
-        `tokens` works: ids in, ids out, no end token (benchmarks)."""
-        if int8:
-            if model.wte.weight.device.type != "cpu":
-                raise GuppyError("--int8: int8 weights run on the CPU only. Add --device cpu.")
-            model = quantize_int8(model).eval()
-        elif prepare:
+    def __init__(self, model: GPT, tokenizer: Tokenizer | None, *, prepare: bool = True):
+        """`prepare`: decode with a copy laid out for speed (`decode_layout`); False decodes
+        with `model` itself, as it is (the trainer's samples, whose weights change between
+        evals). Without a tokenizer only `tokens` works: ids in, ids out, no end token
+        (benchmarks)."""
+        if prepare:
             model = decode_layout(model)  # a copy on a CPU: the caller's model stays as it is
         self.model, self.tokenizer, self.cfg = model, tokenizer, model.cfg
         self.decode_step = DecodeStep(model)
         self.device = model.wte.weight.device
-        # The cache's dtype is the activations': the embedding's (int8 keeps fp32 embeddings).
-        self.like = model.wte.weight.detach()
+        self.like = model.wte.weight.detach()  # the cache's dtype and device
         self.end_id = tokenizer.token_to_id(END) if tokenizer is not None else None
 
     @classmethod
-    def from_run(cls, run, *, int8: bool = False) -> Engine:
-        return cls(run.model, run.tokenizer, int8=int8)
+    def from_run(cls, run) -> Engine:
+        return cls(run.model, run.tokenizer)
 
     def prompt(self, messages: list[dict], max_new_tokens: int = MAX_NEW_TOKENS):
         """(prompt ids, messages left out): `build_prompt` at this model's context."""

@@ -2,20 +2,17 @@
 
 gpt.py reads as the lesson; each place it takes a faster route points here, so the tricks that
 earn measured speed do not crowd the model itself: the attention kernel for short bf16 rows, the
-weight layout for decoding, int8 weights, and `DecodeStep`, the engine's one-token forward pass.
+weight layout for decoding, and `DecodeStep`, the engine's one-token forward pass.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from guppyforge.errors import GuppyError
 
 
 def textbook_attention_wins(q: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
@@ -57,35 +54,12 @@ def decode_layout(model: nn.Module) -> nn.Module:
     return model
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of `model` whose Linear layers (the head too) hold int8 weights; CPU only.
-
-    Each output row keeps its own scale (per-channel), which keeps greedy replies the same as
-    fp32 far more often than one scale per matrix; activations are quantized on the fly, per
-    token. The embeddings stay fp32.
-    """
-    try:
-        with warnings.catch_warnings():
-            # torch.ao's eager quantization is deprecated in favour of torchao, but it is the
-            # only int8 path built into the torch versions this package supports.
-            warnings.simplefilter("ignore")
-            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-            return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, inplace=False)
-    except (ImportError, RuntimeError, AttributeError) as e:
-        raise GuppyError(
-            f"--int8: this torch build ({torch.__version__}) cannot quantize ({e}). Drop --int8."
-        ) from None
-
-
-def _matmul(module: nn.Module):
-    """`module`'s forward on a (rows, features) input, with no module call around it."""
-    if type(module) is nn.Linear:
-        weight = module.weight.t()  # a view: the trainer's updates show through
-        if module.bias is None:
-            return lambda x: torch.mm(x, weight)
-        return lambda x, bias=module.bias: torch.addmm(bias, x, weight)
-    return module.forward  # int8: the quantized layer's own kernel
+def _matmul(linear: nn.Linear):
+    """F.linear's own kernel on a (rows, features) input, with no module call around it."""
+    weight = linear.weight.t()  # a view: the trainer's updates show through
+    if linear.bias is None:
+        return lambda x: torch.mm(x, weight)
+    return lambda x, bias=linear.bias: torch.addmm(bias, x, weight)
 
 
 class DecodeStep:
