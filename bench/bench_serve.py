@@ -4,6 +4,7 @@
     python bench/bench_serve.py --run runs/cat           # a trained run folder
     python bench/bench_serve.py --before /tmp/serve-before   # also the old server, from a
                                                          # checkout of it (git worktree add ...)
+    python bench/bench_serve.py --levels 8               # 8 clients only
 
 Each server runs in its own process on 127.0.0.1 (loopback only) and gets the same short chat
 requests (`max_tokens` 32, sampled with a per-request seed) from 1, 8 and 32 client threads,
@@ -120,7 +121,7 @@ def bench(name: str, code_dir: Path, run: Path, args) -> dict[int, dict]:
         for i in range(2):
             ask(port, 10_000 + i, "cat")  # warm up: first forward passes, allocator
         rows = {}
-        for clients in LEVELS:
+        for clients in args.levels:
             per_client = max(args.requests // clients, 2)
             rows[clients] = r = level(port, clients, per_client, args.seconds, "cat")
             print(f"{name:7} {clients:>4} {r['requests']:>9} {r['rps']:>8.1f} {r['p50']:>8.0f} "
@@ -137,6 +138,10 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a checkout of the server to compare with")
     parser.add_argument("--requests", type=int, default=64, help="requests per level (about)")
     parser.add_argument("--seconds", type=float, default=60, help="sending time per level, max")
+    parser.add_argument(
+        "--levels", type=lambda s: [int(c) for c in s.split(",")], default=list(LEVELS),
+        help="client threads per level, comma-separated (default: 1,8,32)",
+    )  # fmt: skip
     args = parser.parse_args()
     here = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,13 +154,15 @@ def main() -> None:
         if args.before:
             results["before"] = bench("before", args.before.resolve(), run, args)
         results["after"] = bench("after", here, run, args)
-    after = results["after"]
-    print(f"\nafter: concurrency 8 / 1 = {after[8]['rps'] / after[1]['rps']:.1f}x requests/s, "
-          f"32 / 1 = {after[32]['rps'] / after[1]['rps']:.1f}x")  # fmt: skip
+    after, low = results["after"], args.levels[0]
+    for name, rows in results.items():
+        for c in args.levels[1:]:
+            print(
+                f"{name}: concurrency {c} / {low} = {rows[c]['rps'] / rows[low]['rps']:.1f}x requests/s"
+            )
     if "before" in results:
         before = results["before"]
-        print(f"before: concurrency 8 / 1 = {before[8]['rps'] / before[1]['rps']:.1f}x requests/s")
-        for c in LEVELS:
+        for c in args.levels:
             b, a = before[c], after[c]
             print(f"after / before at {c:>2}: {a['rps'] / b['rps']:.1f}x requests/s, "
                   f"p50 {a['p50'] / b['p50']:.2f}x, p95 {a['p95'] / b['p95']:.2f}x")  # fmt: skip

@@ -191,7 +191,6 @@ def chat(
     prompt: str | None,
     device: str,
     show_probs: bool,
-    int8: bool = False,
     trace: bool = False,
     **options,
 ) -> None:
@@ -199,7 +198,7 @@ def chat(
     if not Path(run_dir).is_dir():
         raise GuppyError(f"{run_dir}: no such run folder. Train one with `guppyforge train`.")
     run = load_run(run_dir, device=str(pick_device(device)))
-    engine = Engine.from_run(run, int8=int8)
+    engine = Engine.from_run(run)
     if prompt is None:
         name = (run.config.get("persona") or {}).get("name") or run.path.name
         repl(engine, name, run.path, options, show_probs, trace)

@@ -109,8 +109,7 @@ def presets() -> None:
 @click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
 @click.option("--trace", is_flag=True, help="After each reply, the persona lines it came from.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
-@click.option("--int8", is_flag=True, help="Int8 weights: ~3x faster on a CPU, replies may differ.")
-def chat_cmd(run_dir, prompt, device, show_probs, int8, trace, **options) -> None:
+def chat_cmd(run_dir, prompt, device, show_probs, trace, **options) -> None:
     """Talk to the character in RUN_DIR (/why traces the last reply, /reset, /quit).
 
     \b
@@ -119,7 +118,7 @@ def chat_cmd(run_dir, prompt, device, show_probs, int8, trace, **options) -> Non
     """
     from guppyforge.apps.chat import chat
 
-    chat(run_dir, prompt, device, show_probs, int8, trace, **options)
+    chat(run_dir, prompt, device, show_probs, trace, **options)
 
 
 @click.command("eval", context_settings={"show_default": True})

@@ -3,7 +3,7 @@
 chat, eval, the trainer's samples, serve and `why`'s hesitation view all call it, so a reply is
 the same whether it is typed in a terminal, scored, or requested over HTTP:
 
-    engine = Engine(model, tokenizer)              # int8=True: int8 weights on a CPU
+    engine = Engine(model, tokenizer)
     engine.reply(messages, temperature=0)          # the whole reply
     completion = engine.stream(messages, seed=1)  # text pieces as the model writes them
     for piece in completion: ...                   # then .finish_reason, .completion_tokens
@@ -36,8 +36,7 @@ from tokenizers import Tokenizer
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, ModelConfig
-from guppyforge.model.int8 import quantize_int8
-from guppyforge.model.speed import decode_layout
+from guppyforge.model.speed import DecodeStep, decode_layout
 from guppyforge.model.tokenizer import END, build_prompt, prompt_budget
 
 OnToken = Callable[[int, torch.Tensor], None]  # (token id, the logits it was drawn from)
@@ -160,66 +159,73 @@ class StopStrings:
 
 
 class KVCache:
-    """Keys and values of every token each reply has seen: (rows, heads, context, head_dim) per
-    layer, allocated once and written in place, one row per reply.
+    """Keys and values of every token each reply has seen, allocated once and written in place:
+    per layer one (rows, context, 2 * d_model) tensor, one row per reply; a position holds its
+    keys then values, as the attention's input projection writes them (one copy per layer).
 
-    Without it, each new token would recompute attention inputs for the whole prefix: decoding
-    T tokens would cost O(T^2) projections instead of O(T). The decoder says where this forward
-    pass writes (`prefill` or `decode`); `GPT.forward` hands each layer's new keys and values to
-    `update`, which stores them and returns what that layer attends to.
+    Without it, each new token would recompute attention inputs for the whole prefix: O(T^2)
+    projections instead of O(T). The decoder says where a pass writes (`prefill`, `decode`);
+    `GPT.forward` calls `update`, the engine's `DecodeStep` calls `store` and `attend`.
     """
 
     def __init__(self, cfg: ModelConfig, rows: int, like: torch.Tensor):
-        shape = (rows, cfg.n_head, cfg.context, cfg.d_model // cfg.n_head)
-        self.keys = [like.new_zeros(shape) for _ in range(cfg.n_layer)]
-        self.values = [like.new_zeros(shape) for _ in range(cfg.n_layer)]
+        self.heads = cfg.n_head
+        self.kv = [like.new_zeros(rows, cfg.context, 2 * cfg.d_model) for _ in range(cfg.n_layer)]
         self.slots: slice | torch.Tensor | None = None  # prefill: the rows the prompts go to
         self.pos: torch.Tensor | None = None  # decode: each row's position, when they differ
+        self.index: torch.Tensor | None = None  # ...and the rows they are at
         self.at = 0  # decode: the one position every row writes, when they agree
         self.width = 0  # decode: how many positions this step attends to
 
     @property
     def rows(self) -> int:
-        return self.keys[0].shape[0]
+        return self.kv[0].shape[0]
 
     def grow(self, rows: int) -> None:
         """Room for `rows` rows, keeping what is cached."""
-        for store in (self.keys, self.values):
-            for layer, old in enumerate(store):
-                store[layer] = old.new_zeros(rows, *old.shape[1:])
-                store[layer][: old.shape[0]] = old
+        for layer, old in enumerate(self.kv):
+            self.kv[layer] = old.new_zeros(rows, *old.shape[1:])
+            self.kv[layer][: old.shape[0]] = old
 
     def prefill(self, slots: list[int]) -> None:
         """The next pass runs whole prompts (padded on the right) into these empty rows."""
         if slots == list(range(slots[0], slots[0] + len(slots))):
             self.slots = slice(slots[0], slots[0] + len(slots))  # a plain copy, no scatter
         else:
-            self.slots = torch.tensor(slots, device=self.keys[0].device)
+            self.slots = torch.tensor(slots, device=self.kv[0].device)
 
     def decode(self, positions: list[int]) -> None:
         """The next pass feeds one token to each of the first len(positions) rows."""
         self.slots = None
         same = all(p == positions[0] for p in positions)
         self.at = positions[0] if same else -1
-        self.pos = None if same else torch.tensor(positions, device=self.keys[0].device)
+        device = self.kv[0].device
+        self.pos = None if same else torch.tensor(positions, device=device)
+        self.index = None if same else torch.arange(len(positions), device=device)
         self.width = max(positions) + 1
 
+    def store(self, layer: int, kv: torch.Tensor) -> None:
+        """Write each row's new keys and values (rows, 2 * d_model) at its position."""
+        at = (slice(kv.shape[0]), self.at) if self.pos is None else (self.index, self.pos)
+        self.kv[layer][at] = kv  # a slice where rows agree (always so for one reply)
+
+    def attend(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first `rows` rows' keys and values, (rows, heads, width, head_dim) views."""
+        cache = self.kv[layer]
+        context, two_c = cache.shape[1:]
+        dim = two_c // 2 // self.heads
+        size, stride = (rows, self.heads, self.width, dim), (context * two_c, dim, two_c, 1)
+        return cache.as_strided(size, stride), cache.as_strided(size, stride, two_c // 2)
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        keys, values = self.keys[layer], self.values[layer]
-        if self.slots is not None:
-            # A prompt attends only to itself (causally), so the new tokens are all it needs.
-            keys[self.slots, :, : k.shape[2]] = k
-            values[self.slots, :, : k.shape[2]] = v
+        """Store keys and values (B, heads, T, head_dim); what this layer attends to."""
+        B, _, T, _ = k.shape
+        kv = torch.cat((k, v), 1).transpose(1, 2).reshape(B, T, -1)
+        if self.slots is not None:  # a prompt attends only to itself (causally)
+            self.kv[layer][self.slots, :T] = kv
             return k, v
-        rows = k.shape[0]
-        if self.pos is None:  # every row at one position (always so for one reply): a slice
-            keys[:rows, :, self.at : self.at + 1] = k
-            values[:rows, :, self.at : self.at + 1] = v
-        else:
-            index = torch.arange(rows, device=k.device)
-            keys[index, :, self.pos] = k[:, :, 0]
-            values[index, :, self.pos] = v[:, :, 0]
-        return keys[:rows, :, : self.width], values[:rows, :, : self.width]
+        self.store(layer, kv[:, 0])
+        return self.attend(layer, B)
 
 
 class Busy(Exception):
@@ -374,21 +380,19 @@ class BatchDecoder:
         # results are thrown away, and a new reply's prefill overwrites what they cached.
         feed = [(r.last, r.length) if r is not None and not r.done else (0, 0) for r in self.rows]
         device = self.engine.device
-        tokens = torch.tensor([[t] for t, _ in feed], device=device)
-        positions = [p for _, p in feed]
-        self.cache.decode(positions)
+        fed = torch.tensor(feed, device=device)  # (rows, 2): each row's token and position
+        self.cache.decode([p for _, p in feed])
         mask = None
         if self.cache.pos is not None:  # rows of different lengths: each sees its own tokens
             seen = torch.arange(self.cache.width, device=device)
             mask = (seen[None, :] <= self.cache.pos[:, None])[:, None, None, :]
-        at = torch.tensor(positions, device=device)[:, None]
-        logits = self.model(tokens, positions=at, attn_mask=mask, cache=self.cache)[:, -1]
+        logits = self.engine.decode_step(fed[:, 0], fed[:, 1], self.cache, mask)
         self.steps += 1
-        greedy = logits.argmax(-1).tolist()
+        greedy = logits.argmax(-1).tolist() if any(r.temperature <= 0 for r in live) else None
         for slot, row in enumerate(self.rows):
             if row is not None and not row.done:
                 row.length += 1
-                self._take(row, logits[slot], greedy[slot])
+                self._take(row, logits[slot], greedy[slot] if greedy else 0)
 
     def _prefill(self, joining: list[Row]) -> None:
         """Run the new prompts in one pass into free cache rows, and take their first tokens.
@@ -415,11 +419,13 @@ class BatchDecoder:
         longest = max(len(r.ids) for r in joining)
         x = torch.tensor([r.ids + [0] * (longest - len(r.ids)) for r in joining])
         self.cache.prefill(slots)
-        logits = self.model(x.to(self.engine.device), cache=self.cache)
+        hidden = self.model.trunk(x.to(self.engine.device), cache=self.cache)
+        # Logits at each prompt's last position only: the head is the largest matmul.
+        ends = torch.tensor([len(r.ids) - 1 for r in joining], device=hidden.device)
+        logits = self.model.lm_head(hidden[torch.arange(len(joining)), ends])
         for i, row in enumerate(joining):
             row.length = len(row.ids)
-            last = logits[i, len(row.ids) - 1]
-            self._take(row, last, int(last.argmax()))
+            self._take(row, logits[i], int(logits[i].argmax()))
 
     def _take(self, row: Row, logits: torch.Tensor, greedy: int) -> None:
         """Pick the row's next token and apply the stop rules to it."""
@@ -498,28 +504,22 @@ class Completion:
 class Engine:
     """A model and its tokenizer, ready to write replies."""
 
-    def __init__(
-        self, model: GPT, tokenizer: Tokenizer | None, *, int8: bool = False, prepare: bool = True
-    ):
-        """`int8`: decode with an int8 copy of the weights (CPU only). `prepare`: decode with a
-        copy laid out for speed (`decode_layout`); False decodes with `model` itself, as it is
-        (the trainer's samples, whose weights change between evals). Without a tokenizer only
-        `tokens` works: ids in, ids out, no end token (benchmarks)."""
-        if int8:
-            if model.wte.weight.device.type != "cpu":
-                raise GuppyError("--int8: int8 weights run on the CPU only. Add --device cpu.")
-            model = quantize_int8(model).eval()
-        elif prepare:
+    def __init__(self, model: GPT, tokenizer: Tokenizer | None, *, prepare: bool = True):
+        """`prepare`: decode with a copy laid out for speed (`decode_layout`); False decodes
+        with `model` itself, as it is (the trainer's samples, whose weights change between
+        evals). Without a tokenizer only `tokens` works: ids in, ids out, no end token
+        (benchmarks)."""
+        if prepare:
             model = decode_layout(model)  # a copy on a CPU: the caller's model stays as it is
         self.model, self.tokenizer, self.cfg = model, tokenizer, model.cfg
+        self.decode_step = DecodeStep(model)
         self.device = model.wte.weight.device
-        # The cache's dtype is the activations': the embedding's (int8 keeps fp32 embeddings).
-        self.like = model.wte.weight.detach()
+        self.like = model.wte.weight.detach()  # the cache's dtype and device
         self.end_id = tokenizer.token_to_id(END) if tokenizer is not None else None
 
     @classmethod
-    def from_run(cls, run, *, int8: bool = False) -> Engine:
-        return cls(run.model, run.tokenizer, int8=int8)
+    def from_run(cls, run) -> Engine:
+        return cls(run.model, run.tokenizer)
 
     def prompt(self, messages: list[dict], max_new_tokens: int = MAX_NEW_TOKENS):
         """(prompt ids, messages left out): `build_prompt` at this model's context."""

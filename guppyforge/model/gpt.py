@@ -158,16 +158,20 @@ class GPT(nn.Module):
         is allowed, keeps packed samples apart. With `cache` (the engine's KVCache), `idx`
         holds only the new tokens and `positions` say where they go.
         """
-        B, T = idx.shape
-        if positions is None:
-            positions = torch.arange(T, device=idx.device).unsqueeze(0)
-        x = self.drop(self.wte(idx) + self.wpe(positions))
-        for block in self.h:
-            x = block(x, attn_mask, cache)
-        x = self.ln_f(x)
+        x = self.trunk(idx, positions, attn_mask, cache)
         if targets is None:
             return self.lm_head(x)
         return self._loss(x.view(-1, x.size(-1)), targets.view(-1))
+
+    def trunk(self, idx, positions=None, attn_mask=None, cache=None) -> torch.Tensor:
+        """Everything but the head: the final hidden states (B, T, d_model) (arguments as
+        `forward`). The engine runs the head only where it needs logits."""
+        if positions is None:
+            positions = torch.arange(idx.shape[1], device=idx.device).unsqueeze(0)
+        x = self.drop(self.wte(idx) + self.wpe(positions))
+        for block in self.h:
+            x = block(x, attn_mask, cache)
+        return self.ln_f(x)
 
     def _loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the counted targets, running the head only where it counts.

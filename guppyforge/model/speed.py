@@ -1,7 +1,8 @@
 """CPU speed paths: where the plain form of gpt.py is slower on a CPU than it needs to be.
 
-gpt.py reads as the lesson; each place it takes a faster route on a CPU points here, so the
-tricks that earn measured speed do not crowd the model itself.
+gpt.py reads as the lesson; each place it takes a faster route points here, so the tricks that
+earn measured speed do not crowd the model itself: the attention kernel for short bf16 rows, the
+weight layout for decoding, and `DecodeStep`, the engine's one-token forward pass.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import copy
 import math
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 def textbook_attention_wins(q: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
@@ -31,7 +34,7 @@ def textbook_attention(q, k, v, attn_mask: torch.Tensor, dropout: float) -> torc
     return att @ v
 
 
-def decode_layout(model: torch.nn.Module) -> torch.nn.Module:
+def decode_layout(model: nn.Module) -> nn.Module:
     """A copy of `model` with each weight matrix stored input-major (GPT-2's own Conv1D layout).
 
     Decoding one token multiplies a single vector by every weight matrix, so its speed is how
@@ -49,3 +52,61 @@ def decode_layout(model: torch.nn.Module) -> torch.nn.Module:
             if p.dim() == 2:
                 p.data = p.data.t().contiguous().t()
     return model
+
+
+def _matmul(linear: nn.Linear):
+    """F.linear's own kernel on a (rows, features) input, with no module call around it."""
+    weight = linear.weight.t()  # a view: the trainer's updates show through
+    if linear.bias is None:
+        return lambda x: torch.mm(x, weight)
+    return lambda x, bias=linear.bias: torch.addmm(bias, x, weight)
+
+
+class DecodeStep:
+    """GPT.forward for one new token per row, in as few torch calls as it takes.
+
+    Decoding a token is ~25 matrix-vector products; on a CPU each torch call costs microseconds
+    of Python and dispatch whatever its size, and GPT.forward spends more calls on module
+    plumbing, 3-D reshapes and cache slicing than on the products. Here each layer is the same
+    arithmetic on (rows, d_model) tensors: two layer norms, four matmuls (query, key and value
+    in one), one attention call over the cache's keys and values as strided views, and one
+    copy of the new keys and values into the cache. The kernels and their inputs' values are
+    gpt.py's, so the logits equal its own bit for bit. Weights are views of `model`'s, so a
+    model that goes on training is decoded as it is now.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model, cfg = model, model.cfg
+        self.d_model, self.heads = cfg.d_model, cfg.n_head
+        self.wte, self.wpe = model.wte.weight, model.wpe.weight
+
+        def norm(ln: nn.LayerNorm):
+            return lambda x: F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+        self.layers = [
+            (norm(b.ln_1), _matmul(b.attn.c_attn), _matmul(b.attn.c_proj))
+            + (norm(b.ln_2), _matmul(b.mlp.c_fc), b.mlp.act.forward, _matmul(b.mlp.c_proj))
+            for b in model.h
+        ]
+        self.ln_f, self.head = norm(model.ln_f), _matmul(model.lm_head)
+
+    def __call__(self, tokens, positions, cache, attn_mask=None) -> torch.Tensor:
+        """Logits (rows, vocab) for `tokens` (rows,) at `positions` (rows,), after
+        `cache.decode(...)`; `attn_mask` (rows, 1, 1, width) where rows' lengths differ."""
+        C, rows = self.d_model, tokens.shape[0]
+        if self.model.training and self.model.cfg.dropout > 0:  # mid-training: gpt.py's own
+            x = tokens[:, None], positions[:, None]
+            return self.model(x[0], positions=x[1], attn_mask=attn_mask, cache=cache)[:, -1]
+        x = F.embedding(tokens, self.wte) + F.embedding(positions, self.wpe)
+        for layer, (ln_1, qkv_in, attn_out, ln_2, fc_in, act, fc_out) in enumerate(self.layers):
+            qkv = qkv_in(ln_1(x))
+            cache.store(layer, qkv[:, C:])
+            keys, values = cache.attend(layer, rows)
+            q = qkv[:, :C].view(rows, self.heads, 1, C // self.heads)
+            if textbook_attention_wins(q, attn_mask):
+                y = textbook_attention(q, keys, values, attn_mask, 0.0)
+            else:
+                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+            x = x + attn_out(y.view(rows, C))
+            x = x + fc_out(act(fc_in(ln_2(x))))
+        return self.head(self.ln_f(x))
