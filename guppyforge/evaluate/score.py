@@ -446,8 +446,7 @@ def _rates(result: dict) -> list[str]:
     )
     missed = [r for r in off["replies"] if r["failures"]][:2]
     lines += [
-        f"    missed: {cut(r['ask'], 30)!r} -> {cut(r['reply'], 44)!r} "
-        f"[{', '.join(r['failures'])}]"
+        f"    missed: {cut(r['ask'], 30)!r} -> {cut(r['reply'], 44)!r} [{', '.join(r['failures'])}]"
         for r in missed
     ]
     return lines
