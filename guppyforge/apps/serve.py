@@ -239,13 +239,21 @@ PAGE = files("guppyforge.apps") / "page"
 
 
 class Reply:
-    """One reply in flight: the decoder thread's text pieces, handed to the event loop."""
+    """One reply in flight: the decoder thread's text pieces, handed to the event loop.
 
-    def __init__(self, server: Server, ids: list[int], options: dict):
+    With `logprobs` (how many candidates per token), each piece comes with its tokens: each
+    token's log-probability and its likeliest candidates at temperature 1, computed in the
+    decoder's thread from the logits the token was drawn from (model/inside.py).
+    """
+
+    def __init__(self, server: Server, ids: list[int], options: dict, logprobs: int | None = None):
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.decoder = server.decoder
+        self.queue: asyncio.Queue[tuple[str | None, list]] = asyncio.Queue()
+        self.decoder, self.tokenizer = server.decoder, server.engine.tokenizer
         self.id, self.created = uuid.uuid4().hex, int(time.time())
+        self.top, self.tokens = logprobs, []  # the tokens since the last piece, when asked
+        if logprobs is not None:
+            options = {**options, "on_token": self._token}
         from guppyforge.model.engine import Busy  # loaded already: the server holds an engine
 
         try:
@@ -253,26 +261,36 @@ class Reply:
         except Busy as e:
             raise ApiError(503, f"The server is busy ({e}); try again shortly.") from None
 
+    def _token(self, token: int, logits) -> None:  # runs in the decoder's thread
+        from guppyforge.model.inside import top_logprobs
+
+        self.tokens.append((token, *top_logprobs(logits, token, self.top)))
+
     def _emit(self, piece: str | None) -> None:  # runs in the decoder's thread
+        # A piece carries the tokens that completed it; at the end, tokens whose text was never
+        # shown (the start of a stop string) are dropped with it.
+        tokens, self.tokens = self.tokens, []
         with suppress(RuntimeError):  # the loop closed: the server is shutting down
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (piece, tokens))
 
     async def pieces(self):
-        """The reply's text, piece by piece; leaving early (a client hung up) frees its row."""
+        """(text piece, its tokens) as they come; leaving early (a client hung up) frees its row."""
         try:
-            while (piece := await self.queue.get()) is not None:
-                yield piece
+            while (item := await self.queue.get())[0] is not None:
+                yield item
         finally:
             if not self.row.done:
                 self.decoder.cancel(self.row)
         if self.row.finish_reason == "error":
             raise RuntimeError("the decoder failed on this reply (see the server's log)")
 
-    async def text(self, request: Request) -> str | None:
-        """The whole reply, or None if the client hung up first (the row is freed at once)."""
+    async def text(self, request: Request) -> tuple[str, list] | None:
+        """The whole reply and its tokens, or None if the client hung up first (the row is
+        freed at once)."""
 
-        async def collect() -> str:
-            return "".join([p async for p in self.pieces()])
+        async def collect() -> tuple[str, list]:
+            items = [item async for item in self.pieces()]
+            return "".join(p for p, _ in items), [t for _, tokens in items for t in tokens]
 
         async def hang_up() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -285,6 +303,42 @@ class Reply:
             with suppress(asyncio.CancelledError):
                 await task
         return tasks[0].result() if tasks[0] in done else None
+
+    def chat_logprobs(self, tokens: list) -> api.ChoiceLogprobs | None:
+        """OpenAI's chat form of `tokens`; None when the request did not ask."""
+        if self.top is None:
+            return None
+        entry = self._entry
+        content = [
+            api.TokenLogprob(
+                **entry(t, lp), top_logprobs=[api.TopLogprob(**entry(*c)) for c in top]
+            )
+            for t, lp, top in tokens
+        ]
+        return api.ChoiceLogprobs(content=content)
+
+    def text_logprobs(self, tokens: list, offset: int = 0) -> api.TextLogprobs | None:
+        """The legacy completions' form of `tokens`, their text starting at `offset`."""
+        if self.top is None:
+            return None
+        texts = [self._entry(t, lp)["token"] for t, lp, _ in tokens]
+        starts = [offset + sum(map(len, texts[:i])) for i in range(len(texts))]
+        return api.TextLogprobs(
+            tokens=texts,
+            token_logprobs=[lp for _, lp, _ in tokens],
+            top_logprobs=[{self._entry(*c)["token"]: c[1] for c in top} for _, _, top in tokens],
+            text_offset=starts,
+        )
+
+    def _entry(self, token: int, logprob: float) -> dict:
+        from guppyforge.model.tokenizer import token_bytes
+
+        text = self.tokenizer.decode([token], skip_special_tokens=False)
+        return {
+            "token": text,
+            "bytes": list(token_bytes(self.tokenizer, token)),
+            "logprob": logprob,
+        }
 
     def usage(self) -> api.Usage:
         r = self.row
@@ -364,20 +418,22 @@ def create_app(server: Server) -> FastAPI:
         options = req.options()
         messages = req.plain_messages()
         ids, _ = await asyncio.to_thread(server.engine.prompt, messages, options["max_new_tokens"])
-        reply = Reply(server, ids, options)
+        reply = Reply(server, ids, options, req.logprobs_wanted())
         envelope = {"id": f"chatcmpl-{reply.id}", "created": reply.created, "model": model_id}
         if req.stream:
 
             async def chunks():
-                def chunk(delta: api.Delta, finish_reason: str | None = None):
-                    choice = api.ChunkChoice(delta=delta, finish_reason=finish_reason)
+                def chunk(delta: api.Delta, finish_reason: str | None = None, logprobs=None):
+                    choice = api.ChunkChoice(
+                        delta=delta, logprobs=logprobs, finish_reason=finish_reason
+                    )
                     return api.ChatCompletionChunk(**envelope, choices=[choice])
 
                 yield chunk(api.Delta(role="assistant", content=""))
                 text = []
-                async for piece in reply.pieces():
+                async for piece, tokens in reply.pieces():
                     text.append(piece)
-                    yield chunk(api.Delta(content=piece))
+                    yield chunk(api.Delta(content=piece), logprobs=reply.chat_logprobs(tokens))
                 last = chunk(api.Delta(), reply.row.finish_reason)
                 last.trace = await trace(req, "".join(text))
                 yield last
@@ -385,10 +441,14 @@ def create_app(server: Server) -> FastAPI:
                     yield api.ChatCompletionChunk(**envelope, choices=[], usage=reply.usage())
 
             return server.stream(_events(chunks()))
-        text = await reply.text(request)
-        message = api.ChatMessage(content=text or "")
-        choice = api.ChatChoice(message=message, finish_reason=reply.row.finish_reason or "stop")
-        traced = await trace(req, text or "")
+        text, tokens = await reply.text(request) or ("", [])
+        message = api.ChatMessage(content=text)
+        choice = api.ChatChoice(
+            message=message,
+            logprobs=reply.chat_logprobs(tokens),
+            finish_reason=reply.row.finish_reason or "stop",
+        )
+        traced = await trace(req, text)
         return api.ChatCompletion(**envelope, choices=[choice], usage=reply.usage(), trace=traced)
 
     @app.post("/v1/completions", dependencies=auth, response_model=api.TextCompletion)
@@ -399,22 +459,36 @@ def create_app(server: Server) -> FastAPI:
         ids = await asyncio.to_thread(
             server.engine.prompt_text, req.prompt, options["max_new_tokens"]
         )
-        reply = Reply(server, ids, options)
+        reply = Reply(server, ids, options, req.logprobs_wanted())
         envelope = {"id": f"cmpl-{reply.id}", "created": reply.created, "model": model_id}
         if req.stream:
 
             async def chunks():
-                async for piece in reply.pieces():
-                    yield api.TextCompletion(**envelope, choices=[api.TextChoice(text=piece)])
+                offset = 0
+                async for piece, tokens in reply.pieces():
+                    logprobs = reply.text_logprobs(tokens, offset)
+                    offset += len(piece)
+                    choice = api.TextChoice(text=piece, logprobs=logprobs)
+                    yield api.TextCompletion(**envelope, choices=[choice])
                 choice = api.TextChoice(text="", finish_reason=reply.row.finish_reason)
                 yield api.TextCompletion(**envelope, choices=[choice])
                 if req.include_usage:
                     yield api.TextCompletion(**envelope, choices=[], usage=reply.usage())
 
             return server.stream(_events(chunks()))
-        text = await reply.text(request)
-        choice = api.TextChoice(text=text or "", finish_reason=reply.row.finish_reason or "stop")
+        text, tokens = await reply.text(request) or ("", [])
+        choice = api.TextChoice(
+            text=text,
+            logprobs=reply.text_logprobs(tokens),
+            finish_reason=reply.row.finish_reason or "stop",
+        )
         return api.TextCompletion(**envelope, choices=[choice], usage=reply.usage())
+
+    @app.post("/inside", dependencies=auth, include_in_schema=False)
+    async def inside(request: Request) -> api.InsideToken:
+        """The chat page's inside view: one token of a reply, looked at by the engine."""
+        req = api.parse_inside(await read_body(request, limits), limits)
+        return await asyncio.to_thread(_inside, server.engine, req, limits.max_tokens)
 
     @app.get("/health")
     async def health() -> api.Health:
@@ -506,6 +580,42 @@ class Server:
 def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000, **options) -> Server:
     """A server for `run`, bound but not yet serving: call `serve_forever()` (port 0: any free)."""
     return Server(run, host, port, **options)
+
+
+def _inside(engine, req: api.InsideRequest, max_tokens: int) -> api.InsideToken:
+    """`Engine.inside` for the token the page clicked, in the shape the page reads."""
+    from guppyforge.defaults import MAX_NEW_TOKENS
+    from guppyforge.model.tokenizer import token_bytes, token_from_bytes
+
+    tok = engine.tokenizer
+    reply = [token_from_bytes(tok, bytes(t)) for t in req.reply[: req.index + 1]]
+    if None in reply:
+        raise ApiError(
+            400, f"'reply[{reply.index(None)}]': no token of this model has these bytes."
+        )
+    messages = [m.plain() for m in req.messages]
+    # The prompt the reply was written after: chat's budget, as a request without max_tokens.
+    seen = engine.inside(
+        messages, reply, max_new_tokens=min(MAX_NEW_TOKENS, max_tokens), top=req.top
+    )
+    if len(seen.tokens) <= req.index:
+        raise ApiError(400, f"'index': token {req.index} is past the model's context.", "index")
+    t = seen.tokens[req.index]
+
+    def text(i: int) -> str:
+        return tok.decode([i], skip_special_tokens=False)
+
+    return api.InsideToken(
+        token=text(t.token),
+        logprob=t.logprob,
+        candidates=[
+            api.TopLogprob(token=text(i), bytes=list(token_bytes(tok, i)), logprob=lp)
+            for i, lp in t.top
+        ],
+        logprobs=[round(x, 6) for x in t.logprobs.tolist()],
+        context=[text(i) for i in seen.ids[: t.position]],
+        attention=t.attention.tolist(),
+    )
 
 
 def _page_settings(run: Run, model_id: str) -> api.PageSettings:

@@ -8,6 +8,7 @@ the same whether it is typed in a terminal, scored, or requested over HTTP:
     completion = engine.stream(messages, seed=1)  # text pieces as the model writes them
     for piece in completion: ...                   # then .finish_reason, .completion_tokens
     engine.replies([messages, ...], seeds=[1, 2])  # many replies, decoded together
+    engine.inside(messages, reply)                 # each reply token's candidates and attention
 
 It is batch-native: every reply is a `Row` of a `BatchDecoder`, and a single reply is a batch of
 one. Decoding one token is a matrix-vector product per weight matrix, so its cost is streaming
@@ -36,6 +37,7 @@ from tokenizers import Tokenizer
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, ModelConfig
+from guppyforge.model.inside import Inside, look_inside
 from guppyforge.model.int8 import quantize_int8
 from guppyforge.model.speed import decode_layout
 from guppyforge.model.tokenizer import END, build_prompt, prompt_budget
@@ -581,6 +583,23 @@ class Engine:
         while not all(row.done for row in rows):
             decoder.step()
         return ["".join(t) for t in texts]
+
+    def inside(
+        self,
+        messages: list[dict],
+        reply: str | list[int],
+        *,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        top: int = 10,
+    ) -> Inside:
+        """Each token of `reply` (its text, or the token ids it was written as) to `messages`:
+        its `top` candidates at temperature 1 and its attention over every earlier token, the
+        prompt included (model/inside.py). The prompt is the one `stream` would build with the
+        same `max_new_tokens`; a reply is cut where the context ends."""
+        ids, _ = self.prompt(messages, max_new_tokens)
+        if isinstance(reply, str):
+            reply = self.tokenizer.encode(reply, add_special_tokens=False).ids
+        return look_inside(self.model, ids, reply[: self.cfg.context - len(ids)], top)
 
 
 def _collect(pieces: list[str]) -> Emit:

@@ -1,0 +1,105 @@
+"""Inside a finished reply: what the model could have said at each token, and where it looked.
+
+For each token of a reply, the model chose from a probability distribution over the whole
+vocabulary, computed at the position just before it; and each attention head of each layer,
+at that position, mixed the tokens before it with weights that sum to 1. `look_inside` runs
+the conversation and its reply through the model once (no cache: every position at once) and
+returns both, per reply token:
+
+    inside = look_inside(model, prompt_ids, reply_ids)
+    inside.tokens[0].top          # [(token id, log-probability at temperature 1), ...]
+    inside.tokens[0].attention    # (layers, heads, positions before the token): rows sum to 1
+
+The attention weights are recomputed from each layer's queries and keys, softmax(q k^T /
+sqrt(d)) under the causal mask, while the blocks run as they always do: the logits are the
+model's own, and gpt.py needs no switch for this.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+TOP_LOGPROBS = 20  # the most candidates a caller may ask for, as OpenAI's API allows
+
+
+def top_logprobs(logits: torch.Tensor, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """(log p of `token`, the `k` likeliest tokens with theirs), at temperature 1.
+
+    What OpenAI's `logprobs` report: log_softmax of the raw logits, before any temperature,
+    top-k or top-p changes what sampling draws from.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    values, ids = torch.topk(logp, min(k, logp.numel())) if k > 0 else (logp[:0], logp[:0])
+    return float(logp[token]), list(zip(ids.tolist(), values.tolist(), strict=True))
+
+
+@dataclass
+class TokenInside:
+    """One reply token: the distribution it was drawn from and what its position attended to."""
+
+    token: int
+    position: int  # where it sits in prompt + reply; it was predicted at position - 1
+    logprob: float  # log p(token) at temperature 1
+    logprobs: torch.Tensor  # (vocab,) log-probabilities at temperature 1 of every candidate
+    top: list[tuple[int, float]]  # the likeliest candidates, (id, log-probability)
+    attention: torch.Tensor  # (layers, heads, position): weights over the tokens before it
+
+
+@dataclass
+class Inside:
+    ids: list[int]  # prompt + reply
+    start: int  # the index in `ids` of the reply's first token
+    tokens: list[TokenInside]
+
+
+@torch.no_grad()  # not inference_mode: its tensors would refuse later autograd use
+def look_inside(model, prompt_ids: list[int], reply_ids: list[int], top: int = 10) -> Inside:
+    """Candidates and attention for each token of `reply_ids`, written after `prompt_ids`."""
+    ids = list(prompt_ids) + list(reply_ids)
+    context = model.cfg.context
+    if len(ids) > context:
+        raise ValueError(f"prompt + reply is {len(ids)} tokens; the model sees at most {context}")
+    # GPT.forward's steps, with each layer's attention weights recomputed on the way. A walk
+    # rather than hooks on the model: a server's decoder may be running the same model in
+    # another thread, and a hook would see its passes too.
+    device = model.wte.weight.device
+    idx = torch.tensor([ids], device=device)
+    x = model.wte(idx) + model.wpe(torch.arange(len(ids), device=device)[None])
+    weights = []
+    for block in model.h:
+        weights.append(_attention(block.attn.c_attn(block.ln_1(x)), model.cfg.n_head))
+        x = block(x)
+    logits = model.lm_head(model.ln_f(x))[0].float()
+    attention = torch.stack(weights)
+    start = len(prompt_ids)
+    tokens = []
+    for position in range(start, len(ids)):
+        token = ids[position]
+        logprobs = F.log_softmax(logits[position - 1], dim=-1)
+        values, top_ids = torch.topk(logprobs, min(top, logprobs.numel()))
+        tokens.append(
+            TokenInside(
+                token=token,
+                position=position,
+                logprob=float(logprobs[token]),
+                logprobs=logprobs,
+                top=list(zip(top_ids.tolist(), values.tolist(), strict=True)),
+                attention=attention[:, :, position - 1, :position],
+            )
+        )
+    return Inside(ids=ids, start=start, tokens=tokens)
+
+
+def _attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(heads, T, T) causal attention weights from one layer's fused q, k, v projection."""
+    _, T, three_c = qkv.shape
+    C = three_c // 3
+    q, k, _ = qkv[0].float().split(C, dim=-1)
+    q, k = (t.view(T, n_head, C // n_head).transpose(0, 1) for t in (q, k))
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(C // n_head)
+    causal = torch.ones(T, T, dtype=torch.bool, device=qkv.device).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
