@@ -90,3 +90,30 @@ def test_token_bytes_round_trip_every_token(engine):
     text = "worms? yes."
     ids = tok.encode(text, add_special_tokens=False).ids
     assert b"".join(token_bytes(tok, i) for i in ids).decode() == text
+
+
+def test_chat_show_attention_names_the_most_attended_tokens(micro_run, engine):
+    from click.testing import CliRunner
+
+    from guppyforge.apps.cli import cli
+
+    args = ["chat", str(micro_run), "--prompt", "are you hungry", "--temperature", "0"]
+    result = CliRunner().invoke(cli, [*args, "--show-attention", "--max-new-tokens", "5"])
+    assert result.exit_code == 0, result.output
+    legend, reply, *lines = result.output.splitlines()
+    assert "attended to most" in legend
+    tok = engine.tokenizer
+    inside = engine.inside(HUNGRY, reply, max_new_tokens=5)
+    cfg = engine.cfg
+    assert len(lines) == len(inside.tokens) * (1 + cfg.n_layer)
+    for i, t in enumerate(inside.tokens):
+        block = lines[i * (1 + cfg.n_layer) : (i + 1) * (1 + cfg.n_layer)]
+        assert block[0].strip() == repr(tok.decode([t.token]))
+        for layer, line in enumerate(block[1:]):
+            summed = t.attention[layer].sum(0) / cfg.n_head
+            top = torch.topk(summed, 3)
+            want = "  ".join(
+                f"{tok.decode([inside.ids[j]], skip_special_tokens=False)!r} {w:.0%}"
+                for w, j in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            )
+            assert line == f"    layer {layer}: {want}"
