@@ -612,7 +612,7 @@ def _inside(engine, req: api.InsideRequest, max_tokens: int) -> api.InsideToken:
             api.TopLogprob(token=text(i), bytes=list(token_bytes(tok, i)), logprob=lp)
             for i, lp in t.top
         ],
-        logprobs=[round(x, 6) for x in t.logprobs.tolist()],
+        logprobs=t.logprobs.tolist(),
         context=[text(i) for i in seen.ids[: t.position]],
         attention=t.attention.tolist(),
     )
