@@ -106,7 +106,10 @@ def check_inside_view(page, engine: Engine, messages: list[dict], screenshot: st
         # is the top one and takes all the probability.
         names = [engine.tokenizer.decode([i], skip_special_tokens=False) for i in top.indices]
         assert [r["token"] for r in shown] == names  # <|im_end|> too: it could have stopped
-        assert max(abs(float(r["p1"]) - p) for r, p in zip(shown, top.values.tolist())) <= 1e-3
+        assert (
+            max(abs(float(r["p1"]) - p) for r, p in zip(shown, top.values.tolist(), strict=True))
+            <= 1e-3
+        )
         assert "drawn" in shown[0] and sum("drawn" in r for r in shown) == 1
         assert float(shown[0]["pt"]) == 1.0 and all(float(r["pt"]) == 0 for r in shown[1:])
         # The slider moves the page's column as softmax(z / T) over the top-k does.
