@@ -1,21 +1,27 @@
 """The chat page's inside view, in headless Chromium: click a token of a reply, see its candidates
 at temperature 1 and at the page's settings, and where each attention head looked.
 
-With serve (server.js: the numbers come from the server's engine, POST /inside). Needs Debian's
-Chromium and the `playwright` package, as test_serve_page.py.
+With serve (server.js: the numbers come from the server's engine, POST /inside) and in a web
+export (browser.js: from the model run in the page, its inside graph). Needs Debian's Chromium,
+the `playwright` package and, for the export, the page's JavaScript (scripts/test-setup.sh).
 GUPPYFORGE_INSIDE_SCREENSHOT=docs/inside-view.png saves a screenshot of the view.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from click.testing import CliRunner
 from playwright import sync_api
 
+from guppyforge.apps.cli import cli
+from guppyforge.apps.export.web import find_runtime
 from guppyforge.apps.serve import make_server
 from guppyforge.files import builtin_persona
 from guppyforge.model.engine import Engine
@@ -48,15 +54,23 @@ def server(run):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 760, "height": 900})
-        page.goto(server.url.removesuffix("v1"))
-        page.wait_for_function("document.getElementById('status').dataset.state !== 'loading'")
-        assert page.get_attribute("#status", "data-state") == "ready", page.inner_text("#status")
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 760, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_function(
+        "document.getElementById('status').dataset.state !== 'loading'", timeout=120_000
+    )
+    assert page.get_attribute("#status", "data-state") == "ready", page.inner_text("#status")
+    return page, errors
 
 
 def set_value(page, selector: str, value) -> None:
@@ -85,7 +99,7 @@ def check_inside_view(page, engine: Engine, messages: list[dict], screenshot: st
     page.locator("#prompt").fill(messages[-1]["content"])
     page.locator("#send").click()
     reply = page.locator(".msg.assistant[data-done]").last
-    reply.wait_for(timeout=60_000)
+    reply.wait_for(timeout=120_000)
     text = reply.inner_text()
     inside = engine.inside(messages, text)
     spans = reply.locator(".tok")
@@ -97,7 +111,8 @@ def check_inside_view(page, engine: Engine, messages: list[dict], screenshot: st
         spans.nth(index).click()
         page.wait_for_function(
             f"document.querySelector('.tok.chosen').dataset.index === '{index}'"
-            " && document.getElementById('inside').dataset.ready === 'true'"
+            " && document.getElementById('inside').dataset.ready === 'true'",
+            timeout=120_000,
         )
         shown = rows(page)
         probs = torch.exp(t.logprobs)
@@ -144,6 +159,37 @@ def check_inside_view(page, engine: Engine, messages: list[dict], screenshot: st
         page.screenshot(path=screenshot, full_page=True)
 
 
-def test_serve_page_shows_inside_a_reply(page, run):
+def test_serve_page_shows_inside_a_reply(browser, server, run):
+    page, errors = open_page(browser, server.url.removesuffix("v1"))
     shot = os.environ.get("GUPPYFORGE_INSIDE_SCREENSHOT")
     check_inside_view(page, Engine.from_run(run), HUNGRY, shot)
+    assert errors == []
+
+
+def test_web_export_shows_inside_a_reply_from_its_own_model_run(browser, run, tmp_path):
+    """The numbers come from the page's own ONNX run (fp32 here, to compare with the engine)."""
+    assert find_runtime(install=False) is not None, "no transformers.js: bash scripts/test-setup.sh"
+    out = tmp_path / "web"
+    result = CliRunner().invoke(
+        cli, ["export", str(run.path), "--to", "web", "--out", str(out), "--fp32"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "character/onnx/inside.onnx").is_file()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    files = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=out))
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    try:
+        page, errors = open_page(browser, f"http://127.0.0.1:{files.server_address[1]}/")
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        check_inside_view(page, Engine.from_run(run), HUNGRY)
+        assert errors == []
+        assert any(u.endswith("onnx/inside.onnx") for u in requests)  # loaded on the first click
+        assert not any("/v1/" in u or u.endswith("/inside") for u in requests)  # no server
+    finally:
+        files.shutdown()
+        files.server_close()

@@ -63,18 +63,9 @@ def look_inside(model, prompt_ids: list[int], reply_ids: list[int], top: int = 1
     context = model.cfg.context
     if len(ids) > context:
         raise ValueError(f"prompt + reply is {len(ids)} tokens; the model sees at most {context}")
-    # GPT.forward's steps, with each layer's attention weights recomputed on the way. A walk
-    # rather than hooks on the model: a server's decoder may be running the same model in
-    # another thread, and a hook would see its passes too.
     device = model.wte.weight.device
-    idx = torch.tensor([ids], device=device)
-    x = model.wte(idx) + model.wpe(torch.arange(len(ids), device=device)[None])
-    weights = []
-    for block in model.h:
-        weights.append(_attention(block.attn.c_attn(block.ln_1(x)), model.cfg.n_head))
-        x = block(x)
-    logits = model.lm_head(model.ln_f(x))[0].float()
-    attention = torch.stack(weights)
+    logits, attention = forward_with_attention(model, torch.tensor([ids], device=device))
+    logits, attention = logits[0].float(), attention[:, 0]
     start = len(prompt_ids)
     tokens = []
     for position in range(start, len(ids)):
@@ -94,12 +85,32 @@ def look_inside(model, prompt_ids: list[int], reply_ids: list[int], top: int = 1
     return Inside(ids=ids, start=start, tokens=tokens)
 
 
-def _attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
-    """(heads, T, T) causal attention weights from one layer's fused q, k, v projection."""
-    _, T, three_c = qkv.shape
+def forward_with_attention(model, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits (B, T, vocab) of token ids `idx` (B, T), and every layer's attention
+    weights (layers, B, heads, T, T), row t over the positions up to t.
+
+    GPT.forward's steps, with each layer's weights recomputed on the way. A walk rather than
+    hooks on the model: a server's decoder may be running the same model in another thread,
+    and a hook would see its passes too. The ONNX export of the inside view traces this too.
+    """
+    T = idx.shape[1]
+    positions = torch.arange(T, device=idx.device)[None]
+    # An explicit causal mask rather than SDPA's is_causal flag, whose value depends on T: an
+    # exporter tracing this would have to bake it in.
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()[None, None]
+    x = model.wte(idx) + model.wpe(positions)
+    weights = []
+    for block in model.h:
+        weights.append(_attention(block.attn.c_attn(block.ln_1(x)), causal, model.cfg.n_head))
+        x = block(x, causal)
+    return model.lm_head(model.ln_f(x)), torch.stack(weights)
+
+
+def _attention(qkv: torch.Tensor, causal: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, heads, T, T) causal attention weights from one layer's fused q, k, v projection."""
+    B, T, three_c = qkv.shape
     C = three_c // 3
-    q, k, _ = qkv[0].float().split(C, dim=-1)
-    q, k = (t.view(T, n_head, C // n_head).transpose(0, 1) for t in (q, k))
+    q, k, _ = qkv.float().split(C, dim=-1)
+    q, k = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k))
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(C // n_head)
-    causal = torch.ones(T, T, dtype=torch.bool, device=qkv.device).tril()
     return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
