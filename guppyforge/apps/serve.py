@@ -224,7 +224,8 @@ class HeadTimeoutH11(H11Protocol):
 #
 # Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (plain, or server-sent events
 # with `"stream": true`; `"trace": true` adds where a chat reply came from, see evaluate/trace.py),
-# `GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/`.
+# `GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/` (with `POST /inside` for its
+# inside view: one reply token's candidates and attention, from `Engine.inside`).
 
 
 # Built on FastAPI and uvicorn (the `serve` extra): they parse HTTP, route and frame events;
