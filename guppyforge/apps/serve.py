@@ -286,8 +286,7 @@ class Reply:
             raise RuntimeError("the decoder failed on this reply (see the server's log)")
 
     async def text(self, request: Request) -> tuple[str, list] | None:
-        """The whole reply and its tokens, or None if the client hung up first (the row is
-        freed at once)."""
+        """The whole reply and its tokens, or None if the client hung up first (row freed)."""
 
         async def collect() -> tuple[str, list]:
             items = [item async for item in self.pieces()]
@@ -305,41 +304,14 @@ class Reply:
                 await task
         return tasks[0].result() if tasks[0] in done else None
 
-    def chat_logprobs(self, tokens: list) -> api.ChoiceLogprobs | None:
-        """OpenAI's chat form of `tokens`; None when the request did not ask."""
+    def logprobs(self, tokens: list, offset: int | None = None):
+        """OpenAI's chat form of `tokens` (or the legacy completions' form, their text starting
+        at `offset`); None when the request did not ask."""
         if self.top is None:
             return None
-        entry = self._entry
-        content = [
-            api.TokenLogprob(
-                **entry(t, lp), top_logprobs=[api.TopLogprob(**entry(*c)) for c in top]
-            )
-            for t, lp, top in tokens
-        ]
-        return api.ChoiceLogprobs(content=content)
-
-    def text_logprobs(self, tokens: list, offset: int = 0) -> api.TextLogprobs | None:
-        """The legacy completions' form of `tokens`, their text starting at `offset`."""
-        if self.top is None:
-            return None
-        texts = [self._entry(t, lp)["token"] for t, lp, _ in tokens]
-        starts = [offset + sum(map(len, texts[:i])) for i in range(len(texts))]
-        return api.TextLogprobs(
-            tokens=texts,
-            token_logprobs=[lp for _, lp, _ in tokens],
-            top_logprobs=[{self._entry(*c)["token"]: c[1] for c in top} for _, _, top in tokens],
-            text_offset=starts,
-        )
-
-    def _entry(self, token: int, logprob: float) -> dict:
-        from guppyforge.model.tokenizer import token_bytes
-
-        text = self.tokenizer.decode([token], skip_special_tokens=False)
-        return {
-            "token": text,
-            "bytes": list(token_bytes(self.tokenizer, token)),
-            "logprob": logprob,
-        }
+        if offset is None:
+            return api.chat_logprobs(self.tokenizer, tokens)
+        return api.text_logprobs(self.tokenizer, tokens, offset)
 
     def usage(self) -> api.Usage:
         r = self.row
@@ -434,7 +406,7 @@ def create_app(server: Server) -> FastAPI:
                 text = []
                 async for piece, tokens in reply.pieces():
                     text.append(piece)
-                    yield chunk(api.Delta(content=piece), logprobs=reply.chat_logprobs(tokens))
+                    yield chunk(api.Delta(content=piece), logprobs=reply.logprobs(tokens))
                 last = chunk(api.Delta(), reply.row.finish_reason)
                 last.trace = await trace(req, "".join(text))
                 yield last
@@ -443,12 +415,9 @@ def create_app(server: Server) -> FastAPI:
 
             return server.stream(_events(chunks()))
         text, tokens = await reply.text(request) or ("", [])
-        message = api.ChatMessage(content=text)
-        choice = api.ChatChoice(
-            message=message,
-            logprobs=reply.chat_logprobs(tokens),
-            finish_reason=reply.row.finish_reason or "stop",
-        )
+        finish, message = reply.row.finish_reason or "stop", api.ChatMessage(content=text)
+        logprobs = reply.logprobs(tokens)
+        choice = api.ChatChoice(message=message, logprobs=logprobs, finish_reason=finish)
         traced = await trace(req, text)
         return api.ChatCompletion(**envelope, choices=[choice], usage=reply.usage(), trace=traced)
 
@@ -467,7 +436,7 @@ def create_app(server: Server) -> FastAPI:
             async def chunks():
                 offset = 0
                 async for piece, tokens in reply.pieces():
-                    logprobs = reply.text_logprobs(tokens, offset)
+                    logprobs = reply.logprobs(tokens, offset)
                     offset += len(piece)
                     choice = api.TextChoice(text=piece, logprobs=logprobs)
                     yield api.TextCompletion(**envelope, choices=[choice])
@@ -478,18 +447,15 @@ def create_app(server: Server) -> FastAPI:
 
             return server.stream(_events(chunks()))
         text, tokens = await reply.text(request) or ("", [])
-        choice = api.TextChoice(
-            text=text,
-            logprobs=reply.text_logprobs(tokens),
-            finish_reason=reply.row.finish_reason or "stop",
-        )
+        finish, logprobs = reply.row.finish_reason or "stop", reply.logprobs(tokens, 0)
+        choice = api.TextChoice(text=text, logprobs=logprobs, finish_reason=finish)
         return api.TextCompletion(**envelope, choices=[choice], usage=reply.usage())
 
     @app.post("/inside", dependencies=auth, include_in_schema=False)
     async def inside(request: Request) -> api.InsideToken:
         """The chat page's inside view: one token of a reply, looked at by the engine."""
         req = api.parse_inside(await read_body(request, limits), limits)
-        return await asyncio.to_thread(_inside, server.engine, req, limits.max_tokens)
+        return await asyncio.to_thread(api.inside_token, server.engine, req, limits.max_tokens)
 
     @app.get("/health")
     async def health() -> api.Health:
@@ -581,42 +547,6 @@ class Server:
 def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000, **options) -> Server:
     """A server for `run`, bound but not yet serving: call `serve_forever()` (port 0: any free)."""
     return Server(run, host, port, **options)
-
-
-def _inside(engine, req: api.InsideRequest, max_tokens: int) -> api.InsideToken:
-    """`Engine.inside` for the token the page clicked, in the shape the page reads."""
-    from guppyforge.defaults import MAX_NEW_TOKENS
-    from guppyforge.model.tokenizer import token_bytes, token_from_bytes
-
-    tok = engine.tokenizer
-    reply = [token_from_bytes(tok, bytes(t)) for t in req.reply[: req.index + 1]]
-    if None in reply:
-        raise ApiError(
-            400, f"'reply[{reply.index(None)}]': no token of this model has these bytes."
-        )
-    messages = [m.plain() for m in req.messages]
-    # The prompt the reply was written after: chat's budget, as a request without max_tokens.
-    seen = engine.inside(
-        messages, reply, max_new_tokens=min(MAX_NEW_TOKENS, max_tokens), top=req.top
-    )
-    if len(seen.tokens) <= req.index:
-        raise ApiError(400, f"'index': token {req.index} is past the model's context.", "index")
-    t = seen.tokens[req.index]
-
-    def text(i: int) -> str:
-        return tok.decode([i], skip_special_tokens=False)
-
-    return api.InsideToken(
-        token=text(t.token),
-        logprob=t.logprob,
-        candidates=[
-            api.TopLogprob(token=text(i), bytes=list(token_bytes(tok, i)), logprob=lp)
-            for i, lp in t.top
-        ],
-        logprobs=t.logprobs.tolist(),
-        context=[text(i) for i in seen.ids[: t.position]],
-        attention=t.attention.tolist(),
-    )
 
 
 def _page_settings(run: Run, model_id: str) -> api.PageSettings:

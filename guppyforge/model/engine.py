@@ -37,7 +37,7 @@ from tokenizers import Tokenizer
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, ModelConfig
-from guppyforge.model.inside import Inside, look_inside
+from guppyforge.model.inside import Inside, reply_inside
 from guppyforge.model.int8 import quantize_int8
 from guppyforge.model.speed import decode_layout
 from guppyforge.model.tokenizer import END, build_prompt, prompt_budget
@@ -584,22 +584,10 @@ class Engine:
             decoder.step()
         return ["".join(t) for t in texts]
 
-    def inside(
-        self,
-        messages: list[dict],
-        reply: str | list[int],
-        *,
-        max_new_tokens: int = MAX_NEW_TOKENS,
-        top: int = 10,
-    ) -> Inside:
-        """Each token of `reply` (its text, or the token ids it was written as) to `messages`:
-        its `top` candidates at temperature 1 and its attention over every earlier token, the
-        prompt included (model/inside.py). The prompt is the one `stream` would build with the
-        same `max_new_tokens`; a reply is cut where the context ends."""
-        ids, _ = self.prompt(messages, max_new_tokens)
-        if isinstance(reply, str):
-            reply = self.tokenizer.encode(reply, add_special_tokens=False).ids
-        return look_inside(self.model, ids, reply[: self.cfg.context - len(ids)], top)
+    def inside(self, messages: list[dict], reply: str | list[int], **options) -> Inside:
+        """Each token of `reply` (its text, or the ids it was written as) to `messages`: its
+        candidates and its attention over every earlier token (see `reply_inside`)."""
+        return reply_inside(self, messages, reply, **options)
 
 
 def _collect(pieces: list[str]) -> Emit:

@@ -6,13 +6,15 @@ at that position, mixed the tokens before it with weights that sum to 1. `look_i
 the conversation and its reply through the model once (no cache: every position at once) and
 returns both, per reply token:
 
-    inside = look_inside(model, prompt_ids, reply_ids)
+    inside = engine.inside(messages, reply)   # reply_inside: the prompt, then look_inside
     inside.tokens[0].top          # [(token id, log-probability at temperature 1), ...]
     inside.tokens[0].attention    # (layers, heads, positions before the token): rows sum to 1
 
 The attention weights are recomputed from each layer's queries and keys, softmax(q k^T /
-sqrt(d)) under the causal mask, while the blocks run as they always do: the logits are the
-model's own, and gpt.py needs no switch for this.
+sqrt(d)) under the causal mask, while the blocks run as they always do
+(`forward_with_attention`, which the web export's inside graph traces too): the logits are the
+model's own, and gpt.py needs no switch for this. `top_logprobs` is serve's per-token
+`logprobs`, from the logits the decoder drew each token from.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from guppyforge.defaults import MAX_NEW_TOKENS
 
 TOP_LOGPROBS = 20  # the most candidates a caller may ask for, as OpenAI's API allows
 
@@ -54,6 +58,22 @@ class Inside:
     ids: list[int]  # prompt + reply
     start: int  # the index in `ids` of the reply's first token
     tokens: list[TokenInside]
+
+
+def reply_inside(
+    engine,
+    messages: list[dict],
+    reply: str | list[int],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    top: int = 10,
+) -> Inside:
+    """`Engine.inside`: `look_inside` after the prompt `engine.stream` builds for `messages`
+    with the same `max_new_tokens`; a reply given as text is encoded, and cut where the
+    context ends."""
+    ids, _ = engine.prompt(messages, max_new_tokens)
+    if isinstance(reply, str):
+        reply = engine.tokenizer.encode(reply, add_special_tokens=False).ids
+    return look_inside(engine.model, ids, reply[: engine.cfg.context - len(ids)], top)
 
 
 @torch.no_grad()  # not inference_mode: its tensors would refuse later autograd use
