@@ -1,4 +1,5 @@
-"""`guppyforge chat`: the terminal REPL, one-shot replies, and the `--show-probs` lesson.
+"""`guppyforge chat`: the terminal REPL, one-shot replies, and the `--show-probs` and
+`--show-attention` lessons.
 
 All generation goes through the inference engine (model/engine.py); this module only talks to
 the person at the keyboard.
@@ -53,6 +54,31 @@ def format_candidates(
     return "\n".join(lines)
 
 
+def format_attention(tokenizer: Tokenizer, inside, n: int = 3) -> str:
+    """Per reply token and layer: the `n` earlier tokens its position attended to most.
+
+    The weights of a layer's heads are summed (each head's sum to 1) and shown as a share of
+    the layer's attention; the prompt's tokens count as earlier tokens too.
+    """
+    lines = []
+    for t in inside.tokens:
+        lines.append(f"  {tokenizer.decode([t.token])!r}")
+        heads = t.attention.shape[1]
+        for layer, weights in enumerate(t.attention.sum(dim=1)):  # (layers, earlier tokens)
+            top = torch.topk(weights, min(n, weights.numel()))
+            seen = "  ".join(
+                f"{tokenizer.decode([inside.ids[i]], skip_special_tokens=False)!r} {w / heads:.0%}"
+                for w, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            )
+            lines.append(f"    layer {layer}: {seen}")
+    return "\n".join(lines)
+
+
+ATTENTION_LEGEND = (
+    "After the reply, for each token: per layer, the 3 earlier tokens (the prompt's too) its "
+    "position attended to most, summed over the layer's heads, as a share of its attention."
+)
+
 PROBS_LEGEND = (
     "For each token: the 5 likeliest candidates, their probability at temperature 1 and at "
     "T={t:g} (sampling then keeps the top-k/top-p of that second column)."
@@ -66,6 +92,7 @@ def repl(
     options: dict,
     show_probs: bool = False,
     trace: bool = False,
+    show_attention: bool = False,
 ) -> None:
     """Chat in the terminal until /quit, Ctrl-D or Ctrl-C."""
     context = engine.cfg.context
@@ -76,6 +103,8 @@ def repl(
     )
     if show_probs:
         print(PROBS_LEGEND.format(t=options["temperature"]))
+    if show_attention:
+        print(ATTENTION_LEGEND)
     with contextlib.suppress(ImportError):  # arrow keys and history for input(), where available
         import readline  # noqa: F401
     history: list[dict] = []
@@ -107,7 +136,7 @@ def repl(
                 history = history[dropped:]
                 print(f"({dropped} older messages no longer fit in {context} tokens: dropped)")
             record = []
-            text = answer(engine, history, options, f"{name}> ", show_probs, record)
+            text = answer(engine, history, options, f"{name}> ", show_probs, record, show_attention)
             history.append({"role": "assistant", "content": text})
             if trace:
                 print(tracer.short(text))
@@ -123,32 +152,41 @@ def answer(
     prefix: str,
     show_probs: bool,
     record: list | None = None,
+    show_attention: bool = False,
 ):
     """Print the reply as it streams (or, with --show-probs, a table per token) and return it.
 
-    `record`, when given, receives each token with its top candidates (for `/why`)."""
+    `record`, when given, receives each token with its top candidates (for `/why`). With
+    `show_attention`, the reply is followed by where each of its tokens looked
+    (`Engine.inside`, run on the finished reply)."""
+    ids: list[int] = []
 
     def keep(token: int, logits: torch.Tensor) -> None:
-        record.append((token, candidates(logits, options["temperature"])))
+        ids.append(token)
+        if record is not None:
+            record.append((token, candidates(logits, options["temperature"])))
 
     if not show_probs:
         print(prefix, end="", flush=True)
         pieces = []
-        on_token = keep if record is not None else None
+        on_token = keep if record is not None or show_attention else None
         for piece in engine.stream(history, on_token=on_token, **options):
             pieces.append(piece)
             print(printable(piece), end="", flush=True)
         print()
-        return "".join(pieces)
+        text = "".join(pieces)
+    else:
 
-    def show(token: int, logits: torch.Tensor) -> None:
-        if record is not None:
+        def show(token: int, logits: torch.Tensor) -> None:
             keep(token, logits)
-        print(f"  next token {engine.tokenizer.decode([token])!r}")
-        print(format_candidates(engine.tokenizer, token, logits, options["temperature"]))
+            print(f"  next token {engine.tokenizer.decode([token])!r}")
+            print(format_candidates(engine.tokenizer, token, logits, options["temperature"]))
 
-    text = engine.stream(history, on_token=show, **options).text()
-    print(f"{prefix}{printable(text)}")
+        text = engine.stream(history, on_token=show, **options).text()
+        print(f"{prefix}{printable(text)}")
+    if show_attention and ids:
+        inside = engine.inside(history, ids, max_new_tokens=options["max_new_tokens"])
+        print(printable(format_attention(engine.tokenizer, inside)))
     return text
 
 
@@ -192,6 +230,7 @@ def chat(
     device: str,
     show_probs: bool,
     trace: bool = False,
+    show_attention: bool = False,
     **options,
 ) -> None:
     """`guppyforge chat`: one reply to `prompt` (just the reply, for scripts), or the REPL."""
@@ -201,11 +240,14 @@ def chat(
     engine = Engine.from_run(run)
     if prompt is None:
         name = (run.config.get("persona") or {}).get("name") or run.path.name
-        repl(engine, name, run.path, options, show_probs, trace)
+        repl(engine, name, run.path, options, show_probs, trace, show_attention)
     else:
         if show_probs:
             print(PROBS_LEGEND.format(t=options["temperature"]))
-        text = answer(engine, [{"role": "user", "content": prompt}], options, "", show_probs)
+        if show_attention:
+            print(ATTENTION_LEGEND)
+        messages = [{"role": "user", "content": prompt}]
+        text = answer(engine, messages, options, "", show_probs, None, show_attention)
         if trace:
             from guppyforge.apps.text import format_trace
             from guppyforge.evaluate.trace import why

@@ -107,9 +107,12 @@ def presets() -> None:
 )
 @click.option("--seed", type=SEED, help="Same seed, same replies.  [default: random]")
 @click.option("--show-probs", is_flag=True, help="Each token's top 5, before/after temperature.")
+@click.option(
+    "--show-attention", is_flag=True, help="Each token's 3 most attended earlier tokens, per layer."
+)
 @click.option("--trace", is_flag=True, help="After each reply, the persona lines it came from.")
 @click.option("--device", type=DEVICES, default="auto", help="Where to run.")
-def chat_cmd(run_dir, prompt, device, show_probs, trace, **options) -> None:
+def chat_cmd(run_dir, prompt, device, show_probs, show_attention, trace, **options) -> None:
     """Talk to the character in RUN_DIR (/why traces the last reply, /reset, /quit).
 
     \b
@@ -118,7 +121,7 @@ def chat_cmd(run_dir, prompt, device, show_probs, trace, **options) -> None:
     """
     from guppyforge.apps.chat import chat
 
-    chat(run_dir, prompt, device, show_probs, trace, **options)
+    chat(run_dir, prompt, device, show_probs, trace, show_attention, **options)
 
 
 @click.command("eval", context_settings={"show_default": True})

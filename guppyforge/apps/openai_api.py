@@ -78,8 +78,6 @@ class StreamOptions(_Strict):
 OFF_ONLY: dict[str, tuple] = {
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "logit_bias": (None, {}),
     "tools": (None, []),
     "functions": (None, []),
@@ -113,7 +111,6 @@ class _Sampling(_Strict):
     service_tier: str | None = None
     frequency_penalty: Any = None
     presence_penalty: Any = None
-    logprobs: Any = None
     logit_bias: Any = None
 
     @field_validator("n")
@@ -136,6 +133,10 @@ class _Sampling(_Strict):
     def reply_cap(self) -> int | None:
         return self.max_tokens
 
+    def logprobs_wanted(self) -> int | None:
+        """How many candidates each token's log-probability comes with; None: not asked."""
+        return None
+
     def options(self) -> dict:
         """Keyword arguments for the decoder; fields left out keep chat's defaults."""
         options = {
@@ -157,7 +158,8 @@ class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
     trace: bool = False  # ours, not OpenAI's: add where the reply came from (evaluate/trace.py)
-    top_logprobs: Any = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # OpenAI's range
     tools: Any = None
     functions: Any = None
     tool_choice: Any = None
@@ -170,6 +172,9 @@ class ChatRequest(_Sampling):
     def reply_cap(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def plain_messages(self) -> list[dict]:
         return [m.plain() for m in self.messages]
 
@@ -179,6 +184,7 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API's range
     echo: Any = None
     suffix: Any = None
     best_of: Any = None
@@ -192,6 +198,21 @@ class CompletionRequest(_Sampling):
 
     def text_size(self) -> int:
         return len(self.prompt)
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
+
+class InsideRequest(_Strict):
+    """Ours, for the chat page's inside view (POST /inside): one token of a finished reply."""
+
+    messages: list[Message] = Field(min_length=1)  # the conversation the reply answers
+    reply: list[list[int]] = Field(min_length=1)  # the reply's tokens, as their bytes
+    index: int = Field(ge=0)  # which of them to look inside
+    top: int = Field(10, ge=1, le=20)  # candidates listed by name
+
+    def text_size(self) -> int:
+        return sum(len(m.content) for m in self.messages)
 
 
 def _param(loc: tuple) -> str | None:
@@ -207,8 +228,7 @@ def _param(loc: tuple) -> str | None:
     return out or None
 
 
-def parse_request(kind: type[_Sampling], body: bytes, model_id: str, limits: Limits):
-    """A checked request of `kind` from raw JSON bytes; ApiError names the first bad field."""
+def _validate(kind: type[_Strict], body: bytes):
     try:
         # pydantic parses JSON in Rust with a nesting limit: a 100,000-deep array is a 400.
         req = kind.model_validate_json(body)
@@ -219,24 +239,37 @@ def parse_request(kind: type[_Sampling], body: bytes, model_id: str, limits: Lim
             raise ApiError(400, f"Unrecognized request argument supplied: {param}", param) from None
         where = f"'{param}': " if param else "The request body: "
         raise ApiError(400, where + err["msg"], param) from None
+    return req
+
+
+def _check_size(req, limits: Limits) -> None:
+    if hasattr(req, "messages") and len(req.messages) > limits.max_messages:
+        message = f"'messages' holds {len(req.messages)} messages; this server's limit is {limits.max_messages} (--max-messages)."
+        raise ApiError(400, message, "messages", "too_many_messages")
+    if req.text_size() > limits.max_prompt_chars:
+        param = "prompt" if isinstance(req, CompletionRequest) else "messages"
+        message = f"The prompt is {req.text_size()} characters; this server's limit is {limits.max_prompt_chars} (--max-prompt-chars)."
+        raise ApiError(400, message, param, "prompt_too_long")
+
+
+def parse_request(kind: type[_Sampling], body: bytes, model_id: str, limits: Limits):
+    """A checked request of `kind` from raw JSON bytes; ApiError names the first bad field."""
+    req = _validate(kind, body)
     for name, allowed in OFF_ONLY.items():
         if name in kind.model_fields and getattr(req, name) not in allowed:
             say = "leave it out" if len(allowed) == 1 else f"send {allowed[-1]!r} or leave it out"
             message = f"'{name}' is not supported by this server ({say})."
             raise ApiError(400, message, name, "unsupported_parameter")
+    if getattr(req, "top_logprobs", None) and not req.logprobs:
+        message = "'top_logprobs' needs 'logprobs': true."
+        raise ApiError(400, message, "top_logprobs")
     if req.model not in (None, model_id):
         message = f"The model '{req.model}' does not exist; this server has '{model_id}'."
         raise ApiError(404, message, "model", "model_not_found")
     if req.stream_options is not None and not req.stream:
         message = "'stream_options' is only allowed when 'stream' is true."
         raise ApiError(400, message, "stream_options")
-    if isinstance(req, ChatRequest) and len(req.messages) > limits.max_messages:
-        message = f"'messages' holds {len(req.messages)} messages; this server's limit is {limits.max_messages} (--max-messages)."
-        raise ApiError(400, message, "messages", "too_many_messages")
-    if req.text_size() > limits.max_prompt_chars:
-        param = "messages" if isinstance(req, ChatRequest) else "prompt"
-        message = f"The prompt is {req.text_size()} characters; this server's limit is {limits.max_prompt_chars} (--max-prompt-chars)."
-        raise ApiError(400, message, param, "prompt_too_long")
+    _check_size(req, limits)
     if (cap := req.reply_cap()) is not None and cap > limits.max_tokens:
         param = (
             "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
@@ -244,6 +277,21 @@ def parse_request(kind: type[_Sampling], body: bytes, model_id: str, limits: Lim
         message = f"'{param}' is {cap}; this server's limit is {limits.max_tokens} (--max-tokens)."
         raise ApiError(400, message, param, "max_tokens_too_large")
     req._cap = limits.max_tokens
+    return req
+
+
+def parse_inside(body: bytes, limits: Limits) -> InsideRequest:
+    """A checked POST /inside request: the token exists, the conversation is within limits."""
+    req = _validate(InsideRequest, body)
+    if req.index >= len(req.reply):
+        message = f"'index' is {req.index}; the reply has {len(req.reply)} tokens."
+        raise ApiError(400, message, "index")
+    if not all(0 < len(t) <= 64 and all(0 <= b < 256 for b in t) for t in req.reply):
+        raise ApiError(400, "'reply': each token is a list of 1 to 64 byte values.", "reply")
+    if len(req.reply) > limits.max_tokens:
+        message = f"'reply' has {len(req.reply)} tokens; this server's limit is {limits.max_tokens} (--max-tokens)."
+        raise ApiError(400, message, "reply")
+    _check_size(req, limits)
     return req
 
 
@@ -268,6 +316,55 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class TopLogprob(BaseModel):
+    token: str
+    bytes: list[int]  # a token may be part of a character: its bytes say exactly which
+    logprob: float  # at temperature 1, before sampling's temperature, top-k and top-p
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]  # the likeliest tokens at this position, best first
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
+class TextLogprobs(BaseModel):  # the legacy completions' form: parallel lists
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+def _entry(tokenizer, token: int, logprob: float) -> dict:
+    from guppyforge.model.tokenizer import token_bytes
+
+    text = tokenizer.decode([token], skip_special_tokens=False)
+    return {"token": text, "bytes": list(token_bytes(tokenizer, token)), "logprob": logprob}
+
+
+def chat_logprobs(tokenizer, tokens: list) -> ChoiceLogprobs:
+    """OpenAI's chat form of [(token, logprob, [(candidate, logprob), ...]), ...]."""
+    content = []
+    for token, logprob, top in tokens:
+        entry = _entry(tokenizer, token, logprob)
+        candidates = [TopLogprob(**_entry(tokenizer, *c)) for c in top]
+        content.append(TokenLogprob(**entry, top_logprobs=candidates))
+    return ChoiceLogprobs(content=content)
+
+
+def text_logprobs(tokenizer, tokens: list, offset: int) -> TextLogprobs:
+    """The legacy completions' form of the same, the tokens' text starting at `offset`."""
+    texts = [_entry(tokenizer, t, lp)["token"] for t, lp, _ in tokens]
+    return TextLogprobs(
+        tokens=texts,
+        token_logprobs=[lp for _, lp, _ in tokens],
+        top_logprobs=[{_entry(tokenizer, *c)["token"]: c[1] for c in top} for *_, top in tokens],
+        text_offset=[offset + sum(map(len, texts[:i])) for i in range(len(texts))],
+    )
+
+
 class ChatMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
@@ -276,6 +373,7 @@ class ChatMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessage
+    logprobs: ChoiceLogprobs | None = None  # with "logprobs": true
     finish_reason: str
 
 
@@ -297,6 +395,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int = 0
     delta: Delta
+    logprobs: ChoiceLogprobs | None = None  # the tokens of this chunk's delta
     finish_reason: str | None = None
 
 
@@ -313,7 +412,7 @@ class ChatCompletionChunk(BaseModel):
 class TextChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: TextLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -331,6 +430,39 @@ class Health(BaseModel):
     model: str
     active: int  # replies being decoded now
     waiting: int  # replies waiting for a free batch row
+
+
+class InsideToken(TopLogprob):  # POST /inside answers with the token looked inside, and
+    candidates: list[TopLogprob]  # the likeliest candidates, best first
+    logprobs: list[float]  # every token's log-probability at temperature 1, by id: the page
+    # rescales them with its own temperature and top-k, as sampling does
+    context: list[str]  # every token before it, the prompt's included, as text
+    attention: list[list[list[float]]]  # [layer][head][earlier token]: each row sums to 1
+
+
+def inside_token(engine, req: InsideRequest, max_tokens: int) -> InsideToken:
+    """`Engine.inside` for the token the page clicked, in the shape the page reads."""
+    from guppyforge.model.tokenizer import token_from_bytes
+
+    tok = engine.tokenizer
+    reply = [token_from_bytes(tok, bytes(t)) for t in req.reply[: req.index + 1]]
+    if None in reply:
+        where = f"reply[{reply.index(None)}]"
+        raise ApiError(400, f"'{where}': no token of this model has these bytes.", "reply")
+    # The prompt the reply was written after: chat's budget, as a request without max_tokens.
+    budget = min(MAX_NEW_TOKENS, max_tokens)
+    messages = [m.plain() for m in req.messages]
+    seen = engine.inside(messages, reply, max_new_tokens=budget, top=req.top)
+    if len(seen.tokens) <= req.index:
+        raise ApiError(400, f"'index': token {req.index} is past the model's context.", "index")
+    t = seen.tokens[req.index]
+    return InsideToken(
+        **_entry(tok, t.token, t.logprob),
+        candidates=[TopLogprob(**_entry(tok, i, lp)) for i, lp in t.top],
+        logprobs=t.logprobs.tolist(),
+        context=[tok.decode([i], skip_special_tokens=False) for i in seen.ids[: t.position]],
+        attention=t.attention.tolist(),
+    )
 
 
 class PageSettings(BaseModel):  # page.json: who the chat page shows, what it asks and how

@@ -224,7 +224,8 @@ class HeadTimeoutH11(H11Protocol):
 #
 # Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (plain, or server-sent events
 # with `"stream": true`; `"trace": true` adds where a chat reply came from, see evaluate/trace.py),
-# `GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/`.
+# `GET /v1/models[/{id}]`, `GET /health`, and the chat page at `/` (with `POST /inside` for its
+# inside view: one reply token's candidates and attention, from `Engine.inside`).
 
 
 # Built on FastAPI and uvicorn (the `serve` extra): they parse HTTP, route and frame events;
@@ -239,13 +240,21 @@ PAGE = files("guppyforge.apps") / "page"
 
 
 class Reply:
-    """One reply in flight: the decoder thread's text pieces, handed to the event loop."""
+    """One reply in flight: the decoder thread's text pieces, handed to the event loop.
 
-    def __init__(self, server: Server, ids: list[int], options: dict):
+    With `logprobs` (how many candidates per token), each piece comes with its tokens: each
+    token's log-probability and its likeliest candidates at temperature 1, computed in the
+    decoder's thread from the logits the token was drawn from (model/inside.py).
+    """
+
+    def __init__(self, server: Server, ids: list[int], options: dict, logprobs: int | None = None):
         self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self.decoder = server.decoder
+        self.queue: asyncio.Queue[tuple[str | None, list]] = asyncio.Queue()
+        self.decoder, self.tokenizer = server.decoder, server.engine.tokenizer
         self.id, self.created = uuid.uuid4().hex, int(time.time())
+        self.top, self.tokens = logprobs, []  # the tokens since the last piece, when asked
+        if logprobs is not None:
+            options = {**options, "on_token": self._token}
         from guppyforge.model.engine import Busy  # loaded already: the server holds an engine
 
         try:
@@ -253,26 +262,35 @@ class Reply:
         except Busy as e:
             raise ApiError(503, f"The server is busy ({e}); try again shortly.") from None
 
+    def _token(self, token: int, logits) -> None:  # runs in the decoder's thread
+        from guppyforge.model.inside import top_logprobs
+
+        self.tokens.append((token, *top_logprobs(logits, token, self.top)))
+
     def _emit(self, piece: str | None) -> None:  # runs in the decoder's thread
+        # A piece carries the tokens that completed it; at the end, tokens whose text was never
+        # shown (the start of a stop string) are dropped with it.
+        tokens, self.tokens = self.tokens, []
         with suppress(RuntimeError):  # the loop closed: the server is shutting down
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, piece)
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (piece, tokens))
 
     async def pieces(self):
-        """The reply's text, piece by piece; leaving early (a client hung up) frees its row."""
+        """(text piece, its tokens) as they come; leaving early (a client hung up) frees its row."""
         try:
-            while (piece := await self.queue.get()) is not None:
-                yield piece
+            while (item := await self.queue.get())[0] is not None:
+                yield item
         finally:
             if not self.row.done:
                 self.decoder.cancel(self.row)
         if self.row.finish_reason == "error":
             raise RuntimeError("the decoder failed on this reply (see the server's log)")
 
-    async def text(self, request: Request) -> str | None:
-        """The whole reply, or None if the client hung up first (the row is freed at once)."""
+    async def text(self, request: Request) -> tuple[str, list] | None:
+        """The whole reply and its tokens, or None if the client hung up first (row freed)."""
 
-        async def collect() -> str:
-            return "".join([p async for p in self.pieces()])
+        async def collect() -> tuple[str, list]:
+            items = [item async for item in self.pieces()]
+            return "".join(p for p, _ in items), [t for _, tokens in items for t in tokens]
 
         async def hang_up() -> None:
             while (await request.receive())["type"] != "http.disconnect":
@@ -285,6 +303,15 @@ class Reply:
             with suppress(asyncio.CancelledError):
                 await task
         return tasks[0].result() if tasks[0] in done else None
+
+    def logprobs(self, tokens: list, offset: int | None = None):
+        """OpenAI's chat form of `tokens` (or the legacy completions' form, their text starting
+        at `offset`); None when the request did not ask."""
+        if self.top is None:
+            return None
+        if offset is None:
+            return api.chat_logprobs(self.tokenizer, tokens)
+        return api.text_logprobs(self.tokenizer, tokens, offset)
 
     def usage(self) -> api.Usage:
         r = self.row
@@ -364,20 +391,22 @@ def create_app(server: Server) -> FastAPI:
         options = req.options()
         messages = req.plain_messages()
         ids, _ = await asyncio.to_thread(server.engine.prompt, messages, options["max_new_tokens"])
-        reply = Reply(server, ids, options)
+        reply = Reply(server, ids, options, req.logprobs_wanted())
         envelope = {"id": f"chatcmpl-{reply.id}", "created": reply.created, "model": model_id}
         if req.stream:
 
             async def chunks():
-                def chunk(delta: api.Delta, finish_reason: str | None = None):
-                    choice = api.ChunkChoice(delta=delta, finish_reason=finish_reason)
+                def chunk(delta: api.Delta, finish_reason: str | None = None, logprobs=None):
+                    choice = api.ChunkChoice(
+                        delta=delta, logprobs=logprobs, finish_reason=finish_reason
+                    )
                     return api.ChatCompletionChunk(**envelope, choices=[choice])
 
                 yield chunk(api.Delta(role="assistant", content=""))
                 text = []
-                async for piece in reply.pieces():
+                async for piece, tokens in reply.pieces():
                     text.append(piece)
-                    yield chunk(api.Delta(content=piece))
+                    yield chunk(api.Delta(content=piece), logprobs=reply.logprobs(tokens))
                 last = chunk(api.Delta(), reply.row.finish_reason)
                 last.trace = await trace(req, "".join(text))
                 yield last
@@ -385,10 +414,11 @@ def create_app(server: Server) -> FastAPI:
                     yield api.ChatCompletionChunk(**envelope, choices=[], usage=reply.usage())
 
             return server.stream(_events(chunks()))
-        text = await reply.text(request)
-        message = api.ChatMessage(content=text or "")
-        choice = api.ChatChoice(message=message, finish_reason=reply.row.finish_reason or "stop")
-        traced = await trace(req, text or "")
+        text, tokens = await reply.text(request) or ("", [])
+        finish, message = reply.row.finish_reason or "stop", api.ChatMessage(content=text)
+        logprobs = reply.logprobs(tokens)
+        choice = api.ChatChoice(message=message, logprobs=logprobs, finish_reason=finish)
+        traced = await trace(req, text)
         return api.ChatCompletion(**envelope, choices=[choice], usage=reply.usage(), trace=traced)
 
     @app.post("/v1/completions", dependencies=auth, response_model=api.TextCompletion)
@@ -399,22 +429,33 @@ def create_app(server: Server) -> FastAPI:
         ids = await asyncio.to_thread(
             server.engine.prompt_text, req.prompt, options["max_new_tokens"]
         )
-        reply = Reply(server, ids, options)
+        reply = Reply(server, ids, options, req.logprobs_wanted())
         envelope = {"id": f"cmpl-{reply.id}", "created": reply.created, "model": model_id}
         if req.stream:
 
             async def chunks():
-                async for piece in reply.pieces():
-                    yield api.TextCompletion(**envelope, choices=[api.TextChoice(text=piece)])
+                offset = 0
+                async for piece, tokens in reply.pieces():
+                    logprobs = reply.logprobs(tokens, offset)
+                    offset += len(piece)
+                    choice = api.TextChoice(text=piece, logprobs=logprobs)
+                    yield api.TextCompletion(**envelope, choices=[choice])
                 choice = api.TextChoice(text="", finish_reason=reply.row.finish_reason)
                 yield api.TextCompletion(**envelope, choices=[choice])
                 if req.include_usage:
                     yield api.TextCompletion(**envelope, choices=[], usage=reply.usage())
 
             return server.stream(_events(chunks()))
-        text = await reply.text(request)
-        choice = api.TextChoice(text=text or "", finish_reason=reply.row.finish_reason or "stop")
+        text, tokens = await reply.text(request) or ("", [])
+        finish, logprobs = reply.row.finish_reason or "stop", reply.logprobs(tokens, 0)
+        choice = api.TextChoice(text=text, logprobs=logprobs, finish_reason=finish)
         return api.TextCompletion(**envelope, choices=[choice], usage=reply.usage())
+
+    @app.post("/inside", dependencies=auth, include_in_schema=False)
+    async def inside(request: Request) -> api.InsideToken:
+        """The chat page's inside view: one token of a reply, looked at by the engine."""
+        req = api.parse_inside(await read_body(request, limits), limits)
+        return await asyncio.to_thread(api.inside_token, server.engine, req, limits.max_tokens)
 
     @app.get("/health")
     async def health() -> api.Health:

@@ -6,6 +6,7 @@
     speed.py      the speed paths gpt.py and the engine point at (the one-token decode step)
     packing.py    conversations packed into training batches (and the eval loss)
     engine.py     the one inference engine, batch-native: KV cache, sampling, stop rules, streaming
+    inside.py     inside a finished reply: each token's candidates and attention weights
 
 The training loop that uses these is ../train/.
 """

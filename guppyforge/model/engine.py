@@ -8,6 +8,7 @@ the same whether it is typed in a terminal, scored, or requested over HTTP:
     completion = engine.stream(messages, seed=1)  # text pieces as the model writes them
     for piece in completion: ...                   # then .finish_reason, .completion_tokens
     engine.replies([messages, ...], seeds=[1, 2])  # many replies, decoded together
+    engine.inside(messages, reply)                 # each reply token's candidates and attention
 
 It is batch-native: every reply is a `Row` of a `BatchDecoder`, and a single reply is a batch of
 one. Decoding one token is a matrix-vector product per weight matrix, so its cost is streaming
@@ -36,6 +37,7 @@ from tokenizers import Tokenizer
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, ModelConfig
+from guppyforge.model.inside import Inside, reply_inside
 from guppyforge.model.speed import DecodeStep, decode_layout
 from guppyforge.model.tokenizer import END, build_prompt, prompt_budget
 
@@ -581,6 +583,11 @@ class Engine:
         while not all(row.done for row in rows):
             decoder.step()
         return ["".join(t) for t in texts]
+
+    def inside(self, messages: list[dict], reply: str | list[int], **options) -> Inside:
+        """Each token of `reply` (its text, or the ids it was written as) to `messages`: its
+        candidates and its attention over every earlier token (see `reply_inside`)."""
+        return reply_inside(self, messages, reply, **options)
 
 
 def _collect(pieces: list[str]) -> Emit:

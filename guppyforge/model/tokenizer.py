@@ -88,6 +88,31 @@ def save_tokenizer(tok: Tokenizer, out_dir: Path, context: int) -> list[Path]:
     return [out_dir / name for name in TOKENIZER_FILES]
 
 
+def _byte_symbols() -> dict[int, str]:
+    """GPT-2's byte-level alphabet: each byte value as the printable character BPE stores it as."""
+    kept = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    others = [b for b in range(256) if b not in kept]
+    symbols = kept + list(range(256, 256 + len(others)))
+    return {b: chr(c) for b, c in zip(kept + others, symbols, strict=True)}
+
+
+_SYMBOL_OF = _byte_symbols()
+_BYTE_OF = {c: b for b, c in _SYMBOL_OF.items()}
+
+
+def token_bytes(tok: Tokenizer, token: int) -> bytes:
+    """The bytes one token stands for (a character may span several tokens: see TextStream)."""
+    text = tok.id_to_token(token)
+    if text in SPECIAL_TOKENS:
+        return text.encode()
+    return bytes(_BYTE_OF[c] for c in text)
+
+
+def token_from_bytes(tok: Tokenizer, data: bytes) -> int | None:
+    """The token that stands for exactly `data`, or None: `token_bytes` backwards."""
+    return tok.token_to_id("".join(_SYMBOL_OF[b] for b in data))
+
+
 def load_tokenizer(run_dir: Path) -> Tokenizer:
     return Tokenizer.from_file(str(Path(run_dir) / "tokenizer.json"))
 

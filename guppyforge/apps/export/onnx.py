@@ -30,6 +30,7 @@ import torch.nn as nn
 from guppyforge.apps.export.hf import generation_config, gpt2_config
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT
+from guppyforge.model.inside import forward_with_attention
 from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, PAD, save_tokenizer
 from guppyforge.train.run_folder import Run
 
@@ -69,6 +70,18 @@ class OnnxDecodeStep(nn.Module):
         keys = self.present[2 * layer] = torch.cat([self.present[2 * layer], k], dim=2)
         values = self.present[2 * layer + 1] = torch.cat([self.present[2 * layer + 1], v], dim=2)
         return keys, values
+
+
+class OnnxInside(nn.Module):
+    """The chat page's inside view as a graph: a whole sequence in (no cache), its logits and
+    every layer's attention weights out, as `look_inside` computes them (model/inside.py)."""
+
+    def __init__(self, model: GPT):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids):
+        return forward_with_attention(self.model, input_ids)
 
 
 def cache_names(n_layer: int, prefix: str) -> list[str]:
@@ -150,6 +163,31 @@ def export_model_onnx(model: GPT, path: Path) -> None:
             opset_version=OPSET,
             dynamo=True,
             external_data=False,  # a 9M model is ~35 MB: one self-contained file is easier to share
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def export_inside_onnx(model: GPT, path: Path) -> None:
+    """Write the inside view's graph to `path`: input_ids (batch_size, sequence_length) in;
+    logits (batch_size, sequence_length, vocab) and attentions (layers, batch_size, heads,
+    sequence_length, sequence_length) out, row t of each head over positions up to t."""
+    _require("onnx")
+    _require("onnxscript")
+    cfg = model.cfg
+    dim = torch.export.Dim
+    shapes = {"input_ids": {0: dim("batch_size"), 1: dim("sequence_length", max=cfg.context)}}
+    example = (torch.zeros(2, 5, dtype=torch.long, device=model.wte.weight.device),)
+    with _quiet("torch.onnx"):
+        program = torch.onnx.export(
+            OnnxInside(model).eval(),
+            example,
+            input_names=["input_ids"],
+            output_names=["logits", "attentions"],
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
             verbose=False,
         )
     program.save(str(path))

@@ -9,7 +9,10 @@ DIR/page.json             the page's settings: the persona's name, summary and g
                           sampling defaults, and what browser.js needs to load the model
 DIR/character/            a transformers.js model folder: config.json, generation_config.json,
                           tokenizer files (with the chat template), onnx/model_quantized.onnx
-                          (int8, the default) or onnx/model.onnx (fp32)
+                          (int8, the default) or onnx/model.onnx (fp32), and the inside view's
+                          graph beside it, onnx/inside_quantized.onnx or onnx/inside.onnx: logits
+                          and attention weights of a whole conversation, loaded on the first
+                          click on a token
 DIR/runtime/              transformers.js and onnxruntime-web's WebAssembly build, plus licenses
 
 Nothing is fetched from the network when the page runs. The JavaScript comes from npm at export
@@ -31,7 +34,7 @@ import tarfile
 from pathlib import Path
 
 from guppyforge.apps.export.hf import generation_config, gpt2_config
-from guppyforge.apps.export.onnx import export_model_onnx, quantize_int8
+from guppyforge.apps.export.onnx import export_inside_onnx, export_model_onnx, quantize_int8
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 from guppyforge.errors import GuppyError
 from guppyforge.model.tokenizer import save_tokenizer
@@ -196,21 +199,25 @@ def page_settings(run: Run, dtype: str) -> dict:
 
 
 def write_character(run: Run, out: Path, int8: bool) -> list[Path]:
-    """The model folder transformers.js loads: GPT-2 config files, tokenizer, ONNX decoder."""
+    """The model folder transformers.js loads: GPT-2 config files, tokenizer, ONNX decoder, and
+    the inside view's graph in the same number format (its numbers are the decoder's)."""
     (out / "onnx").mkdir(parents=True, exist_ok=True)
-    fp32 = out / "onnx" / "model.onnx"
-    export_model_onnx(run.model, fp32)
-    model = fp32
-    if int8:
-        # transformers.js' name for dynamic int8 weights ("q8"); the fp32 file is not shipped.
-        model = out / "onnx" / "model_quantized.onnx"
-        quantize_int8(fp32, model)
-        fp32.unlink()
+    files = []
+    for name, export in (("model", export_model_onnx), ("inside", export_inside_onnx)):
+        fp32 = out / "onnx" / f"{name}.onnx"
+        export(run.model, fp32)
+        if int8:
+            # transformers.js' name for dynamic int8 weights ("q8"); the fp32 file is not shipped.
+            files.append(out / "onnx" / f"{name}_quantized.onnx")
+            quantize_int8(fp32, files[-1])
+            fp32.unlink()
+        else:
+            files.append(fp32)
     # transformers.js_config: any transformers.js app loading this folder picks the right file.
     config = gpt2_config(run) | {"transformers.js_config": {"dtype": "q8" if int8 else "fp32"}}
-    files = [model, out / "config.json", out / "generation_config.json"]
-    files[1].write_text(json.dumps(config, indent=2) + "\n")
-    files[2].write_text(json.dumps(generation_config(run), indent=2) + "\n")
+    files += [out / "config.json", out / "generation_config.json"]
+    files[-2].write_text(json.dumps(config, indent=2) + "\n")
+    files[-1].write_text(json.dumps(generation_config(run), indent=2) + "\n")
     return files + save_tokenizer(run.tokenizer, out, run.model.cfg.context)
 
 

@@ -1,6 +1,8 @@
 // Replies from the model itself, in this tab: transformers.js runs the ONNX model (with its KV
-// cache) on onnxruntime-web's WebAssembly backend. Every file comes from the exported folder
-// (`guppyforge export --to web`): runtime/ and character/. ui.js describes the interface.
+// cache) on onnxruntime-web's WebAssembly backend; the inside view runs a second graph of the
+// same weights that also returns the attention weights (onnx/inside*.onnx, loaded on the first
+// click on a token). Every file comes from the exported folder (`guppyforge export --to web`):
+// runtime/ and character/. ui.js describes the interface.
 import {
   AutoModelForCausalLM,
   AutoTokenizer,
@@ -77,5 +79,69 @@ export async function reply(history, { temperature, topK }, onText) {
   const newIds = sequences.tolist()[0].slice(ids.length).map(Number);
   // The streamer holds back a word until it is complete, so the end may never have reached
   // onText: the whole reply is decoded once more.
-  return { text: tokenizer.decode(newIds, { skip_special_tokens: true }), tokens: newIds.length };
+  const text = tokenizer.decode(newIds, { skip_special_tokens: true });
+  return { text, tokens: newIds.length, parts: tokenParts(newIds) };
+}
+
+// Each token's own text, as the text so far grows by it (a character split across tokens shows
+// on the token that completes it); the end token that closed the reply is not part of it.
+function tokenParts(ids) {
+  const end = tokenizer.convert_tokens_to_ids("<|im_end|>");
+  const parts = [];
+  let shown = "";
+  for (let i = 0; i < ids.length && ids[i] !== end; i++) {
+    const text = tokenizer.decode(ids.slice(0, i + 1));
+    const grew = !text.endsWith("\ufffd") && text.length > shown.length;
+    parts.push({ text: grew ? text.slice(shown.length) : "", key: ids[i] });
+    if (grew) shown = text;
+  }
+  return parts;
+}
+
+let insideModel;
+let looked = { key: null, run: null }; // the last reply run through the inside graph
+
+// The whole conversation and reply in one pass: logits at every position, and each layer's
+// attention weights [layer, batch, head, T, T].
+async function runInside(ids) {
+  insideModel ??= await AutoModelForCausalLM.from_pretrained(settings.model, {
+    dtype: settings.dtype,
+    device: "wasm",
+    model_file_name: "inside",
+  });
+  const input = new Tensor("int64", BigInt64Array.from(ids, BigInt), [1, ids.length]);
+  const { logits, attentions } = await insideModel({ input_ids: input });
+  return { logits: logits.data, attentions: attentions.data, dims: attentions.dims };
+}
+
+export async function inside(history, parts, index) {
+  const ids = [...promptIds(history), ...parts.map((p) => p.key)];
+  const key = ids.join();
+  if (looked.key !== key) looked = { key, run: await runInside(ids) };
+  const { logits, attentions, dims } = looked.run;
+  const [layers, , heads, T] = dims;
+  const vocab = logits.length / T;
+  const at = ids.length - parts.length + index; // the token's position; chosen at the one before
+  const z = Array.from(logits.subarray((at - 1) * vocab, at * vocab));
+  const best = Math.max(...z);
+  const norm = best + Math.log(z.reduce((sum, v) => sum + Math.exp(v - best), 0));
+  const logprobs = z.map((v) => v - norm); // log_softmax: temperature 1
+  const order = logprobs.map((_, i) => i).sort((a, b) => logprobs[b] - logprobs[a]).slice(0, 10);
+  const name = (id) => tokenizer.decode([id], { skip_special_tokens: false });
+  const attention = [];
+  for (let l = 0; l < layers; l++) {
+    attention.push([]);
+    for (let h = 0; h < heads; h++) {
+      const row = ((l * heads + h) * T + (at - 1)) * T;
+      attention[l].push(Array.from(attentions.subarray(row, row + at)));
+    }
+  }
+  return {
+    token: name(ids[at]),
+    logprob: logprobs[ids[at]],
+    candidates: order.map((id) => ({ token: name(id), logprob: logprobs[id], drawn: id === ids[at] })),
+    logprobs,
+    context: ids.slice(0, at).map(name),
+    attention,
+  };
 }
