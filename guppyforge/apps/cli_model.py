@@ -9,11 +9,10 @@ import click
 
 from guppyforge import defaults
 from guppyforge.apps.cli import PORT, SEED, cli, finite
+from guppyforge.persona.chat_rows import SHAPES as FORMATS  # light: the standard library alone
 from guppyforge.train.config import TrainOptions
 
 DEVICES = click.Choice(defaults.DEVICES)
-# formats.SHAPES, written out so `--help` does not import the dataset layer
-FORMATS = ("messages", "prompt-completion", "alpaca", "guppylm", "qa")
 
 
 # --- train (guppyforge/train/, guppyforge/model/presets.py) ------------------------------------

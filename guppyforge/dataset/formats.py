@@ -1,11 +1,6 @@
-"""Chat data from elsewhere, as `messages` rows: the shapes people already have, recognised by
-their columns.
-
-    messages            TRL's conversational rows: a list of {role, content}
-    prompt-completion   `prompt` and `completion`: two strings, or TRL's two lists of messages
-    alpaca              `instruction` (+ `input`) -> user, `output` -> assistant
-    guppylm             `input` -> user, `output` -> assistant, `category` -> topic
-    qa                  `question`/`answer` (or `q`/`a`), as a spreadsheet exports them
+"""Chat data from elsewhere, as `messages` rows: the shapes people already have (messages,
+prompt-completion, alpaca, guppylm, qa), recognised by their columns in persona/chat_rows.py,
+the same recognition a persona's `examples_file` gets.
 
 A file (JSONL, JSON, CSV, parquet) or a folder of them is read with `datasets`, one file at a
 time so every bad row can be named by its file and row (rows count from 1; a CSV's header is
@@ -23,11 +18,11 @@ from pathlib import Path
 
 from guppyforge.errors import GuppyError
 from guppyforge.files import require_regular
+from guppyforge.persona.chat_rows import convert, describe, recognise
+from guppyforge.persona.chat_rows import text_of as _text
 
 # What each file type is read as by `datasets`.
 BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-SHAPES = ("messages", "prompt-completion", "alpaca", "guppylm", "qa")
-TOPIC_COLUMNS = ("category", "topic")  # an optional column that becomes each row's topic
 MAX_BAD_SHARE = 0.01  # a few odd rows are left out; more means a misread shape or broken data
 MAX_SHOWN = 20  # bad rows printed one line each; the rest are counted
 TEST_SHARE = 0.05  # the on-the-fly test split, as `generate --test-size` defaults to
@@ -80,148 +75,11 @@ def read_rows(path: Path) -> list[dict]:
     return ds.to_list()
 
 
-def recognise(columns: list[str], forced: str | None, path: Path) -> tuple[str, dict[str, str]]:
-    """(shape, {role: column}) for a file's columns; `forced` (--format) overrides the guess."""
-    cols = {c.lower(): c for c in columns}
-
-    def col(*names: str) -> str | None:
-        return next((cols[n] for n in names if n in cols), None)
-
-    found = {
-        "messages": {"messages": col("messages")},
-        "prompt-completion": {"prompt": col("prompt"), "completion": col("completion")},
-        "alpaca": {"instruction": col("instruction"), "output": col("output")},
-        "guppylm": {"input": col("input"), "output": col("output")},
-        "qa": {"question": col("question", "q"), "answer": col("answer", "a")},
-    }
-    fits = [s for s, need in found.items() if all(need.values())]
-    if "alpaca" in fits:  # alpaca's input/output are guppylm's columns too: the instruction decides
-        fits.remove("guppylm")
-    if forced:
-        if forced not in SHAPES:
-            raise GuppyError(
-                f"--format {forced}: not a shape guppyforge reads. Use one of {', '.join(SHAPES)}"
-            )
-        missing = [k for k, v in found[forced].items() if not v]
-        if missing:
-            raise GuppyError(
-                f"{path}: --format {forced} needs the column(s) {', '.join(missing)}"
-                f"; the file has {', '.join(columns[:8]) or 'none'}"
-            )
-        shape = forced
-    elif len(fits) == 1:
-        shape = fits[0]
-    elif fits:
-        raise GuppyError(
-            f"{path}: its columns fit {' and '.join(fits)}. Say which with --format {fits[0]}"
-        )
-    else:
-        raise GuppyError(
-            f"{path}: columns {', '.join(columns[:8]) or 'none'} are no chat shape "
-            "guppyforge knows (messages; prompt/completion; instruction/input/"
-            "output; input/output/category; question/answer). Rename the columns, "
-            "or give --format"
-        )
-    mapping = dict(found[shape])
-    if shape == "alpaca" and col("input"):
-        mapping["input"] = col("input")
-    if shape != "messages" and (topic := col(*TOPIC_COLUMNS)):
-        mapping["topic"] = topic
-    elif shape == "messages" and col("topic"):
-        mapping["topic"] = col("topic")
-    return shape, mapping
-
-
-def describe(shape: str, m: dict[str, str], rows: int, topics: int) -> str:
-    """The line saying what was recognised, e.g. 'alpaca: instruction + input -> user, ...'."""
-    if shape == "messages":
-        how = f"{m['messages']} -> the conversation as it is"
-    elif shape == "alpaca":
-        user = " + ".join(filter(None, [m["instruction"], m.get("input")]))
-        how = f"{user} -> user, {m['output']} -> assistant"
-    else:
-        ask, answer = {
-            "prompt-completion": ("prompt", "completion"),
-            "guppylm": ("input", "output"),
-            "qa": ("question", "answer"),
-        }[shape]
-        how = f"{m[ask]} -> user, {m[answer]} -> assistant"
-    if "topic" in m:
-        how += f", {m['topic']} -> topic ({topics} topics)"
-    return f"{shape}: {how}; {rows:,} rows"
-
-
-def _text(value) -> str | None:
-    """A cell as text: numbers a CSV reader typed become strings again; empty is None."""
-    if value is None or (isinstance(value, float) and value != value):  # NaN: an empty cell
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    return str(value)
-
-
-def _check_turns(messages, where: str = "messages") -> list[tuple[str, str]] | str:
-    """The (role, content) pairs of a conversation, or what is wrong with it."""
-    if not isinstance(messages, list) or not messages:
-        return f"'{where}' is not a non-empty list of messages"
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            return f"message {i + 1} has no 'role'"
-        if not isinstance(m.get("content"), str):
-            return f"message {i + 1} has no 'content' text"
-        out.append((m["role"], m["content"]))
-    body = out[1:] if out[0][0] == "system" else out
-    for i, (role, content) in enumerate(body):
-        want = "user" if i % 2 == 0 else "assistant"
-        if role != want:
-            return (
-                f"message {i + 1 + len(out) - len(body)} is '{role}' where '{want}' "
-                "belongs (roles go user, assistant, user, ...; a system message only first)"
-            )
-        if not content.strip():
-            return f"{'empty reply' if role == 'assistant' else 'empty prompt'} in message {i + 1}"
-    if not body or body[-1][0] != "assistant":
-        return "no reply: the conversation does not end with an assistant message"
-    return out
-
-
-def convert(row: dict, shape: str, m: dict[str, str]) -> list[tuple[str, str]] | str:
-    """One row as (role, content) pairs, or the problem that keeps it out."""
-    if shape == "messages":
-        return _check_turns(row.get(m["messages"]), m["messages"])
-    if shape == "prompt-completion":
-        prompt, completion = row.get(m["prompt"]), row.get(m["completion"])
-        if isinstance(prompt, list) or isinstance(completion, list):  # TRL's conversational form
-            if not isinstance(prompt, list) or not isinstance(completion, list):
-                return "prompt and completion must both be texts or both be lists of messages"
-            return _check_turns(prompt + completion)
-        user, reply = _text(prompt), _text(completion)
-        names = (m["prompt"], m["completion"])
-    elif shape == "alpaca":
-        instruction, extra = _text(row.get(m["instruction"])), _text(row.get(m.get("input", "")))
-        user = instruction if not (extra and extra.strip()) else f"{instruction}\n\n{extra}"
-        user = None if instruction is None else user
-        reply, names = _text(row.get(m["output"])), (m["instruction"], m["output"])
-    else:  # guppylm, qa: one question, one answer
-        ask, say = ("input", "output") if shape == "guppylm" else ("question", "answer")
-        user, reply, names = _text(row.get(m[ask])), _text(row.get(m[say])), (m[ask], m[say])
-    if user is None:
-        return f"missing '{names[0]}'"
-    if reply is None:
-        return f"missing '{names[1]}'"
-    if not user.strip():
-        return f"empty prompt ('{names[0]}')"
-    if not reply.strip():
-        return f"empty reply ('{names[1]}')"
-    return [("user", user), ("assistant", reply)]
-
-
 def read_foreign(
     path: str | Path, forced: str | None = None, context: int | None = None, say: Say = print
 ):
     """A DatasetDict (train, test) of `messages`, `topic`, `template_id` from chat data in any
-    shape of SHAPES. Its `source` attribute holds what config.json records about it."""
+    shape of chat_rows.SHAPES. Its `source` attribute holds what config.json records about it."""
     import datasets
 
     from guppyforge.dataset.folder import fingerprint
