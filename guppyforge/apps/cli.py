@@ -130,6 +130,11 @@ def preview(file: str, count: int, topic: str | None, seed: int, turns: str | No
             c = sampler.conversation(i, turns_for(seed, i, mix), topic)
         varied, _ = varier.messages(c.messages, i)
         click.echo(format_conversation(c, persona.display_name, varied))
+    written = [] if topic else sampler.examples()  # every one goes into the data, as written
+    if written:
+        click.echo(f"# {len(written):,} hand-written examples, all in the data; the first:")
+        for c in written[: min(count, 3)]:
+            click.echo(format_conversation(c, persona.display_name))
 
 
 @click.command("new-persona")

@@ -5,6 +5,7 @@
     DIR/README.md                           dataset card (YAML metadata + figures)
     DIR/stats.json                          the same figures, for programs
     DIR/persona.yaml                        the persona file, byte for byte
+    DIR/EXAMPLES (its examples_file, if any)  beside it at the same relative path, byte for byte
 
 The steps, in the order they run: draw.py (unique conversations), split.py (the leak-free
 split), folder.py (the figures and card, the parquet files and the all-or-nothing folder).
@@ -133,6 +134,12 @@ def generate_dataset(
     persona_bytes = persona_path.read_bytes()
     if hashlib.sha256(persona_bytes).hexdigest() != persona.sha256:
         raise GuppyError(f"{persona_path}: the file changed while it was read. Run again.")
+    examples_copy = None  # (relative path, bytes): the folder's persona copy must load too
+    if persona.examples_file:
+        rel, digest = persona.examples_file
+        examples_copy = (rel, (persona_path.resolve().parent / rel).read_bytes())
+        if hashlib.sha256(examples_copy[1]).hexdigest() != digest:
+            raise GuppyError(f"{persona_path.parent / rel}: the file changed while it was read.")
 
     mix = turn_mix(turns, persona)
     if strict:
@@ -179,6 +186,9 @@ def generate_dataset(
             files[name] = {"num_bytes": write_parquet(rows, path)}
             files[name]["file_bytes"] = path.stat().st_size
         (tmp / "persona.yaml").write_bytes(persona_bytes)  # the exact bytes, comments and all
+        if examples_copy:  # beside the copy, at the same relative path, so the copy loads
+            (tmp / examples_copy[0]).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / examples_copy[0]).write_bytes(examples_copy[1])
         text = json.dumps(stats, indent=2, ensure_ascii=False) + "\n"
         (tmp / "stats.json").write_text(text, encoding="utf-8")
         # The card last: a folder with a README is the one that looks finished.

@@ -50,6 +50,9 @@ _NO_SPACES = (
 WORD = re.compile(rf"[{_NO_SPACES}]|[^\W_{_NO_SPACES}]+(?:['’][^\W_{_NO_SPACES}]+)*")
 SAY_TAG = re.compile(r"say(\d+)@L(\d+)")
 EXAMPLE_TAG = re.compile(r"^examples/\d+@L(\d+)")
+# A row read from a file: chat data of one's own (`qa.csv#12`) or a persona's examples_file
+# (`examples/3@hand.jsonl#12`), the path relative to the dataset (or to its persona).
+ROW_TAG = re.compile(r"^(?:examples/\d+@)?(?P<file>[^@#]+)#(?P<row>\d+)$")
 
 
 @dataclass
@@ -65,9 +68,12 @@ class Source:
     template: str  # the template text on that line
     rows: int  # training rows with exactly this reply
     spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) in the traced reply
+    row: int | None = None  # the row of `file` (counting from 1) for a row read from a data file
 
     @property
     def where(self) -> str:
+        if self.row:
+            return f"{self.file}: row {self.row}"
         return f"{self.file}:{self.line}" if self.line else self.file
 
 
@@ -155,6 +161,7 @@ class TraceIndex:
         self._low = table.column("low")  # " " + the text in lower case: `continuing` looks here
         self.templates = {int(k): v for k, v in meta["templates"].items()}
         self.file = meta["persona_file"]
+        self.rows_base = Path(meta.get("rows_base") or ".")  # where a `file#row` id's file is
 
     # --- tracing -----------------------------------------------------------------------------
 
@@ -255,16 +262,20 @@ class TraceIndex:
         }
         line = row["line"] if row["line"] > 0 else None
         template = self.templates.get(line or 0, {})
+        file, from_file = self.file, ROW_TAG.match(row["id"] or "")
+        if from_file and not line:
+            file = str(self.rows_base / from_file["file"])
         return Source(
             self.texts[doc],
             row["topic"],
             row["id"],
-            self.file,
+            file,
             line,
             template.get("key", ""),
             template.get("text", ""),
             row["rows"],
             spans,
+            int(from_file["row"]) if from_file and not line else None,
         )
 
     def texts_words(self, doc: int) -> list[str]:
@@ -306,8 +317,9 @@ class TraceIndex:
 #
 # Why lazily and not at the end of `train`: the trainer's layer may not import the applications
 # layer, most runs are never traced, and a run trained before this existed gets an index too. The
-# key is the dataset's content fingerprint (stats.json) or, without one, its parquet files' sizes
-# and times, plus the persona's hash: regenerate the data and the next `why` re-indexes it. The
+# key is the dataset's content fingerprint (stats.json) or, without one, its data files' sizes
+# and times (a single file of chat data too), plus the persona's hash and that of its
+# examples_file: regenerate or edit the data and the next `why` re-indexes it. The
 # cache is whole or absent (built aside, renamed into place), and self-contained: `why` still
 # answers after the dataset folder was moved away.
 
@@ -316,16 +328,27 @@ CACHE = "trace"
 
 def dataset_key(data_dir: Path) -> str:
     """What the cached index must have been built from: content fingerprint and persona hash."""
+    from guppyforge.dataset.formats import data_files
+    from guppyforge.persona.chat_rows import examples_file_of
+
+    data_dir = Path(data_dir)
     parts = [f"v{INDEX_VERSION}"]
     try:
         parts.append(json.loads((data_dir / "stats.json").read_text())["fingerprint"])
     except (OSError, ValueError, KeyError, TypeError):
-        for f in sorted((data_dir / "data").glob("train-*.parquet")):
+        files = sorted((data_dir / "data").glob("train-*.parquet")) if data_dir.is_dir() else []
+        if not files:  # chat data of one's own: a file, or a folder of them
+            with contextlib.suppress(GuppyError, OSError):
+                files = data_files(data_dir)
+        for f in files:
             st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
     persona = data_dir / "persona.yaml"
     if persona.is_file():
         parts.append(hashlib.sha256(persona.read_bytes()).hexdigest())
+        with contextlib.suppress(OSError):  # its examples_file, as it is now
+            if found := examples_file_of(persona):
+                parts.append(hashlib.sha256(found[1].read_bytes()).hexdigest())
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -340,6 +363,8 @@ def _templates(persona_path: Path, lines: set[int]) -> dict[int, dict]:
             for tpl in (*t.say, *(x for f in t.follow_ups for x in f.say)):
                 found[tpl.line] = {"text": tpl.text, "key": tpl.key}
         for i, ex in enumerate(p.examples):
+            if ex.file:
+                continue  # a row of the examples_file: its id names the file and the row
             found[ex.line] = {"text": " / ".join(a for _, a in ex.turns), "key": f"examples[{i}]"}
     with contextlib.suppress(OSError):
         raw = persona_path.read_text(encoding="utf-8").splitlines()
@@ -349,13 +374,17 @@ def _templates(persona_path: Path, lines: set[int]) -> dict[int, dict]:
     return {n: found[n] for n in lines if n in found}
 
 
-def build_index(data_dir: Path, persona_in_run: bool = False) -> TraceIndex:
-    """Index the distinct replies of `data_dir`'s train split (what the model learned from)."""
+def build_index(
+    data_dir: Path, persona_in_run: bool = False, fmt: str | None = None, context: int | None = None
+) -> TraceIndex:
+    """Index the distinct replies of `data_dir`'s train split (what the model learned from).
+
+    `fmt` and `context`: how train read chat data of one's own, so the split is the same one."""
     import bm25s
     import pyarrow as pa
 
     started = time.perf_counter()
-    table = _train_table(Path(data_dir))
+    table = _train_table(Path(data_dir), fmt, context)
     n = table.num_rows
     ids = (
         table.column("template_id").to_pylist() if "template_id" in table.column_names else [""] * n
@@ -391,6 +420,7 @@ def build_index(data_dir: Path, persona_in_run: bool = False) -> TraceIndex:
         "dataset": str(Path(data_dir).resolve()),
         "persona_in_run": persona_in_run,
         "persona_file": str(Path(data_dir).resolve() / "persona.yaml"),
+        "rows_base": str(_rows_base(Path(data_dir))),
         "templates": _templates(Path(data_dir) / "persona.yaml", set(out["line"]) - {0}),
         "replies": len(out["text"]),
         "rows": n,
@@ -399,18 +429,25 @@ def build_index(data_dir: Path, persona_in_run: bool = False) -> TraceIndex:
     return TraceIndex(pa.table(out), bm25, meta)
 
 
-def _train_table(data_dir: Path):
+def _rows_base(data_dir: Path) -> Path:
+    """The folder a row's `file#row` id is relative to: the data's folder (the persona's, for
+    an examples_file row), or the folder of a single file of chat data."""
+    return data_dir.resolve() if data_dir.is_dir() else data_dir.resolve().parent
+
+
+def _train_table(data_dir: Path, fmt: str | None = None, context: int | None = None):
     """The train split as an Arrow table. generate's parquet files are read with pyarrow alone
     (seconds faster than importing `datasets`); any other layout goes through `load_splits`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = sorted((data_dir / "data").glob("train-*.parquet"))
-    if files:
+    files = sorted((data_dir / "data").glob("train-*.parquet")) if data_dir.is_dir() else []
+    if files and not fmt:
         return pa.concat_tables([pq.read_table(f) for f in files]).combine_chunks()
     from guppyforge.dataset.folder import load_splits
 
-    return load_splits(data_dir)["train"].with_format("arrow")[:]
+    splits = load_splits(data_dir, fmt, context, say=lambda _: None)
+    return splits["train"].with_format("arrow")[:]
 
 
 def _assistant_messages(table) -> tuple[list[int], list[str]]:
@@ -474,11 +511,14 @@ def read_index(folder: Path) -> TraceIndex | None:
     return TraceIndex(table, bm25, meta, grams)
 
 
-def load_index(run_dir: str | Path, data: str | Path | None = None, note=print) -> TraceIndex:
+def load_index(
+    run_dir: str | Path, data: str | Path | None = None, note=print, data_format: str | None = None
+) -> TraceIndex:
     """The run's trace index: the cached one when it matches the dataset, else a fresh one.
 
-    With `data` (another dataset than the run's), the index is built and not cached. `note`
-    hears one line when an index is being built (it takes a few seconds on 60K rows).
+    With `data` (another dataset than the run's), the index is built and not cached;
+    `data_format` forces its shape, as `train --format` does. `note` hears one line when an
+    index is being built (it takes a few seconds on 60K rows).
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
@@ -490,13 +530,15 @@ def load_index(run_dir: str | Path, data: str | Path | None = None, note=print) 
     cached = read_index(run_dir / CACHE) if data is None else None
     recorded = Path((config.get("dataset") or {}).get("path") or run_dir / "no-dataset")
     if cached is not None and (
-        not recorded.is_dir() or cached.meta["key"] == dataset_key(recorded)
+        not recorded.exists() or cached.meta["key"] == dataset_key(recorded)
     ):
         return _cite(cached, run_dir)  # fresh, or the dataset is gone and the cache is all we have
     data_dir = dataset_dir(run_dir, config, data)
     note(f"(indexing the training replies of {data_dir} for tracing, once)")
     in_run = _same_file(run_dir / "persona.yaml", data_dir / "persona.yaml")
-    index = build_index(data_dir, persona_in_run=in_run)
+    fmt = data_format or ((config.get("dataset") or {}).get("format") if data is None else None)
+    context = (config.get("model") or {}).get("context")
+    index = build_index(data_dir, persona_in_run=in_run, fmt=fmt, context=context)
     if data is None:
         with contextlib.suppress(OSError):  # a read-only run folder: trace without a cache
             save_index(index, run_dir / CACHE)
@@ -511,12 +553,19 @@ def _cite(index: TraceIndex, run_dir: Path) -> TraceIndex:
     """Name the run's own persona.yaml when it is the data's, byte for byte: it travels with it."""
     if index.meta.get("persona_in_run"):
         index.file = str(run_dir / "persona.yaml")
+        index.rows_base = run_dir  # its examples_file travels with it too
     return index
 
 
-def why(run_dir: str | Path, reply: str, data: str | Path | None = None, note=print) -> Trace:
+def why(
+    run_dir: str | Path,
+    reply: str,
+    data: str | Path | None = None,
+    note=print,
+    data_format: str | None = None,
+) -> Trace:
     """Trace one reply back to the training replies and persona lines it came from."""
-    return load_index(run_dir, data, note).trace(reply)
+    return load_index(run_dir, data, note, data_format).trace(reply)
 
 
 _LOADED: dict[str, TraceIndex] = {}

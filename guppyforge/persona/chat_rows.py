@@ -22,6 +22,7 @@ import stat
 from pathlib import Path
 
 from guppyforge.errors import GuppyError
+from guppyforge.persona.limits import MAX_MESSAGE_CHARS as _MAX_CHARS
 
 SHAPES = ("messages", "prompt-completion", "alpaca", "guppylm", "qa")
 TOPIC_COLUMNS = ("category", "topic")  # an optional column that becomes each row's topic
@@ -228,3 +229,98 @@ def read_small_file(path: Path, max_bytes: int, max_rows: int) -> list[dict]:
         if not isinstance(row, dict):
             raise GuppyError(f'{path}: row {n}: not an object of columns. Write {{"q": ...}}')
     return rows
+
+
+# --- A persona's examples_file (format 1.3): hand-written conversations in one of the shapes.
+#
+# The path is the persona's to name, and a persona comes from strangers: it must lead to a
+# regular file inside the persona's own folder (after links are followed), so a shared persona
+# cannot pull ~/.ssh/id_rsa into a dataset. It may not take the name of a file guppyforge writes
+# beside a copy of the persona (the dataset and run folders copy the file along, at the same
+# relative path, so the copy loads exactly as the original did).
+
+# Names a dataset or run folder already uses for its own files, and the folders it writes into.
+_TAKEN = {
+    "persona.yaml",
+    "stats.json",
+    "readme.md",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "metrics.jsonl",
+    ".guppyforge.json",
+}
+_TAKEN_FOLDERS = {"data", "checkpoints", "trace"}
+
+
+def examples_path(persona_path: Path, written: object) -> tuple[str, Path] | str:
+    """(relative path, resolved path) of an examples_file as written in the persona at
+    `persona_path`, or the problem with it (a sentence and its fix)."""
+    if not isinstance(written, str) or not written.strip():
+        return "must be a file name, e.g. examples.jsonl. Write the path relative to the persona"
+    rel = written.strip()
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or "\\" in rel or ".." in parts or rel.startswith("~"):
+        return (
+            f"'{rel}' leads outside the persona's folder. Put the file beside the persona (or "
+            "below it) and write its relative path"
+        )
+    if any(c in rel for c in "#@\0"):
+        return f"'{rel}' holds #, @ or NUL. Rename the file"
+    if Path(rel).suffix.lower() not in SMALL_SUFFIXES:
+        return f"'{rel}' is not a .jsonl, .json or .csv file. Convert it"
+    if rel.lower() in _TAKEN or parts[0].lower() in _TAKEN_FOLDERS:
+        return f"'{rel}' is a name guppyforge writes beside a persona's copy. Rename the file"
+    home = Path(persona_path).resolve().parent
+    target = (home / rel).resolve()
+    if not target.is_relative_to(home):  # a link that leads out
+        return f"'{rel}' is a link that leads outside the persona's folder. Copy the file in"
+    if not target.exists():
+        return f"'{rel}': no such file beside {Path(persona_path).name}. Check the name"
+    return Path(*parts).as_posix(), target
+
+
+def examples_rows(
+    path: Path, rel: str, forced: str | None, max_bytes: int, max_rows: int
+) -> tuple[list[tuple[int, str, list[tuple[str, str]]]], list[str]]:
+    """([(row, topic, turns)], [problem lines]) of an examples_file: each row converted, or
+    named by its row with what is wrong (`hand.jsonl: row 3: missing 'answer'`)."""
+    records = read_small_file(path, max_bytes, max_rows)
+    if not records:
+        return [], [f"{rel}: no rows. Add hand-written conversations, or remove examples_file"]
+    try:
+        shape, mapping = recognise(list(records[0]), forced, Path(rel))
+    except GuppyError as e:
+        fix = " (in a persona: examples_file: {path: FILE, format: SHAPE})"
+        return [], [str(e).replace("--format", "format:") + fix]
+    out, bad = [], []
+    for n, record in enumerate(records, start=1):
+        turns = convert(record, shape, mapping)
+        if isinstance(turns, list) and turns[0][0] == "system":
+            turns = "a system message: a persona's examples are user and assistant turns"
+        if isinstance(turns, list):
+            too_long = next((c for _, c in turns if len(c) > _MAX_CHARS), None)
+            if too_long is not None:
+                turns = f"a message of {len(too_long):,} characters, over the {_MAX_CHARS:,} limit"
+        if isinstance(turns, str):
+            bad.append(f"{rel}: row {n}: {turns}")
+            continue
+        topic = (text_of(record.get(mapping.get("topic", ""))) or "").strip()
+        out.append((n, topic, turns))
+    return out, bad
+
+
+def examples_file_of(persona_path: Path) -> tuple[str, Path] | None:
+    """(relative path, resolved path) of the examples_file a persona file names, or None when
+    it names none (or one that would not load): what a copy of the persona must carry along."""
+    from guppyforge.persona.yamlsafe import read_yaml
+
+    try:
+        data = read_yaml(persona_path).data
+    except GuppyError:
+        return None
+    value = data.get("examples_file") if isinstance(data, dict) else None
+    if isinstance(value, dict):
+        value = value.get("path")
+    found = examples_path(persona_path, value) if value is not None else None
+    return found if isinstance(found, tuple) and found[1].is_file() else None

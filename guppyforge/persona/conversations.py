@@ -174,7 +174,7 @@ class Conversation:
 
     messages: list[dict]  # [{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]
     topic: str
-    template_id: str  # e.g. "food/ask2@L57/say5@L63", "examples/3@L140"
+    template_id: str  # e.g. "food/ask2@L57/say5@L63", "examples/3@L140", "examples/4@hand.csv#2"
     turns: int
 
 
@@ -381,7 +381,7 @@ class Sampler:
                 ]
             out.append(
                 Conversation(
-                    messages, ex.topic or "examples", f"examples/{i}@L{ex.line}", len(ex.turns)
+                    messages, ex.topic or "examples", f"examples/{i}{ex.id_tail}", len(ex.turns)
                 )
             )
         return out

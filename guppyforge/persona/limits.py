@@ -6,12 +6,13 @@ is capped here, in one place the docs can quote. A file past a limit is refused 
 
 from __future__ import annotations
 
-SPEC_VERSION = "1.2"  # the newest persona format this code reads (and new-persona writes)
+SPEC_VERSION = "1.3"  # the newest persona format this code reads
 SPEC_VERSIONS = {
     "1": (1, 0),
     "1.0": (1, 0),
     "1.1": (1, 1),
     "1.2": (1, 2),
+    "1.3": (1, 3),
 }  # `guppyforge:` values as written
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: far above any hand-written persona
@@ -30,6 +31,11 @@ MAX_MESSAGE_WORK = 16
 MAX_MESSAGE_CHARS = 2_000  # one rendered message (and one expanded symbol value)
 MAX_TEMPLATE_NESTING = 12  # brackets inside brackets, {% if %} inside {% if %}, in one template
 MAX_TAG_TOKENS = 100  # tokens in one {{ }} or {% %}: bounds chains like `not not not ... x`
+
+# 1.3's examples_file: hand-written rows, not a training set (train reads those directly)
+MAX_EXAMPLES_FILE_BYTES = 4 << 20  # 4 MiB
+MAX_EXAMPLES_FILE_ROWS = 20_000
+MAX_ROW_ERRORS = 20  # bad rows of an examples_file named one line each; the rest are counted
 
 MAX_CARD_DEPTH = 64  # nested lists/objects in a Character Card's JSON
 

@@ -2,11 +2,12 @@
 
 `load_persona(path)` is the door: safe YAML (yamlsafe.py), then this schema, then the checks
 that need the whole persona (templates compile, symbols exist). `validate_persona` adds what
-validate reports on top. Format versions 1.0-1.2 load; anything else gets an upgrade message.
+validate reports on top. Format versions 1.0-1.3 load; anything else gets an upgrade message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from guppyforge.errors import GuppyError
 from guppyforge.persona import limits
+from guppyforge.persona.chat_rows import SHAPES, examples_path, examples_rows
 from guppyforge.persona.checks import (
     pairing_problems,
     placeholder_warnings,
@@ -67,6 +69,7 @@ _KEYS = {
         "grammar",
         "topics",
         "examples",
+        "examples_file",
         "probes",
         "turns",
         "variation",
@@ -77,6 +80,7 @@ _KEYS = {
     ("topic",): {"weight", "ask", "say", "follow_ups"},
     ("follow_up",): {"ask", "say"},
     ("example",): {"topic", "turns"},
+    ("examples_file",): {"path", "format"},
     ("turn",): {"user", "assistant"},
     ("probe",): {"ask", "expect_any", "forbid"},
     ("variation",): {"share", "case", "punctuation", "typo", "filler", "name", "contraction"},
@@ -172,6 +176,7 @@ class Reader:
         grammar = self._grammar(d.get("grammar") or {})
         self.grammar_ok = len(self.errors) == before
         topics = self._topics(d.get("topics") or {}) if "topics" in d else {}
+        from_file, examples_file = self._examples_file(d.get("examples_file"), topics, spec)
         t = {
             k: self.text((k,), d.get(k), optional=True)
             for k in (
@@ -191,7 +196,7 @@ class Reader:
             style=style,
             grammar=grammar,
             topics=topics,
-            examples=self._examples(d.get("examples"), topics),
+            examples=self._examples(d.get("examples"), topics) + from_file,
             probes=self._probes(d.get("probes"), style),
             author=t["author"],
             license=t["license"],
@@ -207,6 +212,7 @@ class Reader:
             turns=self._turns(d.get("turns"), spec),
             variation=self._variation(d.get("variation"), spec, "variation" in d),
             offtopic=self._offtopic(d.get("offtopic"), spec),
+            examples_file=examples_file,
         )
 
     def _version(self, v: Any) -> tuple[int, int]:
@@ -429,6 +435,55 @@ class Reader:
             self.error(("examples",), "must be a list", "Write '- turns: ...' items")
         return tuple(out)
 
+    def _examples_file(self, value: Any, topics: dict, spec: tuple[int, int]):
+        """1.3: `examples_file: hand.jsonl` (or `{path: hand.csv, format: qa}`): rows of
+        hand-written conversations in any shape chat_rows.py reads, mixed in as `examples`."""
+        path = ("examples_file",)
+        if value is None or not self._needs("examples_file", spec, (1, 3)):
+            return (), None
+        forced = None
+        if isinstance(value, dict):
+            v = self.mapping(path, value, ("examples_file",), required=("path",))
+            forced = v.get("format")
+            if forced is not None and forced not in SHAPES:
+                hint = did_you_mean(str(forced), SHAPES) or f"Use one of: {', '.join(SHAPES)}"
+                self.error((*path, "format"), f"'{forced}' is not a shape guppyforge reads", hint)
+                return (), None
+            path, value = (*path, "path"), v.get("path")
+        found = examples_path(self.doc.path, value)
+        if isinstance(found, str):
+            problem, _, fix = found.partition(". ")
+            self.error(path, problem, fix)
+            return (), None
+        rel, target = found
+        try:
+            rows, bad = examples_rows(
+                target, rel, forced, limits.MAX_EXAMPLES_FILE_BYTES, limits.MAX_EXAMPLES_FILE_ROWS
+            )
+            digest = hashlib.sha256(target.read_bytes()).hexdigest()
+        except GuppyError as e:
+            self.errors.append(f"{self.doc.at(path)}: {_dotted(path)}: {e}")
+            return (), None
+        except OSError as e:
+            self.error(path, f"'{rel}' cannot be read ({e.strerror})", "Check the file")
+            return (), None
+        for n, topic, _ in rows:
+            if topic and topic not in topics:
+                hint = did_you_mean(topic, topics) or f"Use one of: {', '.join(topics)}"
+                bad.append(f"{rel}: row {n}: unknown topic '{topic}'. {hint}")
+        at = self.doc.at(path)
+        for line in bad[: limits.MAX_ROW_ERRORS]:
+            self.errors.append(f"{at}: {_dotted(path)}: {line}")
+        if len(bad) > limits.MAX_ROW_ERRORS:
+            more = len(bad) - limits.MAX_ROW_ERRORS
+            self.errors.append(f"{at}: {_dotted(path)}: ... and {more:,} more bad rows")
+        line = self.doc.marks.get(path, (0, 0))[0]
+        examples = tuple(
+            Example(topic or None, tuple((u, a) for (_, u), (_, a) in _pairs(turns)), line, rel, n)
+            for n, topic, turns in rows
+        )
+        return examples, (rel, digest)
+
     def _probes(self, value: Any, style: Style) -> tuple[Probe, ...]:
         out = []
         for i, p in enumerate(value or []) if isinstance(value, list) else ():
@@ -442,6 +497,11 @@ class Reader:
         if value is not None and not isinstance(value, list):
             self.error(("probes",), "must be a list", "Write '- ask: ...' items")
         return tuple(out)
+
+
+def _pairs(turns: list[tuple[str, str]]) -> list[tuple[tuple, tuple]]:
+    """(user, assistant) message pairs of a checked conversation (it alternates, user first)."""
+    return list(zip(turns[0::2], turns[1::2], strict=True))
 
 
 def _dotted(path: tuple) -> str:

@@ -91,7 +91,14 @@ class OffTopic:
 class Example:
     topic: str | None
     turns: tuple[tuple[str, str], ...]  # (user, assistant) pairs
-    line: int
+    line: int  # of the inline example; of the `examples_file:` key for a row of that file
+    file: str = ""  # 1.3: the examples_file the row is in, relative to the persona
+    row: int = 0  # its row there, counting from 1
+
+    @property
+    def id_tail(self) -> str:
+        """Its template id's tail: `@L140` inline, `@hand.jsonl#12` from the examples_file."""
+        return f"@{self.file}#{self.row}" if self.file else f"@L{self.line}"
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,7 @@ class Persona:
     turns: tuple[tuple[int, float], ...] = ()  # 1.1: (user turns, weight) mix; () = one turn
     variation: Variation = Variation()  # on by default, for every format version
     offtopic: OffTopic | None = None  # 1.2: None = no off-topic rows
+    examples_file: tuple[str, str] | None = None  # 1.3: (path relative to the persona, sha256)
 
 
 @dataclass

@@ -48,6 +48,7 @@ from guppyforge.train.run_folder import (
     pick_device,
     read_metrics,
     read_tokenizer,
+    run_files,
     sample_prompts,
     save_checkpoint,
     set_rng_state,
@@ -344,7 +345,14 @@ def train(
     ckpt_path = run / "checkpoints" / "last.pt"
     if not (o.resume or force) and kind_of(run, "run") == "run":
         raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
-    owned = check_folder(run, "run", force and not o.resume, inputs=[data_dir], reuse=o.resume)
+    owned = check_folder(
+        run,
+        "run",
+        force and not o.resume,
+        inputs=[data_dir],
+        files=run_files(data_dir),
+        reuse=o.resume,
+    )
     ckpt = load_checkpoint(ckpt_path) if o.resume else None
     if not o.resume:
         owned.clear()  # an earlier run's files (after --force): none may be left stale

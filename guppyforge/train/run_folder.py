@@ -20,10 +20,11 @@ from tokenizers import Tokenizer
 
 from guppyforge.defaults import DEVICES
 from guppyforge.errors import GuppyError
-from guppyforge.files import atomic_path, templates_dir, write_atomic
+from guppyforge.files import KIND_FILES, atomic_path, templates_dir, write_atomic
 from guppyforge.model.gpt import ACTIVATIONS, GPT, ModelConfig
 from guppyforge.model.presets import param_counts
 from guppyforge.model.tokenizer import load_tokenizer
+from guppyforge.persona.chat_rows import examples_file_of
 from guppyforge.persona.schema import load_persona
 
 # --- A run folder on disk: what `train` writes and what chat, eval, export and serve read.
@@ -32,6 +33,7 @@ from guppyforge.persona.schema import load_persona
 # RUN/model.safetensors   the weights, in this package's names (see gpt.py)
 # RUN/tokenizer.json      plus tokenizer_config.json with the chat template
 # RUN/persona.yaml        the persona the data came from (eval's default probes)
+# RUN/EXAMPLES            its examples_file, if it names one, at the same relative path
 
 
 @dataclass
@@ -178,6 +180,13 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> Run:
             "from different runs: retrain, or restore them"
         )
     return Run(run_dir, model, tok, config)
+
+
+def run_files(data_dir: Path) -> tuple[str, ...]:
+    """What `train` writes into a run folder: the usual files, and the persona's examples_file
+    (copied beside the persona's copy) when the data has a persona that names one."""
+    found = examples_file_of(Path(data_dir) / "persona.yaml") if Path(data_dir).is_dir() else None
+    return KIND_FILES["run"] + ((found[0],) if found else ())
 
 
 def dataset_dir(run_dir: Path, config: dict, data: str | Path | None = None) -> Path:
@@ -443,6 +452,9 @@ def finish_run(
     if persona:
         with atomic_path(run / "persona.yaml") as tmp:
             shutil.copyfile(Path(dataset["path"]) / "persona.yaml", tmp)
+        if found := examples_file_of(Path(dataset["path"]) / "persona.yaml"):
+            with atomic_path(run / found[0]) as tmp:  # the copy loads as the original did
+                shutil.copyfile(found[1], tmp)
     config = {
         "model": model.cfg.to_dict(),
         "train": train,
