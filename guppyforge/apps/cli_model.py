@@ -126,7 +126,10 @@ def chat_cmd(run_dir, prompt, device, show_probs, show_attention, trace, **optio
 @click.command("eval", context_settings={"show_default": True})
 @click.argument("run_dir")
 @click.option("--persona", help="Persona with the probes.  [default: RUN_DIR/persona.yaml]")
-@click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
+@click.option("--data", help="Dataset folder or chat data file.  [default: the run's own]")
+@click.option(
+    "--format", "data_format", type=click.Choice(FORMATS), help="Shape of --data, as for train."
+)
 @click.option("--samples", type=click.IntRange(min=1), default=5, help="Replies per probe.")
 @click.option(
     "--topic-samples", type=click.IntRange(min=0), default=2, help="Test prompts per topic, traced."
@@ -162,9 +165,12 @@ def eval_cmd(run_dir, json_path, min_pass, **options) -> None:
 @click.command("why")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("reply")
-@click.option("--data", help="Dataset folder.  [default: the one the run trained on]")
+@click.option("--data", help="Dataset folder or chat data file.  [default: the run's own]")
+@click.option(
+    "--format", "data_format", type=click.Choice(FORMATS), help="Shape of --data, as for train."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
-def why_cmd(run_dir, reply, data, as_json) -> None:
+def why_cmd(run_dir, reply, data, data_format, as_json) -> None:
     """Trace REPLY back to the training replies and persona lines that taught it.
 
     \b
@@ -173,7 +179,9 @@ def why_cmd(run_dir, reply, data, as_json) -> None:
     from guppyforge.apps.text import format_trace
     from guppyforge.evaluate.trace import why
 
-    trace = why(run_dir, reply, data, note=lambda line: click.echo(line, err=True))
+    trace = why(
+        run_dir, reply, data, note=lambda line: click.echo(line, err=True), data_format=data_format
+    )
     if as_json:
         click.echo(json.dumps(trace.to_dict(), indent=2, ensure_ascii=False))
     else:

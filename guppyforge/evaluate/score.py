@@ -273,11 +273,13 @@ def evaluate_run(
     topic_samples: int = 2,
     probes: str | Path | None = None,
     offtopic_samples: int = 20,
+    data_format: str | None = None,
 ) -> dict:
     """Score a run folder; the result is what `eval --json` writes.
 
     `probes`: a blind probe file (default: the built-in's personas/blind/NAME.yaml, if any);
-    `offtopic_samples`: held-out off-topic prompts asked, one reply each.
+    `offtopic_samples`: held-out off-topic prompts asked, one reply each; `data_format`: the
+    shape of `data` when it is chat data of one's own (as `train --format`).
     """
     run = load_run(_existing(run_dir), device=device)
     persona_path = Path(persona) if persona else run.persona_path
@@ -296,9 +298,10 @@ def evaluate_run(
     blind_probes = load_probe_file(blind_path, p) if blind_path is not None else ()
     data_dir = dataset_dir(run.path, run.config, data)
     recorded = (run.config.get("dataset") or {}).get("format") if data is None else None
-    splits = load_splits(data_dir, recorded)  # the shape train recognised, for its own data
-
     context = run.model.cfg.context
+    # The shape and context train read the data with: the same rows kept, the same split made.
+    splits = load_splits(data_dir, data_format or recorded, context)
+
     test = tokenize(splits["test"], run.tokenizer, context)
     loss, ppl = eval_loss(run.model, test, context, run.model.wte.weight.device)
     engine = Engine.from_run(run)
@@ -331,7 +334,7 @@ def evaluate_run(
     offtopic = score_offtopic(engine, p, offtopic_samples, seed, temperature, vocabulary)
 
     total = sum(r["samples"] for r in rows)
-    index = load_index(run.path, data, note=lambda _: None)
+    index = load_index(run.path, data, note=lambda _: None, data_format=data_format)
     composition = composition_by_topic(
         engine, index, splits["test"], topic_samples, seed, temperature
     )
