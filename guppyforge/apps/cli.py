@@ -14,6 +14,7 @@ import click
 
 from guppyforge import __version__
 from guppyforge.errors import GuppyError
+from guppyforge.persona.chat_rows import SHAPES  # the standard library alone: --help stays light
 
 # --- Option types for the command line that refuse what click's own let through.
 #
@@ -238,6 +239,30 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
     click.echo(result.summary())
 
 
+@click.command("import-pairs")
+@click.argument("pairs", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, help="Persona file to write.")
+@click.option("--name", help="The character's name.  [default: from the file's name]")
+@click.option(
+    "--format", "data_format", type=click.Choice(SHAPES), help="Shape of PAIRS, as for train."
+)
+@click.option("--force", is_flag=True, help="Replace --out if it is a persona of that name.")
+def import_pairs_cmd(pairs, out, name, data_format, force) -> None:
+    """Make a persona skeleton from question/answer pairs (a CSV a workshop typed, a JSONL):
+    a topic per category column (else clustered by shared words), the pairs as its examples.
+
+    \b
+    guppyforge import-pairs qa.csv --out personas/pip.yaml --name pip
+    """
+    from guppyforge.cards.pairs import import_pairs
+
+    made = import_pairs(pairs, out, name, data_format, force, say=click.echo)
+    click.echo(
+        f"wrote {made['out']}: {made['topics']} topics, {made['examples']} examples. "
+        f"Next: guppyforge validate {made['out']}"
+    )
+
+
 @click.command("import-card")
 @click.argument("card")
 @click.option("--out", help="Persona file to write.  [default: personas/NAME.yaml]")
@@ -342,6 +367,7 @@ for command in (
     new_persona,
     personas,
     generate,
+    import_pairs_cmd,
     import_card_cmd,
     export_card_cmd,
 ):

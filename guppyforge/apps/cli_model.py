@@ -9,7 +9,7 @@ import click
 
 from guppyforge import defaults
 from guppyforge.apps.cli import PORT, SEED, cli, finite
-from guppyforge.persona.chat_rows import SHAPES as FORMATS  # light: the standard library alone
+from guppyforge.apps.cli import SHAPES as FORMATS
 from guppyforge.train.config import TrainOptions
 
 DEVICES = click.Choice(defaults.DEVICES)
