@@ -122,3 +122,43 @@ def test_ambiguous_columns_ask_for_format(tmp_path):
     result = train(data, tmp_path / "run2", "--format", "prompt-completion")
     assert result.exit_code == 0, result.output
     assert "prompt-completion: prompt -> user, completion -> assistant; 20 rows" in result.output
+
+
+def test_eval_and_why_read_chat_data_with_format_and_notice_a_changed_file(tmp_path):
+    from guppyforge.evaluate.trace import dataset_key, why
+
+    rows = [SHAPES["guppylm"](*p) | {"prompt": p[0], "completion": p[1]} for p in pairs()]
+    data = write_jsonl(tmp_path / "both.jsonl", rows)
+    result = train(data, tmp_path / "run", "--format", "guppylm")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    # The run's own data: the shape train was told is recorded and used again.
+    trace = why(run, "worms? yes. always yes.", note=lambda _: None)
+    assert trace.kind == "verbatim"
+    assert (trace.sources[0].where, trace.sources[0].topic) == (f"{data}: row 1", "food")
+
+    # Other data, ambiguous: --format says its shape, for eval and why alike.
+    persona = tmp_path / "finn.yaml"
+    persona.write_text("guppyforge: 1\nname: finn\nsummary: A fish.\ntopics:\n  food:\n"
+                       "    ask: [are you hungry]\n    say: [worms. always.]\nprobes:\n"
+                       "  - ask: are you hungry\n    expect_any: [worms]\n")  # fmt: skip
+    quick = ["--samples", "1", "--topic-samples", "0", "--offtopic-samples", "0"]
+    result = CliRunner().invoke(cli, ["eval", str(run), "--persona", str(persona),
+                                      "--data", str(data), *quick])  # fmt: skip
+    assert result.exit_code != 0 and "Say which with --format" in result.output
+    result = CliRunner().invoke(cli, ["eval", str(run), "--persona", str(persona),
+                                      "--data", str(data), "--format", "prompt-completion",
+                                      *quick])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["why", str(run), "peas? yes. always yes.", "--data",
+                                      str(data), "--format", "prompt-completion"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"{data}: row" in result.output
+
+    # One file of one's own: editing it changes the key the cached trace index is checked by.
+    before = dataset_key(data)
+    rows[0]["output"] = "worms? no. never again."
+    write_jsonl(data, rows)
+    assert dataset_key(data) != before
+    trace = why(run, "worms? no. never again.", note=lambda _: None)
+    assert trace.kind == "verbatim"  # re-indexed: the old cache would not know this reply
