@@ -43,7 +43,9 @@ def invoke(*args: str):
 
 def write(folder: Path, examples: str = "hand.jsonl", rows=HAND, version: str = "1.3") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    text = PERSONA.replace("EXAMPLES", examples).replace("guppyforge: 1.3", f"guppyforge: {version}")
+    text = PERSONA.replace("EXAMPLES", examples).replace(
+        "guppyforge: 1.3", f"guppyforge: {version}"
+    )
     (folder / "finn.yaml").write_text(text, encoding="utf-8")
     if rows is not None and examples.endswith(".jsonl"):
         (folder / examples).write_text("".join(json.dumps(r) + "\n" for r in rows))

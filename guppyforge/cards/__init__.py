@@ -3,6 +3,8 @@
 This file: the checks on what a card brings in (bounded before any YAML is built), then the
 card <-> persona mapping (a card becomes a persona skeleton, a persona becomes a card carrying
 its YAML under `extensions.guppyforge`). png.py: the containers, PNG chunks and .charx zips.
+pairs.py: `import-pairs`, the other skeleton from other people's material (a sheet of
+question/answer pairs).
 """
 
 from __future__ import annotations
