@@ -61,8 +61,8 @@ def test_examples_file_round_trip_validate_preview_generate_train_why(tmp_path):
     ]
     assert invoke("validate", persona).exit_code == 0
 
-    out = invoke("preview", persona, "-n", "2").output
-    assert "# 2 hand-written examples, all in the data; the first:" in out
+    out = invoke("preview", persona, "--examples").output
+    assert "# 2 hand-written examples, all in the data" in out
     assert "# examples/0@hand.jsonl#1\nuser: what is your name\nfinn: finn. just finn." in out
 
     data = tmp_path / "data"

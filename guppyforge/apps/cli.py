@@ -106,7 +106,10 @@ def validate(files: tuple[str, ...], target: int) -> None:
     metavar="N|A-B",
     help="User turns.  [default: the persona's own mix, as generate uses]",
 )
-def preview(file: str, count: int, topic: str | None, seed: int, turns: str | None) -> None:
+@click.option("--examples", is_flag=True, help="The hand-written examples instead (inline, file).")
+def preview(
+    file: str, count: int, topic: str | None, seed: int, turns: str | None, examples: bool
+) -> None:
     """Print sample conversations from a persona, with the YAML lines that made them.
 
     The samples are spread over the indices of a 60,000-row dataset, so topics, openers and
@@ -116,6 +119,7 @@ def preview(file: str, count: int, topic: str | None, seed: int, turns: str | No
     \b
     Example:
       guppyforge preview personas/cat.yaml -n 5 --topic food --turns 2
+      guppyforge preview personas/cat.yaml --examples   # inline and examples_file rows
     """
     from guppyforge.apps.text import format_conversation, spread
     from guppyforge.dataset.draw import row_makers, turn_mix, turns_for
@@ -124,6 +128,12 @@ def preview(file: str, count: int, topic: str | None, seed: int, turns: str | No
     persona = load_persona(file)
     mix = turn_mix(turns, persona)
     sampler, _, varier, offtopic = row_makers(persona, seed)
+    if examples:  # every one goes into the data as written, before the generated rows
+        written = sampler.examples()
+        click.echo(f"# {len(written):,} hand-written examples, all in the data")
+        for c in written[:count]:
+            click.echo(format_conversation(c, persona.display_name))
+        return
     for i in spread(count):
         if topic is None and offtopic.takes(i):  # the rows generate draws, off-topic ones too
             c = offtopic.conversation(i)
@@ -131,11 +141,6 @@ def preview(file: str, count: int, topic: str | None, seed: int, turns: str | No
             c = sampler.conversation(i, turns_for(seed, i, mix), topic)
         varied, _ = varier.messages(c.messages, i)
         click.echo(format_conversation(c, persona.display_name, varied))
-    written = [] if topic else sampler.examples()  # every one goes into the data, as written
-    if written:
-        click.echo(f"# {len(written):,} hand-written examples, all in the data; the first:")
-        for c in written[: min(count, 3)]:
-            click.echo(format_conversation(c, persona.display_name))
 
 
 @click.command("new-persona")
