@@ -53,9 +53,9 @@ def test_versions_as_written(write_persona_file, version, spec):
 
 
 @pytest.mark.parametrize("version, needle", [
-    ("1" * 5001, "a number of 5,001 characters is too long to read"), ("1.x", "must be 1 or 1.1 or 1.2"),
-    ("[1]", "must be 1 or 1.1 or 1.2"), ("1.3", "reads up to 1.2"),
-    ("1.10", "must be 1 or 1.1 or 1.2, not '1.10'"),
+    ("1" * 5001, "a number of 5,001 characters is too long to read"), ("1.x", "must be 1 or 1.1 or 1.2 or 1.3"),
+    ("[1]", "must be 1 or 1.1 or 1.2 or 1.3"), ("1.4", "reads up to 1.3"),
+    ("1.10", "must be 1 or 1.1 or 1.2 or 1.3, not '1.10'"),
 ])  # fmt: skip
 def test_a_bad_version_is_one_short_line(write_persona_file, version, needle):
     path = write_persona_file(f"guppyforge: {version}\n" + BODY)
