@@ -34,6 +34,11 @@ HAND = [
      "category": "home"},
     {"question": "who feeds you", "answer": "the big hand from above. it brings flakes.",
      "category": ""},
+    {"question": "do you have friends", "answer": "a snail. he is slow but kind.", "category": "home"},
+    {"question": "what scares you", "answer": "the net. and the cat. mostly the cat.",
+     "category": "home"},
+    {"question": "best food ever", "answer": "a bloodworm on a sunday.", "category": "food"},
+    {"question": "worst food ever", "answer": "the old flakes under the rock.", "category": "food"},
 ]  # fmt: skip
 
 
@@ -55,14 +60,14 @@ def write(folder: Path, examples: str = "hand.jsonl", rows=HAND, version: str = 
 def test_examples_file_round_trip_validate_preview_generate_train_why(tmp_path):
     persona = write(tmp_path / "p")
     p = load_persona(persona)
-    assert [(e.file, e.row, e.topic) for e in p.examples] == [
+    assert [(e.file, e.row, e.topic) for e in p.examples][:2] == [
         ("hand.jsonl", 1, "home"),
         ("hand.jsonl", 2, None),
     ]
     assert invoke("validate", persona).exit_code == 0
 
     out = invoke("preview", persona, "--examples").output
-    assert "# 2 hand-written examples, all in the data" in out
+    assert "# 6 hand-written examples, all in the data" in out
     assert "# examples/0@hand.jsonl#1\nuser: what is your name\nfinn: finn. just finn." in out
 
     data = tmp_path / "data"
@@ -73,7 +78,8 @@ def test_examples_file_round_trip_validate_preview_generate_train_why(tmp_path):
 
     rows = [r for f in sorted(data.glob("data/*.parquet")) for r in pq.read_table(f).to_pylist()]
     ids = {r["template_id"]: r["topic"] for r in rows if r["template_id"].startswith("examples")}
-    assert ids == {"examples/0@hand.jsonl#1": "home", "examples/1@hand.jsonl#2": "examples"}
+    assert ids["examples/0@hand.jsonl#1"] == "home" and ids["examples/1@hand.jsonl#2"] == "examples"
+    assert len(ids) == len(HAND)
 
     run = tmp_path / "run"
     args = ["--preset", "micro", "--batch-size", "4", "--max-steps", "2", "-q"]
@@ -84,14 +90,20 @@ def test_examples_file_round_trip_validate_preview_generate_train_why(tmp_path):
     marker = json.loads((run / ".guppyforge.json").read_text())
     assert "hand.jsonl" in marker["files"]  # ours: a later --force replaces it
 
-    result = invoke("why", run, HAND[0]["answer"])
+    # Trace a hand-written reply that the split put in train: its file and row are named.
+    train_rows = pq.read_table(data / "data" / "train-00000-of-00001.parquet").to_pylist()
+    row = next(int(r["template_id"].rpartition("#")[2]) for r in train_rows
+               if r["template_id"].startswith("examples/"))  # fmt: skip
+    reply = HAND[row - 1]["answer"]
+    result = invoke("why", run, reply)
     assert result.exit_code == 0, result.output
-    assert f"{run / 'hand.jsonl'}: row 1" in result.output
+    assert f"{run / 'hand.jsonl'}: row {row}" in result.output
     from guppyforge.evaluate.trace import why
 
-    source = why(run, HAND[0]["answer"], note=lambda _: None).to_dict()["sources"][0]
+    source = why(run, reply, note=lambda _: None).to_dict()["sources"][0]
+    topic = HAND[row - 1]["category"] or "examples"
     assert (source["where"], source["topic"], source["row"]) == (
-        f"{run / 'hand.jsonl'}: row 1", "home", 1)  # fmt: skip
+        f"{run / 'hand.jsonl'}: row {row}", topic, row)  # fmt: skip
 
 
 def test_examples_file_rows_are_checked_and_named(tmp_path):
