@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import fields
 
 import click
@@ -54,7 +55,12 @@ def train_options(command):
 @train_options
 @click.option("--force", is_flag=True, help="Replace an earlier run in --out (its files only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def train(data_dir, out_dir, quiet, force, data_format, **options) -> None:
+@click.option(
+    "--nproc",
+    type=click.IntRange(1, 1024),
+    help="Train in N processes on this machine (DDP: torchrun started for you).",
+)
+def train(data_dir, out_dir, quiet, force, data_format, nproc, **options) -> None:
     """Train a character model on DATA_DIR: a folder `guppyforge generate` wrote, or chat data
     of your own (a JSONL/JSON/CSV/parquet file or folder: messages, prompt/completion, alpaca,
     guppylm input/output/category, question/answer).
@@ -62,19 +68,47 @@ def train(data_dir, out_dir, quiet, force, data_format, **options) -> None:
     \b
     guppyforge train data/cat --out runs/cat --preset tiny --max-steps 3000
     guppyforge train alpaca_data.json --out runs/alpaca
+    guppyforge train data/cat --out runs/cat --nproc 8   # or: torchrun --nproc-per-node 8 -m guppyforge train ...
     """
-    from guppyforge.train.loop import train as train_run
+    from guppyforge.errors import GuppyError
+    from guppyforge.train import loop
 
-    # Ctrl-C: a checkpoint, the resume hint, then KeyboardInterrupt, which exits 130.
-    train_run(
-        data_dir,
-        out_dir,
-        progress=not quiet,
-        force=force,
-        raise_on_interrupt=True,
-        data_format=data_format,
-        **options,
-    )
+    if nproc and nproc > 1:
+        from guppyforge.train.distributed import launch
+
+        loop.check_train(
+            data_dir, out_dir, force=force, processes=nproc, **options
+        )  # one error line, not N
+        argv = [data_dir, "--out", out_dir] + (["--format", data_format] if data_format else [])
+        argv += ["--force"] * force + ["-q"] * quiet + option_args(options)
+        raise SystemExit(launch(nproc, argv))
+    try:
+        # Ctrl-C: a checkpoint, the resume hint, then KeyboardInterrupt, which exits 130.
+        loop.train(
+            data_dir,
+            out_dir,
+            progress=not quiet,
+            force=force,
+            raise_on_interrupt=True,
+            data_format=data_format,
+            **options,
+        )
+    except GuppyError:
+        if os.environ.get("RANK", "0") != "0":
+            raise SystemExit(1) from None  # under torchrun process 0 says it, once
+        raise
+
+
+def option_args(options: dict) -> list[str]:
+    """The training options that differ from their defaults, as command-line arguments."""
+    args = []
+    for f in fields(TrainOptions):
+        value = options.get(f.name, f.default)
+        if f.name not in options or value == f.default or value is None:
+            continue
+        name = f"--{f.name.replace('_', '-')}"
+        args += [name] if value is True else [name, str(value)]
+    return args
 
 
 @click.command()

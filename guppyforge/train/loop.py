@@ -3,7 +3,8 @@
 Read in this order: the optimizers (Muon for the matrices, AdamW for the rest) and the
 learning-rate schedule, with `train_step`, the one step; stopping (Ctrl-C, a time budget, and
 timing a step to fit the schedule to it); then `train()`, a dataset folder in, a run folder out
-(run_folder.py says what is in it).
+(run_folder.py says what is in it). Under torchrun the same loop runs in every process;
+distributed.py holds what they share and agree on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from guppyforge.dataset.folder import load_splits
 from guppyforge.defaults import DEFAULT_PRESET
 from guppyforge.errors import GuppyError
-from guppyforge.files import check_folder, kind_of
+from guppyforge.files import Claim, check_folder, kind_of
 from guppyforge.model.engine import Engine
 from guppyforge.model.gpt import GPT
 from guppyforge.model.packing import (
@@ -39,6 +40,7 @@ from guppyforge.model.packing import (
 from guppyforge.model.presets import PRESETS, get_preset
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
 from guppyforge.train.config import TrainOptions, check_options, peak_lr, resolve_options
+from guppyforge.train.distributed import Group, join, shares
 from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
 from guppyforge.train.run_folder import (
     dataset_info,
@@ -200,11 +202,20 @@ def step_progress(step: int, o) -> float:
     return (step - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps)
 
 
-def train_step(model, batch, optimizers: Optimizers, scaler, precision: Precision, scale, clip):
-    """One optimizer step on one batch; returns the loss (a tensor, so CUDA need not wait)."""
+def train_step(
+    model, batch, optimizers: Optimizers, scaler, precision: Precision, scale, clip, weight=1.0
+):
+    """One optimizer step on one batch; returns the loss (a tensor, so CUDA need not wait).
+
+    `weight`: this process's share of the batch's counted tokens times the number of processes
+    (1 alone; see distributed.py), so DDP's average of the gradients is the whole batch's. The
+    loss returned is weighed too: its mean over the processes is the batch's loss.
+    """
     optimizers.set_scale(scale)
     with precision.autocast():
-        loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask)
+        loss = model(batch.idx, batch.targets, batch.positions, batch.attn_mask) * weight
+    # Under DDP, backward all-reduces the gradients (its hooks, bucket by bucket) and returns
+    # once every process holds the average: clipping and Muon below see the whole batch's.
     scaler.scale(loss).backward()  # the scaler is a no-op unless precision is fp16
     optimizers.unscale(scaler)  # clip the true gradients, not the scaled ones
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -247,19 +258,28 @@ def stop_on_ctrl_c(stop: Stop):
 
 
 def time_a_step(
-    model, o, samples: Samples, context: int, device: torch.device, precision: Precision
+    model,
+    o,
+    samples: Samples,
+    context: int,
+    device: torch.device,
+    precision: Precision,
+    stepper=None,
 ) -> float:
     """Seconds one training step takes on this machine, timed on a few real ones.
 
     The steps run at learning rate 0 with their own optimizer, so they change nothing: AdamW's
-    and Muon's weight decay are scaled by the learning rate too.
+    and Muon's weight decay are scaled by the learning rate too. `stepper` is the model as
+    trained (DDP's wrapper, whose all-reduce is part of a step), `model` what it wraps.
     """
     probe = batches(samples, context, o.batch_size, o.seed, o.loss_on)
     optimizer, scaler = make_optimizer(model, o, device), precision.scaler()
+    stepper = stepper or model
     times = []
     for _ in range(4):
         t = time.perf_counter()
-        float(train_step(model, next(probe)[0].to(device), optimizer, scaler, precision, 0.0, 1.0))
+        batch = next(probe)[0].to(device)
+        float(train_step(stepper, batch, optimizer, scaler, precision, 0.0, 1.0))
         times.append(time.perf_counter() - t)
     return min(times[1:])  # the first step pays one-off costs
 
@@ -286,19 +306,28 @@ FORWARD_SHARE = 3  # an eval batch runs the forward pass only: about a third of 
 RUN_FILES_SECONDS = 5  # writing the run files at the end (weights, plot, card)
 
 
-def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona, data_format=None):
+def prepare_data(
+    data_dir: Path, run: Path, cfg, resumed: bool, persona, data_format=None, group=None
+):
     """Tokenizer, tokenized samples, dataset facts and the prompts to show at each eval.
 
-    Conversations too long for the context are dropped (and counted). The tokenizer is trained on the train split once and saved in the run folder, where a
-    resumed run (and chat, eval, export) finds it.
+    Conversations too long for the context are dropped (and counted). The tokenizer is trained
+    on the train split once and saved in the run folder, where a resumed run (and chat, eval,
+    export) finds it; process 0 does that and hands it to the others.
     """
-    splits = load_splits(data_dir, data_format, cfg.context, say=tqdm.write)
-    run.mkdir(parents=True, exist_ok=True)
-    if resumed:
-        tok = read_tokenizer(run)  # cut short by a kill or a full disk: one line naming it
-    else:
-        tok = train_tokenizer(chat_texts(splits["train"]), cfg.vocab_size)
+    group = group or Group()
+    say = tqdm.write if group.main else quiet
+    splits = load_splits(data_dir, data_format, cfg.context, say=say)
+
+    def tokenizer(train=splits["train"]):
+        run.mkdir(parents=True, exist_ok=True)
+        if resumed:
+            return read_tokenizer(run)  # cut short by a kill or a full disk: one line naming it
+        tok = train_tokenizer(chat_texts(train), cfg.vocab_size)
         save_tokenizer(tok, run, cfg.context)
+        return tok
+
+    tok = group.from_main(tokenizer)
     info = dataset_info(data_dir, splits) | getattr(splits, "source", {})  # shape, fingerprint
     train_s = tokenize(splits["train"], tok, cfg.context)
     test_s = tokenize(splits["test"], tok, cfg.context)
@@ -319,6 +348,70 @@ def prepare_data(data_dir: Path, run: Path, cfg, resumed: bool, persona, data_fo
     return tok, train_s, test_s, info, prompts
 
 
+def quiet(*args, **kwargs) -> None:
+    """What processes other than 0 print: nothing (process 0 speaks for the run)."""
+
+
+def start_options(preset: str, options: dict) -> TrainOptions:
+    """The options as given, each checked: a typo'd option fails before anything else happens."""
+    try:
+        o = TrainOptions(preset=preset, **options)
+    except TypeError as e:
+        raise GuppyError(f"train(): {e}") from None
+    check_options(o, PRESETS)
+    return o
+
+
+def claim_run(run: Path, data_dir: Path, o: TrainOptions, force: bool, write: bool = True):
+    """Check that `run` may be written (or continued, with --resume); the checkpoint, if any.
+
+    With `write`, the folder is then cleared of an earlier run's files (after --force) and
+    marked ours; without, nothing is written (`check_train`).
+    """
+    if not (o.resume or force) and kind_of(run, "run") == "run":
+        raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
+    files = run_files(data_dir)  # the usual ones, and the persona's examples_file
+    owned: Claim = check_folder(
+        run, "run", force and not o.resume, inputs=[data_dir], files=files, reuse=o.resume
+    )
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt") if o.resume else None
+    if write:
+        if not o.resume:
+            owned.clear()  # an earlier run's files (after --force): none may be left stale
+        owned.take()
+    return ckpt
+
+
+def resume_options(o: TrainOptions, ckpt: dict | None, processes: int, run: Path):
+    """The options resolved (config.resolve_options); a resumed run keeps its process count."""
+    o = resolve_options(o, ckpt["train"] if ckpt else None)
+    n = ckpt.get("processes", 1) if ckpt else processes
+    if n != processes:  # each step's batch would hold other rows
+        raise GuppyError(
+            f"{run}: trained in {n} processes, and this is {processes}. Resume it with "
+            f"--nproc {n} (or torchrun --nproc-per-node {n})."
+        )
+    return o
+
+
+def check_train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    preset=DEFAULT_PRESET,
+    force=False,
+    processes=1,
+    **options,
+) -> None:
+    """What `train` would refuse at its start, checked without writing anything: the options,
+    the device, the run folder and, with --resume, its checkpoint. `train --nproc` runs this
+    before it starts torchrun, so a mistake is one line, not one per process."""
+    o = start_options(preset, options)
+    pick_device(o.device)
+    run = Path(out_dir)
+    ckpt = claim_run(run, Path(data_dir).resolve(), o, force, write=False)
+    resume_options(o, ckpt, processes, run)
+
+
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -335,46 +428,33 @@ def train(
     `raise_on_interrupt` it then raises KeyboardInterrupt (the CLI does: exit status 130).
     """
     started = time.monotonic()
-    try:
-        o = TrainOptions(preset=preset, **options)
-    except TypeError as e:
-        raise GuppyError(f"train(): {e}") from None
-    check_options(o, PRESETS)  # a typo'd option fails before anything else happens
-    device = pick_device(o.device)  # so does a device that is not there (--device mps on Linux)
+    o = start_options(preset, options)
+    device = pick_device(o.device)  # a device that is not there fails now (--device mps on Linux)
+    group = join(device)  # alone, or this process's place among torchrun's (distributed.py)
+    device = group.device
     data_dir, run = Path(data_dir).resolve(), Path(out_dir)
     ckpt_path = run / "checkpoints" / "last.pt"
-    if not (o.resume or force) and kind_of(run, "run") == "run":
-        raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
-    owned = check_folder(
-        run,
-        "run",
-        force and not o.resume,
-        inputs=[data_dir],
-        files=run_files(data_dir),
-        reuse=o.resume,
-    )
-    ckpt = load_checkpoint(ckpt_path) if o.resume else None
-    if not o.resume:
-        owned.clear()  # an earlier run's files (after --force): none may be left stale
-    owned.take()
-    o = resolve_options(o, ckpt["train"] if ckpt else None)
+    ckpt = group.from_main(lambda: claim_run(run, data_dir, o, force))
+    o = resume_options(o, ckpt, group.world, run)
     cfg = get_preset(o.preset)
     precision = pick_precision(device, o.precision)
     o.precision = precision.name  # recorded resolved, so a resume computes the same numbers
-    say = tqdm.write
+    say = tqdm.write if group.main else quiet
     torch.manual_seed(o.seed)
     random.seed(o.seed)
 
     persona = load_persona_info(data_dir)
     tok, train_s, test_s, info, prompts = prepare_data(
-        data_dir, run, cfg, bool(ckpt), persona, data_format
+        data_dir, run, cfg, bool(ckpt), persona, data_format, group
     )
     if ckpt and ckpt["dataset"]["fingerprint"] != info["fingerprint"]:
         raise GuppyError(f"{data_dir}: not the dataset this run was trained on. Pass that one.")
-    plan0 = epoch_batches(train_s, cfg.context, o.batch_size, o.seed, 0)
+    # Under torchrun a step is all processes' rows: the plan of one process with that many.
+    plan0 = epoch_batches(train_s, cfg.context, o.batch_size * group.world, o.seed, 0)
     steps_per_epoch = len(plan0)
 
     model = GPT(cfg).to(device)
+    stepper = group.wrap(model)  # DDP under torchrun: its backward averages the gradients
     optimizer = make_optimizer(model, o, device)
     scaler = precision.scaler()
     position, step, loss_sum, loss_n, clock = (0, 0), 0, 0.0, 0, 0.0
@@ -382,19 +462,20 @@ def train(
     if o.max_steps is None:
         o.max_steps = max(1, round(o.epochs * steps_per_epoch))
         if deadline and not ckpt:  # the schedule follows the clock; steps are an estimate
-            step_s = time_a_step(model, o, train_s, cfg.context, device, precision)
+            step_s = time_a_step(model, o, train_s, cfg.context, device, precision, stepper)
+            step_s = group.most(step_s)  # the slowest process sets the pace
             # Keep back what the final eval on the whole test split and the run files take.
             eval_tokens = len(test_s) * TEST_TOKENS_PER_CONVERSATION
             final_eval = eval_tokens / (o.batch_size * cfg.context) * step_s / FORWARD_SHARE
             left = deadline - time.monotonic() - final_eval - RUN_FILES_SECONDS
-            o.schedule_seconds = max(1.0, left)
+            o.schedule_seconds = group.mean(max(1.0, left))  # one schedule for every process
             eval_batches = EVALS_PER_RUN * math.ceil(EVAL_ROWS / o.batch_size)
             evals = eval_batches * step_s / FORWARD_SHARE
             fitted = int((o.schedule_seconds - evals) / step_s)
             if fitted >= MIN_BUDGET_STEPS:
                 o.max_steps = min(o.max_steps, fitted)
             else:  # too few to warm up and decay: a schedule by steps, past the budget
-                tqdm.write(
+                say(
                     f"warning: --max-minutes {o.max_minutes:g} is too short for this machine: a "
                     f"step takes {step_s:.2f} s and the evals {evals + final_eval:.0f} s, which "
                     f"leaves {max(0, fitted)} steps; training {MIN_BUDGET_STEPS} instead, past the "
@@ -413,15 +494,21 @@ def train(
         loss_sum, loss_n, clock = ckpt["loss_sum"], ckpt["loss_n"], ckpt.get("clock", 0.0)
 
     def progress() -> float:
-        """The share of the schedule done: by the clock for a time budget, else by steps."""
+        """The share of the schedule done: by the clock for a time budget, else by steps.
+
+        Under torchrun the processes' clocks are averaged, so they all follow one schedule.
+        """
         if o.schedule_seconds:
-            return (clock + time.monotonic() - t0) / o.schedule_seconds
+            return group.mean(clock + time.monotonic() - t0) / o.schedule_seconds
         return step_progress(step, o)
 
     metrics_path = run / "metrics.jsonl"
     records = [r for r in read_metrics(metrics_path) if r["step"] <= step] if ckpt else []
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if group.main:
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     pad = padding_share(train_s, plan0, cfg.context)
+    if group.together:
+        say(f"{group.world} processes (DDP over {group.backend}), {o.batch_size} rows each")
     say(f"{cfg.n_layer} layers, d_model {cfg.d_model}: {model.num_params() / 1e6:.2f}M parameters")
     say(f"{len(train_s)} train / {len(test_s)} test conversations, loss on {o.loss_on}")
     if info["truncated"] or info["too_long"]:
@@ -431,17 +518,20 @@ def train(
         )
     else:
         say(f"every conversation fits the {cfg.context}-token context")
-    say(f"{steps_per_epoch} steps per epoch of {o.batch_size} rows of up to {cfg.context} tokens")
+    rows = o.batch_size * group.world
+    say(f"{steps_per_epoch} steps per epoch of {rows} rows of up to {cfg.context} tokens")
     say(f"packed: {pad:.1%} of the positions computed are padding")
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     say(f"device: {device}{threads}; {precision.describe()}")
-    say(f"optimizer: {optimizer.describe()}; {o.batch_size} rows per step")
+    say(f"optimizer: {optimizer.describe()}; {rows} rows per step")
     if o.schedule_seconds:
         fitted = f"{o.schedule_seconds:.0f} s of training, about {o.max_steps} steps"
         say(f"schedule fitted to --max-minutes {o.max_minutes:g}: {fitted}")
     say(f"{'resuming at' if ckpt else 'training for'} step {step} of {o.max_steps}")
 
     def checkpoint() -> None:
+        if not group.main:
+            return  # process 0 writes; every process holds the same weights and state
         save_checkpoint(
             ckpt_path,
             model=model.state_dict(),
@@ -454,6 +544,7 @@ def train(
             clock=clock + time.monotonic() - t0,  # seconds of schedule spent (time budgets)
             train=asdict(o),
             dataset=info,
+            processes=group.world,  # the batches a step holds depend on it
         )
 
     # Sample replies at each eval from the model itself, as it trains (no copy of its weights).
@@ -487,53 +578,74 @@ def train(
         eval_seconds += time.monotonic() - t
         return {"eval_loss": loss, "perplexity": ppl}
 
-    stepper = torch.compile(model) if o.compile else model
-    stream = batches(train_s, cfg.context, o.batch_size, o.seed, o.loss_on, start=position)
-    bar = tqdm(total=o.max_steps, initial=step, unit="step", disable=not o.progress)
+    stepper = torch.compile(stepper) if o.compile else stepper
+    stream = shares(train_s, cfg.context, o.batch_size, o.seed, o.loss_on, group, start=position)
+    bar = tqdm(
+        total=o.max_steps, initial=step, unit="step", disable=not (o.progress and group.main)
+    )
     stop = Stop()
+    # Why a run stops early, in the order one outranks another when processes see different ones.
+    budget = f"--max-minutes {o.max_minutes or 0:g} ran out"
+    reasons = [None, budget, f"--stop-after {o.stop_after}", "interrupted"]
     t0, tokens, last_log = time.monotonic(), 0, (time.monotonic(), 0)
     model.train()
-    with stop_on_ctrl_c(stop), metrics_path.open("a") as metrics:
+    metrics_file = metrics_path.open("a") if group.main else contextlib.nullcontext()
+    with stop_on_ctrl_c(stop), metrics_file as metrics:
         while progress() < 1 if o.schedule_seconds else step < o.max_steps:
             if o.stop_after is not None and step >= o.stop_after:
-                stop.reason = f"--stop-after {o.stop_after}"
+                stop.reason = reasons[2]
             elif deadline and time.monotonic() > deadline and not o.schedule_seconds:
-                stop.reason = f"--max-minutes {o.max_minutes:g} ran out"
+                stop.reason = budget
+            if group.together:  # a Ctrl-C or a clock in any process stops all at this step
+                stop.reason = reasons[int(group.most(reasons.index(stop.reason)))]
             if stop.reason:
                 break
             # --- one step: the next batch, its learning rate, forward, backward, update -------
-            batch, next_position = next(stream)
+            share = next(stream)  # this process's rows of the batch (all of them when alone)
             scale = lr_scale(step, progress(), o)
             loss = train_step(
-                stepper, batch.to(device), optimizer, scaler, precision, scale, o.grad_clip
+                stepper,
+                share.batch.to(device),
+                optimizer,
+                scaler,
+                precision,
+                scale,
+                o.grad_clip,
+                share.weight,
             )
-            step, position = step + 1, next_position
+            step, position = step + 1, share.position
             loss_sum, loss_n = loss_sum + loss, loss_n + 1  # a tensor: no wait for the GPU
-            tokens += batch.tokens
+            tokens += share.tokens
             # --- the step is done; the rest is logging, evals and checkpoints ----------------
             bar.update()
             ending = progress() >= 1 if o.schedule_seconds else step == o.max_steps
             if step % o.log_every == 0 or step % o.eval_every == 0 or ending:
-                now = time.monotonic()
-                speed = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)
-                record = {"step": step, "train_loss": float(loss_sum) / loss_n}
-                record.update(lr=o.lr * scale, tokens_per_s=round(speed))
-                record["seconds"] = round(clock + now - t0, 1)
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{speed:,.0f}")
-                if step % o.eval_every == 0 and not ending:  # the final eval follows
-                    record.update(eval_and_show(EVAL_ROWS))
-                    checkpoint()  # so a crash loses at most one eval interval
-                records.append(record)
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
+                train_loss = group.mean(float(loss_sum)) / loss_n  # the whole batches' loss
+                if group.main:
+                    now = time.monotonic()
+                    speed = (tokens - last_log[1]) / max(now - last_log[0], 1e-9)
+                    record = {"step": step, "train_loss": train_loss}
+                    record.update(lr=o.lr * scale, tokens_per_s=round(speed))
+                    record["seconds"] = round(clock + now - t0, 1)
+                    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{speed:,.0f}")
+                    if step % o.eval_every == 0 and not ending:  # the final eval follows
+                        record.update(eval_and_show(EVAL_ROWS))
+                        checkpoint()  # so a crash loses at most one eval interval
+                    records.append(record)
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
                 loss_sum, loss_n, last_log = 0.0, 0, (time.monotonic(), tokens)
     bar.close()
     checkpoint()
+    group.leave()  # what follows (the final eval, the run files) is process 0's alone
     if stop.reason:
         say(f"stopped at step {step} of {o.max_steps} ({stop.reason}); checkpoint saved.")
-        say(f"continue with: guppyforge train {data_dir} --out {run} --resume")
-        if stop.reason == "interrupted" and raise_on_interrupt:
+        more = f" --nproc {group.world}" if group.together else ""
+        say(f"continue with: guppyforge train {data_dir} --out {run} --resume{more}")
+        if stop.reason == "interrupted" and raise_on_interrupt and group.main:
             raise KeyboardInterrupt  # the caller (the CLI: exit 130) must not see a success
+        return run
+    if not group.main:
         return run
 
     speed = tokens / max(time.monotonic() - t0 - eval_seconds, 1e-9)
@@ -544,7 +656,7 @@ def train(
     minutes = (time.monotonic() - started) / 60
     results = {"final_eval_loss": final["eval_loss"], "perplexity": final["perplexity"]}
     results.update(steps=step, minutes=round(minutes, 2), tokens_per_s=round(speed))
-    train_info = asdict(o) | {"device": str(device)}
+    train_info = asdict(o) | {"device": str(device), "processes": group.world}
     del train_info["progress"], train_info["resume"]
     train_info |= {"steps_per_epoch": steps_per_epoch, "padding": round(pad, 4)}
     finish_run(run, model, train_info, info, persona, tok.get_vocab_size(), records, results)
