@@ -49,7 +49,7 @@ def train_in_two(data_dir, out, *more: str) -> subprocess.CompletedProcess:
 def two_processes(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "two"
     done = train_in_two(data_dir, out)
-    assert "2 processes (DDP over gloo), 4 rows each" in done.stdout
+    assert "2 processes (DDP over gloo), each 4 of the rows" in done.stdout
     return out
 
 
@@ -162,3 +162,14 @@ def test_nproc_refuses_a_run_folder_in_use_before_starting_processes(data_dir, t
         f"error: {two_processes}: already holds a run. Add --resume to continue it, or pick --out."
     ]
     assert np.isfinite(load_run(two_processes).config["results"]["final_eval_loss"])
+
+
+def test_the_gpu_preset_trains_in_two_processes_on_cpus(data_dir, tmp_path):
+    """guppy-40m is for GPUs; one step of it, in two gloo processes, checks its DDP run here."""
+    out = tmp_path / "big"
+    args = ["train", data_dir, "--out", out, "-q", "--nproc", "2", "--preset", "guppy-40m"]
+    done = guppyforge(*args, "--batch-size", "1", "--max-steps", "1", "--precision", "fp32")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = load_run(out)
+    assert run.model.num_params() == pytest.approx(40e6, rel=0.01)
+    assert run.config["train"]["processes"] == 2 and run.config["model"]["context"] == 256

@@ -18,6 +18,13 @@ PRESETS: dict[str, ModelConfig] = {
     "guppy-9m-long": ModelConfig(
         vocab_size=4096, context=256, n_layer=6, n_head=6, d_model=384, d_ff=768
     ),
+    # For GPUs, one or many (`train --nproc N`): GPT-2's FFN of 4 x d_model, 512 wide (guppy-9m:
+    # 384), twice the layers and the context, for multi-turn characters. 38M of its 40M parameters
+    # are in the blocks' matrices, so a step is mostly large matmuls: what tensor cores are for,
+    # and far too slow for a few CPU minutes (bench/bench_gpu.py --preset guppy-40m, on a GPU).
+    "guppy-40m": ModelConfig(
+        vocab_size=4096, context=256, n_layer=12, n_head=8, d_model=512, d_ff=2048
+    ),
     # Small enough to train a convincing character on 2 CPU cores in four minutes: on a few
     # minutes of CPU, more steps of a smaller model beat fewer of a bigger one (bench_train.py).
     "tiny": ModelConfig(vocab_size=2048, context=128, n_layer=4, n_head=4, d_model=128, d_ff=512),

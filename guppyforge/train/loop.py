@@ -508,7 +508,7 @@ def train(
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     pad = padding_share(train_s, plan0, cfg.context)
     if group.together:
-        say(f"{group.world} processes (DDP over {group.backend}), {o.batch_size} rows each")
+        say(f"{group.world} processes (DDP over {group.backend}), each {o.batch_size} of the rows")
     say(f"{cfg.n_layer} layers, d_model {cfg.d_model}: {model.num_params() / 1e6:.2f}M parameters")
     say(f"{len(train_s)} train / {len(test_s)} test conversations, loss on {o.loss_on}")
     if info["truncated"] or info["too_long"]:
