@@ -1,4 +1,4 @@
-"""The model commands: train, presets, chat, eval, why, export, serve."""
+"""The model commands: train, sweep, presets, chat, eval, why, export, serve."""
 
 from __future__ import annotations
 
@@ -109,6 +109,48 @@ def option_args(options: dict) -> list[str]:
         name = f"--{f.name.replace('_', '-')}"
         args += [name] if value is True else [name, str(value)]
     return args
+
+
+@click.command("sweep")
+@click.argument("grid_file", required=False)
+@click.option("--out", "out_dir", required=True, help="Folder for the datasets, runs and table.")
+@click.option("--persona", "personas", multiple=True, help="Persona file or built-in (repeat).")
+@click.option("--preset", "presets", multiple=True, help="Model shape (repeat).  [default: tiny]")
+@click.option(
+    "--lr", "lrs", type=finite(min=0, min_open=True), multiple=True, help="Peak rate (repeat)."
+)
+@click.option("--seed", "seeds", type=SEED, multiple=True, help="Seed (repeat).  [default: 0]")
+@click.option("-n", "conversations", type=click.IntRange(min=1), help="Conversations per persona.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Steps per job.")
+@click.option("--max-minutes", type=finite(min=0, min_open=True), help="Time budget per job.")
+@click.option("--cpus", type=click.IntRange(min=1), help="Cores for a local Ray.  [default: all]")
+@click.option("--cpus-per-job", type=click.IntRange(min=1), help="Cores each job takes.")
+@click.option("--address", help="A Ray cluster to run on (ray://HOST:10001, or auto).")
+@click.option("--force", is_flag=True, help="Replace an earlier sweep's files in --out.")
+def sweep_cmd(grid_file, out_dir, cpus, address, force, **given) -> None:
+    """Train a grid of jobs (personas x presets x lrs x seeds) as Ray tasks; one table at the end.
+
+    Needs the cluster extra: pip install 'guppyforge[cluster]'. GRID_FILE is a small YAML file
+    (personas, presets, lrs, seeds, conversations, train: {OPTION: VALUE}); a flag replaces its key.
+
+    \b
+    guppyforge sweep --persona cat --persona guppy --seed 0 --seed 1 --out sweeps/pets
+    guppyforge sweep grid.yaml --out sweeps/lr --address auto
+    """
+    from guppyforge.apps.sweep import Grid, read_grid, run_sweep
+
+    grid = read_grid(grid_file) if grid_file else Grid(personas=[])
+    for key in ("personas", "presets", "lrs", "seeds"):
+        if given[key]:
+            setattr(grid, key, list(given[key]))
+    if given["conversations"]:
+        grid.conversations = given["conversations"]
+    if given["cpus_per_job"]:
+        grid.cpus_per_job = given["cpus_per_job"]
+    for key in ("max_steps", "max_minutes"):
+        if given[key] is not None:
+            grid.train[key] = given[key]
+    run_sweep(grid, out_dir, cpus=cpus, address=address, force=force, say=click.echo)
 
 
 @click.command()
@@ -319,5 +361,5 @@ def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
     serve(run_dir, host, port, device, api_key=api_key, limits=limits)
 
 
-for command in (train, presets, chat_cmd, eval_cmd, why_cmd, export_cmd, serve_cmd):
+for command in (train, sweep_cmd, presets, chat_cmd, eval_cmd, why_cmd, export_cmd, serve_cmd):
     cli.add_command(command)
