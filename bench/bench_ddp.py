@@ -60,7 +60,9 @@ def main() -> None:
             )
             ratios.append(many / one)
             print(
-                f"round {r + 1}: 1 process {one:,} tokens/s, {args.nproc} processes {many:,}: x{many / one:.2f}"
+                f"round {r + 1}: 1 process {one:,} tokens/s, {args.nproc} processes {many:,}: "
+                f"x{many / one:.2f}",
+                flush=True,
             )
         print(f"median ratio ({args.nproc} processes / 1): x{statistics.median(ratios):.2f}")
 
