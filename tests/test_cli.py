@@ -29,6 +29,7 @@ def test_train_options_are_the_dataclass_fields_with_their_defaults():
         "data_format",
         "force",
         "quiet",
+        "nproc",  # how many processes, not how one trains: torchrun's, not train()'s
     }
     for f in on_cli:
         assert params[f.name].default == f.default, f.name
