@@ -75,8 +75,9 @@ def train(data_dir, out_dir, quiet, force, data_format, nproc, **options) -> Non
 
     if nproc and nproc > 1:
         from guppyforge.train.distributed import launch
+        from guppyforge.train.run_folder import check_train
 
-        loop.check_train(
+        check_train(
             data_dir, out_dir, force=force, processes=nproc, **options
         )  # one error line, not N
         argv = [data_dir, "--out", out_dir] + (["--format", data_format] if data_format else [])

@@ -195,7 +195,7 @@ def run_sweep(
     except ImportError:
         raise GuppyError(INSTALL) from None
     from guppyforge.dataset.generate import generate_dataset
-    from guppyforge.train.loop import check_train
+    from guppyforge.train.run_folder import check_train
 
     out = Path(out)
     jobs = plan(grid)

@@ -61,7 +61,9 @@ class TrainOptions:
     )
     # Rows of up to `context` tokens per step: ~2,000 tokens, ~60 conversations with guppy-9m.
     # 32 rows train no faster on a CPU and peak ~0.3 GiB higher (guppy-9m: ~1.4 vs ~1.1 GiB).
-    batch_size: int = option(16, "Rows of `context` tokens per step.", low=1, high=65_536)
+    batch_size: int = option(
+        16, "Rows of `context` tokens per step (per process under torchrun).", low=1, high=65_536
+    )
     # Muon: on 2 fp32 cores a tiny cat reached eval loss 0.41 in 225 steps, where AdamW at 1e-3
     # had 2.07 and at 3e-3 1.31 after 250 (bench_train.py has the study).
     optimizer: str = option("muon", "Update rule.", choices=OPTIMIZERS)

@@ -26,7 +26,6 @@ from tqdm import tqdm
 from guppyforge.dataset.folder import load_splits
 from guppyforge.defaults import DEFAULT_PRESET
 from guppyforge.errors import GuppyError
-from guppyforge.files import Claim, check_folder, kind_of
 from guppyforge.model.engine import Engine
 from guppyforge.model.gpt import GPT
 from guppyforge.model.packing import (
@@ -37,23 +36,24 @@ from guppyforge.model.packing import (
     padding_share,
     tokenize,
 )
-from guppyforge.model.presets import PRESETS, get_preset
+from guppyforge.model.presets import get_preset
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
-from guppyforge.train.config import TrainOptions, check_options, peak_lr, resolve_options
+from guppyforge.train.config import peak_lr
 from guppyforge.train.distributed import Group, join, shares
 from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
 from guppyforge.train.run_folder import (
+    claim_run,
     dataset_info,
     finish_run,
-    load_checkpoint,
     load_persona_info,
     pick_device,
     read_metrics,
     read_tokenizer,
-    run_files,
+    resume_options,
     sample_prompts,
     save_checkpoint,
     set_rng_state,
+    start_options,
 )
 
 # --- The update rule: which optimizer moves which weights, and the learning-rate schedule.
@@ -257,15 +257,7 @@ def stop_on_ctrl_c(stop: Stop):
         signal.signal(signal.SIGINT, previous)
 
 
-def time_a_step(
-    model,
-    o,
-    samples: Samples,
-    context: int,
-    device: torch.device,
-    precision: Precision,
-    stepper=None,
-) -> float:
+def time_a_step(model, o, samples: Samples, context, device, precision, stepper=None) -> float:
     """Seconds one training step takes on this machine, timed on a few real ones.
 
     The steps run at learning rate 0 with their own optimizer, so they change nothing: AdamW's
@@ -350,66 +342,6 @@ def prepare_data(
 
 def quiet(*args, **kwargs) -> None:
     """What processes other than 0 print: nothing (process 0 speaks for the run)."""
-
-
-def start_options(preset: str, options: dict) -> TrainOptions:
-    """The options as given, each checked: a typo'd option fails before anything else happens."""
-    try:
-        o = TrainOptions(preset=preset, **options)
-    except TypeError as e:
-        raise GuppyError(f"train(): {e}") from None
-    check_options(o, PRESETS)
-    return o
-
-
-def claim_run(run: Path, data_dir: Path, o: TrainOptions, force: bool, write: bool = True):
-    """Check that `run` may be written (or continued, with --resume); the checkpoint, if any.
-
-    With `write`, the folder is then cleared of an earlier run's files (after --force) and
-    marked ours; without, nothing is written (`check_train`).
-    """
-    if not (o.resume or force) and kind_of(run, "run") == "run":
-        raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
-    files = run_files(data_dir)  # the usual ones, and the persona's examples_file
-    owned: Claim = check_folder(
-        run, "run", force and not o.resume, inputs=[data_dir], files=files, reuse=o.resume
-    )
-    ckpt = load_checkpoint(run / "checkpoints" / "last.pt") if o.resume else None
-    if write:
-        if not o.resume:
-            owned.clear()  # an earlier run's files (after --force): none may be left stale
-        owned.take()
-    return ckpt
-
-
-def resume_options(o: TrainOptions, ckpt: dict | None, processes: int, run: Path):
-    """The options resolved (config.resolve_options); a resumed run keeps its process count."""
-    o = resolve_options(o, ckpt["train"] if ckpt else None)
-    n = ckpt.get("processes", 1) if ckpt else processes
-    if n != processes:  # each step's batch would hold other rows
-        raise GuppyError(
-            f"{run}: trained in {n} processes, and this is {processes}. Resume it with "
-            f"--nproc {n} (or torchrun --nproc-per-node {n})."
-        )
-    return o
-
-
-def check_train(
-    data_dir: str | Path,
-    out_dir: str | Path,
-    preset=DEFAULT_PRESET,
-    force=False,
-    processes=1,
-    **options,
-) -> None:
-    """What `train` would refuse at its start, checked without writing anything: the options,
-    the device, the run folder and, with --resume, its checkpoint. `train --nproc` runs this
-    before it starts torchrun, so a mistake is one line, not one per process."""
-    o = start_options(preset, options)
-    pick_device(o.device)
-    run = Path(out_dir)
-    ckpt = claim_run(run, Path(data_dir).resolve(), o, force, write=False)
-    resume_options(o, ckpt, processes, run)
 
 
 def train(

@@ -1,7 +1,8 @@
 """A run folder (runs/NAME): what `train` writes and what chat, eval, export and serve read.
 
 Read in this order: the folder's layout and `load_run`; checkpoints, everything needed to
-continue a run where it stopped; the loss plot; the rest of what a finished run holds
+continue a run where it stopped; starting a run (its options checked, the folder claimed, a
+resume matched to its checkpoint); the loss plot; the rest of what a finished run holds
 (config.json, weights, the persona, the model card).
 """
 
@@ -18,14 +19,23 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from guppyforge.defaults import DEVICES
+from guppyforge.defaults import DEFAULT_PRESET, DEVICES
 from guppyforge.errors import GuppyError
-from guppyforge.files import KIND_FILES, atomic_path, templates_dir, write_atomic
+from guppyforge.files import (
+    KIND_FILES,
+    Claim,
+    atomic_path,
+    check_folder,
+    kind_of,
+    templates_dir,
+    write_atomic,
+)
 from guppyforge.model.gpt import ACTIVATIONS, GPT, ModelConfig
-from guppyforge.model.presets import param_counts
+from guppyforge.model.presets import PRESETS, param_counts
 from guppyforge.model.tokenizer import load_tokenizer
 from guppyforge.persona.chat_rows import examples_file_of
 from guppyforge.persona.schema import load_persona
+from guppyforge.train.config import TrainOptions, check_options, resolve_options
 
 # --- A run folder on disk: what `train` writes and what chat, eval, export and serve read.
 #
@@ -302,6 +312,73 @@ def load_checkpoint(path: Path) -> dict:
             f"{path}: not a checkpoint of this guppyforge version. Start without --resume."
         )
     return state
+
+
+# --- Starting a run: its options checked, its folder claimed, a resume matched to its checkpoint.
+#
+# All of it happens before any work, so a mistake costs one line and nothing on disk. Under
+# torchrun process 0 does the claiming (loop.py); `train --nproc` checks it all before it starts
+# the processes (`check_train`).
+
+
+def start_options(preset: str, options: dict) -> TrainOptions:
+    """The options as given, each checked: a typo'd option fails before anything else happens."""
+    try:
+        o = TrainOptions(preset=preset, **options)
+    except TypeError as e:
+        raise GuppyError(f"train(): {e}") from None
+    check_options(o, PRESETS)
+    return o
+
+
+def claim_run(run: Path, data_dir: Path, o: TrainOptions, force: bool, write: bool = True):
+    """Check that `run` may be written (or continued, with --resume); the checkpoint, if any.
+
+    With `write`, the folder is then cleared of an earlier run's files (after --force) and
+    marked ours; without, nothing is written (`check_train`).
+    """
+    if not (o.resume or force) and kind_of(run, "run") == "run":
+        raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
+    files = run_files(data_dir)  # the usual ones, and the persona's examples_file
+    owned: Claim = check_folder(
+        run, "run", force and not o.resume, inputs=[data_dir], files=files, reuse=o.resume
+    )
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt") if o.resume else None
+    if write:
+        if not o.resume:
+            owned.clear()  # an earlier run's files (after --force): none may be left stale
+        owned.take()
+    return ckpt
+
+
+def resume_options(o: TrainOptions, ckpt: dict | None, processes: int, run: Path):
+    """The options resolved (config.resolve_options); a resumed run keeps its process count."""
+    o = resolve_options(o, ckpt["train"] if ckpt else None)
+    n = ckpt.get("processes", 1) if ckpt else processes
+    if n != processes:  # each step's batch would hold other rows
+        raise GuppyError(
+            f"{run}: trained in {n} processes, and this is {processes}. Resume it with "
+            f"--nproc {n} (or torchrun --nproc-per-node {n})."
+        )
+    return o
+
+
+def check_train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    preset=DEFAULT_PRESET,
+    force=False,
+    processes=1,
+    **options,
+) -> None:
+    """What `train` would refuse at its start, checked without writing anything: the options,
+    the device, the run folder and, with --resume, its checkpoint. `train --nproc` runs this
+    before it starts torchrun, so a mistake is one line, not one per process."""
+    o = start_options(preset, options)
+    pick_device(o.device)
+    run = Path(out_dir)
+    ckpt = claim_run(run, Path(data_dir).resolve(), o, force, write=False)
+    resume_options(o, ckpt, processes, run)
 
 
 # --- The loss curve: train and eval loss against steps, written as a PNG.
