@@ -38,7 +38,7 @@ from guppyforge.model.packing import (
 )
 from guppyforge.model.presets import get_preset
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
-from guppyforge.train.config import peak_lr
+from guppyforge.train.config import TrainOptions, peak_lr
 from guppyforge.train.distributed import Group, join, shares
 from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
 from guppyforge.train.run_folder import (
@@ -117,7 +117,7 @@ class Optimizers:
             opt.load_state_dict(state)
 
 
-def make_optimizer(model: GPT, o, device: torch.device) -> Optimizers:
+def make_optimizer(model: GPT, o: TrainOptions, device: torch.device) -> Optimizers:
     """The optimizers `o.optimizer` names, each group carrying its `peak_lr`."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     # Decay pulls weights toward zero, a brake on memorising. On matrices (and embeddings) that
