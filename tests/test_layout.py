@@ -155,3 +155,14 @@ def test_a_wheel_installed_elsewhere_runs_the_pipeline(tmp_path):
     assert out.returncode == 0, out.stderr
     reply = run([cli, "chat", "run", "--prompt", "hi", "--temperature", "0"], work)
     assert reply.strip()
+
+
+def test_the_wheel_lists_every_package_of_the_tree():
+    # pyproject.toml names the packages one by one; a folder left out is missing from the wheel.
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
