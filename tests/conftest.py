@@ -250,3 +250,31 @@ def wait_for(condition, what: str, seconds: float = 30.0, every: float = 0.02):
         assert time.monotonic() < deadline, f"{what}: not within {seconds:g} s"
         time.sleep(every)  # the poll's interval: what is awaited happens in another process
     return value
+
+
+def cat_run(micro_run: Path, folder: Path):
+    """The micro run with the built-in cat persona beside it (a persona with a greeting), loaded."""
+    import shutil
+
+    from guppyforge.files import builtin_persona
+    from guppyforge.train.run_folder import load_run
+
+    shutil.copytree(micro_run, folder)
+    shutil.copy(builtin_persona("cat"), folder / "persona.yaml")
+    return load_run(folder)
+
+
+@contextlib.contextmanager
+def serving(run):
+    """A server for `run` on a free port, answering from a thread until the block ends."""
+    import threading
+
+    from guppyforge.apps.serve import make_server
+
+    srv = make_server(run, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()

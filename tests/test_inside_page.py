@@ -18,14 +18,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import cat_run, serving
 from playwright import sync_api
 
 from guppyforge.apps.cli import cli
 from guppyforge.apps.export.web import find_runtime
-from guppyforge.apps.serve import make_server
-from guppyforge.files import builtin_persona
 from guppyforge.model.engine import Engine
-from guppyforge.train.run_folder import load_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -38,19 +36,13 @@ HUNGRY = [{"role": "user", "content": "are you hungry"}]
 
 @pytest.fixture(scope="module")
 def run(micro_run, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cat") / "run"
-    shutil.copytree(micro_run, folder)
-    shutil.copy(builtin_persona("cat"), folder / "persona.yaml")
-    return load_run(folder)
+    return cat_run(micro_run, tmp_path_factory.mktemp("cat") / "run")
 
 
 @pytest.fixture(scope="module")
 def server(run):
-    srv = make_server(run, "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(run) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,14 @@ at temperature 1, before sampling's temperature and top-k change anything (as Op
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
 import pytest
 import torch
+from conftest import serving
 
-from guppyforge.apps.serve import make_server
 from guppyforge.model.engine import Engine
 from guppyforge.model.tokenizer import token_bytes
 from guppyforge.train.run_folder import load_run
@@ -31,11 +30,8 @@ def run(micro_run):
 
 @pytest.fixture(scope="module")
 def server(run):
-    srv = make_server(run, "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(run) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 
 import pytest
+from conftest import cat_run, serving
 from playwright import sync_api
 
-from guppyforge.apps.serve import make_server
-from guppyforge.files import builtin_persona
 from guppyforge.model.engine import Engine
-from guppyforge.train.run_folder import load_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -31,20 +28,13 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 
 @pytest.fixture(scope="module")
 def run(micro_run, tmp_path_factory):
-    """The micro run with the built-in cat persona beside it: a persona with a greeting."""
-    folder = tmp_path_factory.mktemp("cat") / "run"
-    shutil.copytree(micro_run, folder)
-    shutil.copy(builtin_persona("cat"), folder / "persona.yaml")
-    return load_run(folder)
+    return cat_run(micro_run, tmp_path_factory.mktemp("cat") / "run")
 
 
 @pytest.fixture(scope="module")
 def server(run):
-    srv = make_server(run, "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serving(run) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
