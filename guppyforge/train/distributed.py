@@ -115,6 +115,10 @@ class Group:
     def leave(self) -> None:
         """End the group `join` started (one the caller started is the caller's to end)."""
         if self.joined and dist.is_initialized():
+            # Every process past its last collective before any tears gloo down: on busy cores a
+            # process that left first was seen to abort ("terminate called without an active
+            # exception") while the other still used the group.
+            dist.barrier()
             dist.destroy_process_group()
 
 
