@@ -127,7 +127,8 @@ def import_pairs(
         "guppyforge": "1.2",
         "name": name,
         "display_name": name.replace("-", " ").title(),
-        "summary": f"TODO: one line about the character (made from {len(rows):,} pairs).",
+        # Like an imported card's: true as written, and the first line a person rewrites.
+        "summary": f"{name.replace('-', ' ').title()}, made from {len(rows):,} question/answer pairs.",
         "topics": {
             t: {"weight": counts[t], "ask": v["ask"], "say": v["say"]}
             for t, v in sorted(grouped.items())
