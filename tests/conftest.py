@@ -265,13 +265,13 @@ def cat_run(micro_run: Path, folder: Path):
 
 
 @contextlib.contextmanager
-def serving(run):
-    """A server for `run` on a free port, answering from a thread until the block ends."""
+def serving(run, **options):
+    """A server for `run` on a free loopback port, answering from a thread for the `with` block."""
     import threading
 
     from guppyforge.apps.serve import make_server
 
-    srv = make_server(run, "127.0.0.1", 0)
+    srv = make_server(run, "127.0.0.1", 0, **options)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield srv

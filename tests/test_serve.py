@@ -13,17 +13,14 @@ import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import openai
 import pytest
-from conftest import wait_for
+from conftest import serving, wait_for
 
-from guppyforge.apps.serve import make_server
 from guppyforge.model.engine import Engine, build_prompt
 from guppyforge.model.engine import StopStrings as StopFilter
 from guppyforge.train.run_folder import load_run
@@ -34,19 +31,6 @@ HUNGRY = [{"role": "user", "content": "are you hungry"}]
 @pytest.fixture(scope="module")
 def run(micro_run):
     return load_run(Path(micro_run))
-
-
-@contextmanager
-def serving(run, **options):
-    """A server on a free loopback port, in a thread, for the `with` block."""
-    srv = make_server(run, "127.0.0.1", 0, **options)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 @pytest.fixture(scope="module")
