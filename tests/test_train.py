@@ -18,7 +18,7 @@ from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT
 from guppyforge.model.presets import PRESETS
 from guppyforge.train.loop import TrainOptions, lr_scale, make_optimizer, step_progress, train
-from guppyforge.train.run_folder import load_run
+from guppyforge.train.run_folder import load_checkpoint, load_run
 
 # micro model, 4 rows per step: about 0.1 s a step on two CPU cores.
 FAST = dict(preset="micro", batch_size=4, eval_every=8, log_every=2, progress=False)
@@ -184,6 +184,28 @@ def test_a_budget_too_short_for_the_machine_says_so_and_still_decays(
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == config["results"]["steps"] == train_module.MIN_BUDGET_STEPS
     assert records[-1]["lr"] < 0.05 * 1e-3
+
+
+def test_a_budget_on_a_cpu_picks_the_shape_the_curve_says_wins(
+    data_dir, tmp_path, monkeypatch, capsys
+):
+    import guppyforge.model.presets as presets
+
+    assert presets.preset_for(None, "cpu")[0] == presets.preset_for(5, "cuda")[0] == "guppy-9m"
+    limit, short = presets.CPU_BUDGET_SHAPES[0]
+    assert presets.preset_for(limit, "cpu")[0] == short
+    assert presets.preset_for(limit + 1, "cpu")[0] != short
+    # The run records the shape it picked, and a resume keeps it whatever the table says later.
+    monkeypatch.setattr(presets, "CPU_BUDGET_SHAPES", ((math.inf, "micro"),))
+    fast = {k: v for k, v in FAST.items() if k != "preset"}
+    run = train(data_dir, tmp_path / "run", max_minutes=0.1, stop_after=4, device="cpu", **fast)
+    assert "preset: micro, the shape that trains the best character in 0.1 minutes on a CPU" in (
+        capsys.readouterr().out
+    )
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["train"]["preset"] == "micro"
+    monkeypatch.setattr(presets, "CPU_BUDGET_SHAPES", ((math.inf, "tiny"),))
+    train(data_dir, run, resume=True, **fast)
+    assert load_run(run).config["train"]["preset"] == "micro"
 
 
 def test_user_errors_are_one_line(data_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from guppyforge.defaults import DEFAULT_PRESET
@@ -28,9 +29,28 @@ PRESETS: dict[str, ModelConfig] = {
     # Small enough to train a convincing character on 2 CPU cores in four minutes: on a few
     # minutes of CPU, more steps of a smaller model beat fewer of a bigger one (bench_train.py).
     "tiny": ModelConfig(vocab_size=2048, context=128, n_layer=4, n_head=4, d_model=128, d_ff=512),
+    # Between the two, four times tiny's blocks: for budgets where tiny has stopped improving
+    # and guppy-9m has not yet had the steps to start.
+    "small": ModelConfig(
+        vocab_size=4096, context=128, n_layer=4, n_head=4, d_model=256, d_ff=1024
+    ),
     # For tests: trains in seconds, learns little.
     "micro": ModelConfig(vocab_size=512, context=128, n_layer=2, n_head=2, d_model=64, d_ff=128),
 }
+
+
+# The shape a time budget on CPU cores trains the best character with, when --preset is not
+# given: (minutes up to, preset), from the quality-per-minute curve on 2 fp32 cores
+# (bench/bench_character.py --persona guppy --minutes 2 5 10 --preset tiny small guppy-9m).
+CPU_BUDGET_SHAPES = ((10, "tiny"), (math.inf, DEFAULT_PRESET))
+
+
+def preset_for(max_minutes: float | None, device: str) -> tuple[str, str]:
+    """The preset `train` builds when none is given, and why, for the line it prints."""
+    if device != "cpu" or max_minutes is None:
+        return DEFAULT_PRESET, f"the default{'' if max_minutes is None else ' off a CPU'}"
+    name = next(name for limit, name in CPU_BUDGET_SHAPES if max_minutes <= limit)
+    return name, f"the shape that trains the best character in {max_minutes:g} minutes on a CPU"
 
 
 def get_preset(name: str, **overrides) -> ModelConfig:

@@ -45,7 +45,11 @@ def option(
 class TrainOptions:
     """Every training option. None means "work it out" (recorded once resolved)."""
 
-    preset: str = option(DEFAULT_PRESET, "Model shape (see `guppyforge presets`).")
+    preset: str | None = option(
+        None,
+        "Model shape (see `guppyforge presets`).",
+        shown=f"picked for --max-minutes on a CPU, else {DEFAULT_PRESET}",
+    )
     max_steps: int | None = option(
         None, "Steps; fixes the schedule.", low=1, high=NO_LIMIT, shown="3 epochs"
     )
@@ -139,7 +143,7 @@ def check_options(o: TrainOptions, presets: Iterable[str]) -> None:
     for f in fields(TrainOptions):
         value, meta, name = getattr(o, f.name), f.metadata, f"--{f.name.replace('_', '-')}"
         choices = tuple(presets) if f.name == "preset" else meta.get("choices")
-        if choices and value not in choices:
+        if choices and value not in choices and not (value is None and f.name == "preset"):
             what = "preset " if f.name == "preset" else ""
             raise GuppyError(f"{name}: unknown {what}'{value}'. Use one of: {', '.join(choices)}.")
         if value is None or meta.get("low") is None:

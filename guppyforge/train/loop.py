@@ -24,7 +24,6 @@ import torch
 from tqdm import tqdm
 
 from guppyforge.dataset.folder import load_splits
-from guppyforge.defaults import DEFAULT_PRESET
 from guppyforge.errors import GuppyError
 from guppyforge.model.engine import Engine
 from guppyforge.model.gpt import GPT
@@ -36,7 +35,7 @@ from guppyforge.model.packing import (
     padding_share,
     tokenize,
 )
-from guppyforge.model.presets import get_preset
+from guppyforge.model.presets import get_preset, preset_for
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
 from guppyforge.train.config import TrainOptions, peak_lr
 from guppyforge.train.distributed import Group, join, shares
@@ -83,7 +82,7 @@ class Optimizers:
         """What moves which weights, for the line the trainer prints at start."""
         names = {
             torch.optim.Muon: "muon (bf16 Newton-Schulz)",
-            Fp32Muon: "muon (fp32 Newton-Schulz: no native bf16 here)",
+            Fp32Muon: "muon (fp32 Newton-Schulz)",
             torch.optim.AdamW: "adamw",
         }
         kinds = [names.get(type(opt), type(opt).__name__) for opt in self.optimizers]
@@ -126,8 +125,7 @@ def make_optimizer(model: GPT, o: TrainOptions, device: torch.device) -> Optimiz
     tables = [p for n, p in params.items() if p.dim() == 2 and not n.startswith("h.")]
     vectors = [p for p in params.values() if p.dim() < 2]
     # Fused: one kernel updates every tensor, instead of a dozen small ops per tensor.
-    cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
-    fused = device.type == "cuda" or (device.type == "cpu" and cpu_fused)
+    fused = device.type in ("cuda", "cpu")
     adam_groups = [
         {"params": tables, "weight_decay": o.weight_decay, "peak_lr": peak_lr(o)},
         {"params": vectors, "weight_decay": 0.0, "peak_lr": peak_lr(o)},
@@ -139,8 +137,9 @@ def make_optimizer(model: GPT, o: TrainOptions, device: torch.device) -> Optimiz
         )
     # "match_rms_adamw" scales Muon's orthogonal update to AdamW's typical size, so its learning
     # rate means what AdamW's does; muon_lr can then sit near lr (measured in bench_train.py).
-    slow_bf16 = device.type == "cpu" and not cpu_has_native_bf16()
-    muon = (Fp32Muon if slow_bf16 else torch.optim.Muon)(
+    # fp32 asked for on a CPU is fp32 throughout: the numbers and speed of a CPU without bf16.
+    fp32_ns = device.type == "cpu" and (o.precision == "fp32" or not cpu_has_native_bf16())
+    muon = (Fp32Muon if fp32_ns else torch.optim.Muon)(
         [{"params": matrices, "peak_lr": o.muon_lr}],
         lr=o.muon_lr,
         weight_decay=o.weight_decay,
@@ -347,7 +346,7 @@ def quiet(*args, **kwargs) -> None:
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
-    preset: str = DEFAULT_PRESET,
+    preset: str | None = None,
     force: bool = False,
     raise_on_interrupt: bool = False,
     data_format: str | None = None,
@@ -368,10 +367,13 @@ def train(
     ckpt_path = run / "checkpoints" / "last.pt"
     ckpt = group.from_main(lambda: claim_run(run, data_dir, o, force))
     o = resume_options(o, ckpt, group.world, run)
-    cfg = get_preset(o.preset)
     precision = pick_precision(device, o.precision)
     o.precision = precision.name  # recorded resolved, so a resume computes the same numbers
     say = tqdm.write if group.main else quiet
+    if o.preset is None:  # not given (a resumed run has its checkpoint's): fit to the budget
+        o.preset, why = preset_for(o.max_minutes, device.type)
+        say(f"preset: {o.preset}, {why} (--preset to choose)")
+    cfg = get_preset(o.preset)
     torch.manual_seed(o.seed)
     random.seed(o.seed)
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from guppyforge.defaults import DEFAULT_PRESET, DEVICES
+from guppyforge.defaults import DEVICES
 from guppyforge.errors import GuppyError
 from guppyforge.files import (
     KIND_FILES,
@@ -321,7 +321,7 @@ def load_checkpoint(path: Path) -> dict:
 # the processes (`check_train`).
 
 
-def start_options(preset: str, options: dict) -> TrainOptions:
+def start_options(preset: str | None, options: dict) -> TrainOptions:
     """The options as given, each checked: a typo'd option fails before anything else happens."""
     try:
         o = TrainOptions(preset=preset, **options)
@@ -366,7 +366,7 @@ def resume_options(o: TrainOptions, ckpt: dict | None, processes: int, run: Path
 def check_train(
     data_dir: str | Path,
     out_dir: str | Path,
-    preset=DEFAULT_PRESET,
+    preset=None,
     force=False,
     processes=1,
     **options,
