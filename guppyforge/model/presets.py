@@ -1,4 +1,4 @@
-"""Named model shapes, and the arithmetic of where their parameters live (`guppyforge presets`)."""
+"""Named model shapes, where their parameters live, and the one a CPU time budget picks."""
 
 from __future__ import annotations
 
