@@ -41,7 +41,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 # The shape a time budget on CPU cores trains the best character with, when --preset is not
 # given: (minutes up to, preset), from the quality-per-minute curve on 2 fp32 cores
-# (bench/bench_character.py --persona guppy --minutes 2 5 10 --preset tiny small guppy-9m).
+# (bench/bench_character.py, fp32: tiny won at 2, 5 and 10 minutes against small and guppy-9m).
 CPU_BUDGET_SHAPES = ((10, "tiny"), (math.inf, DEFAULT_PRESET))
 
 
