@@ -29,8 +29,8 @@ PRESETS: dict[str, ModelConfig] = {
     # Small enough to train a convincing character on 2 CPU cores in four minutes: on a few
     # minutes of CPU, more steps of a smaller model beat fewer of a bigger one (bench_train.py).
     "tiny": ModelConfig(vocab_size=2048, context=128, n_layer=4, n_head=4, d_model=128, d_ff=512),
-    # Between the two, four times tiny's blocks: for budgets where tiny has stopped improving
-    # and guppy-9m has not yet had the steps to start.
+    # Between tiny and guppy-9m, four times tiny's blocks: the middle of the quality-per-minute
+    # curve. At 5 and 10 minutes on 2 fp32 cores tiny still beat it (README); longer is unmeasured.
     "small": ModelConfig(
         vocab_size=4096, context=128, n_layer=4, n_head=4, d_model=256, d_ff=1024
     ),

@@ -143,7 +143,8 @@ def check_options(o: TrainOptions, presets: Iterable[str]) -> None:
     for f in fields(TrainOptions):
         value, meta, name = getattr(o, f.name), f.metadata, f"--{f.name.replace('_', '-')}"
         choices = tuple(presets) if f.name == "preset" else meta.get("choices")
-        if choices and value not in choices and not (value is None and f.name == "preset"):
+        unset = value is None and f.default is None  # "work it out": resolved later
+        if choices and value not in choices and not unset:
             what = "preset " if f.name == "preset" else ""
             raise GuppyError(f"{name}: unknown {what}'{value}'. Use one of: {', '.join(choices)}.")
         if value is None or meta.get("low") is None:
