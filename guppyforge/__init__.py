@@ -3,7 +3,7 @@
 The layers are the pipeline, in the order data flows through it; each imports only those above:
 
     persona/     a YAML file -> a checked Persona -> conversations        (no torch, no click)
-    cards.py     Character Cards in and out (JSON, PNG, .charx)           (no torch, no click)
+    cards/       Character Cards in and out (JSON, PNG, .charx), Q&A pairs (no torch, no click)
     dataset/     conversations -> a Hugging Face dataset folder           (no torch, no click)
     model/       tokenizer, transformer, packing, the one inference engine (torch)
     train/       the training loop -> a run folder
