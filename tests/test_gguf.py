@@ -232,8 +232,10 @@ def test_llama_cpp_greedy_replies_match_guppyforge(micro_run: Path, llama) -> No
     print(f"\nllama.cpp {llama['llama_cpp']}: greedy agreement of {len(PROMPTS)}: {agree}; "
           f"max |log-probability gap|: {worst}")  # fmt: skip
     # f32 differs from torch only by float rounding and ggml's GELU, which looks values up in
-    # an f16 table (a misplaced weight gives gaps of whole units).
-    assert worst["f32"] < 0.05 and worst["f16"] < 0.05
+    # an f16 table (a misplaced weight gives gaps of whole units). How far that rounding goes
+    # depends on the CPU's kernels: under 0.05 on 2-core AMD EPYCs, 0.15 at one position of one
+    # prompt (0.01 elsewhere) on a 2-core Intel Xeon with AVX512.
+    assert worst["f32"] < 0.25 and worst["f16"] < 0.25
     assert agree["f32"] == agree["f16"] == len(PROMPTS)
     # q8_0: this barely trained model's top two tokens are often close, so 8-bit weights tip
     # some of them. Asserted loosely; a broken file gives 0.

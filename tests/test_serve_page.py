@@ -16,7 +16,9 @@ import pytest
 from conftest import cat_run, serving
 from playwright import sync_api
 
+from guppyforge.cards import persona_to_card
 from guppyforge.model.engine import Engine
+from guppyforge.persona.schema import load_persona
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -54,8 +56,9 @@ def test_the_page_shows_the_persona_and_streams_a_reply(page, server, run):
     assert page.locator("#name").inner_text() == "Marmalade"
     assert page.locator("#summary").inner_text().startswith("A ")
     greeting = page.locator(".msg.assistant").first.inner_text()
-    # the persona card's first_mes
-    assert greeting == "*flicks tail* Ah. The one with the can opener. Welcome."
+    # the persona card's first_mes: the persona's first greeting, as export --to card writes it
+    assert greeting == persona_to_card(load_persona(run.persona_path))["data"]["first_mes"]
+    assert greeting.startswith("Hello.")
     page.locator("#temperature").fill("0")
     page.locator("#top-k").fill("7")
     with page.expect_request("**/v1/chat/completions") as request:
