@@ -58,7 +58,7 @@ def test_the_page_shows_the_persona_and_streams_a_reply(page, server, run):
     greeting = page.locator(".msg.assistant").first.inner_text()
     # the persona card's first_mes: the persona's first greeting, as export --to card writes it
     assert greeting == persona_to_card(load_persona(run.persona_path))["data"]["first_mes"]
-    assert greeting.startswith("Hello.")
+    assert greeting.strip(), "the cat persona has a greeting, so the page must show one"
     page.locator("#temperature").fill("0")
     page.locator("#top-k").fill("7")
     with page.expect_request("**/v1/chat/completions") as request:
