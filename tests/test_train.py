@@ -198,6 +198,8 @@ def test_a_budget_on_a_cpu_picks_the_shape_the_curve_says_wins(
     # The run records the shape it picked, and a resume keeps it whatever the table says later.
     monkeypatch.setattr(presets, "CPU_BUDGET_SHAPES", ((math.inf, "micro"),))
     fast = {k: v for k, v in FAST.items() if k != "preset"}
+    # However fast this machine, the budget fits a schedule by the clock, which the resume keeps.
+    monkeypatch.setattr(train_module, "MIN_BUDGET_STEPS", 1)
     run = train(data_dir, tmp_path / "run", max_minutes=0.1, stop_after=4, device="cpu", **fast)
     assert "preset: micro, the shape that trains the best character in 0.1 minutes on a CPU" in (
         capsys.readouterr().out
@@ -205,6 +207,7 @@ def test_a_budget_on_a_cpu_picks_the_shape_the_curve_says_wins(
     assert load_checkpoint(run / "checkpoints" / "last.pt")["train"]["preset"] == "micro"
     monkeypatch.setattr(presets, "CPU_BUDGET_SHAPES", ((math.inf, "tiny"),))
     train(data_dir, run, resume=True, **fast)
+    assert "schedule fitted to the first run's budget" in capsys.readouterr().out
     assert load_run(run).config["train"]["preset"] == "micro"
 
 

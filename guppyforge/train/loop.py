@@ -460,7 +460,8 @@ def train(
     say(f"optimizer: {optimizer.describe()}; {rows} rows per step")
     if o.schedule_seconds:
         fitted = f"{o.schedule_seconds:.0f} s of training, about {o.max_steps} steps"
-        say(f"schedule fitted to --max-minutes {o.max_minutes:g}: {fitted}")
+        budget = f"--max-minutes {o.max_minutes:g}" if o.max_minutes else "the first run's budget"
+        say(f"schedule fitted to {budget}: {fitted}")  # a resume keeps the schedule, not the flag
     say(f"{'resuming at' if ckpt else 'training for'} step {step} of {o.max_steps}")
 
     def checkpoint() -> None:
