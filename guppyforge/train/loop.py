@@ -458,10 +458,9 @@ def train(
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     say(f"device: {device}{threads}; {precision.describe()}")
     say(f"optimizer: {optimizer.describe()}; {rows} rows per step")
-    if o.schedule_seconds:
-        fitted = f"{o.schedule_seconds:.0f} s of training, about {o.max_steps} steps"
+    if o.schedule_seconds:  # a resume keeps the schedule, not the --max-minutes that fitted it
         budget = f"--max-minutes {o.max_minutes:g}" if o.max_minutes else "the first run's budget"
-        say(f"schedule fitted to {budget}: {fitted}")  # a resume keeps the schedule, not the flag
+        say(f"schedule fitted to {budget}: {o.schedule_seconds:.0f} s, about {o.max_steps} steps")
     say(f"{'resuming at' if ckpt else 'training for'} step {step} of {o.max_steps}")
 
     def checkpoint() -> None:
