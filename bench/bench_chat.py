@@ -51,7 +51,7 @@ def load(run_dir: str | None):
     import torch
 
     from guppyforge.model.gpt import GPT
-    from guppyforge.model.presets import PRESETS
+    from guppyforge.model.gpt import PRESETS
 
     if run_dir:
         from guppyforge.model.tokenizer import encode_prompt

@@ -48,7 +48,7 @@ from guppyforge.evaluate.score import check_reply
 from guppyforge.model.engine import build_prompt, sample_next
 from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
 from guppyforge.model.packing import Samples, batches, tokenize
-from guppyforge.model.presets import get_preset
+from guppyforge.model.gpt import get_preset
 from guppyforge.model.tokenizer import END, load_tokenizer
 from guppyforge.persona.schema import load_persona
 from guppyforge.train.config import TrainOptions

@@ -81,7 +81,7 @@ def build_micro_run(root: Path, steps: int = 120) -> Path:
     import torch.nn.functional as F
 
     from guppyforge.model.gpt import GPT
-    from guppyforge.model.presets import PRESETS
+    from guppyforge.model.gpt import PRESETS
     from guppyforge.model.tokenizer import (
         encode_conversations,
         format_chat,

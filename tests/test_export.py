@@ -23,7 +23,7 @@ from guppyforge.errors import GuppyError
 from guppyforge.files import write_marker
 from guppyforge.model.engine import Engine, build_prompt
 from guppyforge.model.gpt import GPT
-from guppyforge.model.presets import PRESETS
+from guppyforge.model.gpt import PRESETS
 from guppyforge.model.tokenizer import (
     END,
     encode_conversations,

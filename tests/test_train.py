@@ -16,7 +16,7 @@ import guppyforge.train.loop as train_module
 from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT
-from guppyforge.model.presets import PRESETS
+from guppyforge.model.gpt import PRESETS
 from guppyforge.train.loop import TrainOptions, lr_scale, make_optimizer, step_progress, train
 from guppyforge.train.run_folder import load_checkpoint, load_run
 
@@ -189,7 +189,7 @@ def test_a_budget_too_short_for_the_machine_says_so_and_still_decays(
 def test_a_budget_on_a_cpu_picks_the_shape_the_curve_says_wins(
     data_dir, tmp_path, monkeypatch, capsys
 ):
-    import guppyforge.model.presets as presets
+    import guppyforge.model.gpt as presets  # the named shapes live beside the model
 
     assert presets.preset_for(None, "cpu")[0] == presets.preset_for(5, "cuda")[0] == "guppy-9m"
     limit, short = presets.CPU_BUDGET_SHAPES[0]

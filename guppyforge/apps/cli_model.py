@@ -16,7 +16,7 @@ from guppyforge.train.config import TrainOptions
 DEVICES = click.Choice(defaults.DEVICES)
 
 
-# --- train (guppyforge/train/, guppyforge/model/presets.py) ------------------------------------
+# --- train (guppyforge/train/, guppyforge/model/gpt.py) ------------------------------------------
 
 
 def train_options(command):
@@ -161,7 +161,7 @@ def presets() -> None:
     \b
     guppyforge presets
     """
-    from guppyforge.model.presets import presets_table
+    from guppyforge.model.gpt import presets_table
 
     click.echo(presets_table())
 
@@ -265,7 +265,7 @@ def why_cmd(run_dir, reply, data, data_format, as_json) -> None:
         click.echo(format_trace(trace))
 
 
-# --- sharing: export, cards, serve (apps/export/, cards.py, apps/serve.py) -------------
+# --- sharing: export, cards, serve (apps/export/, cards/, apps/serve.py) ----------------
 
 
 @click.command("export")

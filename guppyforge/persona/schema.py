@@ -50,7 +50,8 @@ from guppyforge.persona.yamlsafe import Doc, read_yaml
 # --- The persona schema: walks a parsed YAML file and builds a `Persona`, collecting every error.
 #
 # Each error is one line, `file:line:col: key.path: problem. fix`, ready for `guppyforge validate`.
-# Templates are only stored here; load.py compiles them (conversations.compile_persona) afterwards.
+# Templates are only stored here; `load_persona` compiles them afterwards
+# (conversations.compile_persona).
 
 _KEYS = {
     (): {

@@ -35,7 +35,7 @@ from guppyforge.model.packing import (
     padding_share,
     tokenize,
 )
-from guppyforge.model.presets import get_preset, preset_for
+from guppyforge.model.gpt import get_preset, preset_for
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
 from guppyforge.train.config import TrainOptions, peak_lr
 from guppyforge.train.distributed import Group, join, shares

@@ -4,7 +4,7 @@
     ollama create cat -f export/cat-gguf/Modelfile && ollama run cat
 
 The file uses llama.cpp's `gpt2` architecture: our model is GPT-2 shaped, so this is a renaming
-(one table, like export_hf.py's) and nothing else. `nn.Linear` stores weights as (out, in), and
+(one table, like hf.py's) and nothing else. `nn.Linear` stores weights as (out, in), and
 numpy's row-major (out, in) is exactly GGUF's (ne0 = in, ne1 = out), so unlike transformers'
 Conv1D nothing is transposed. The tokenizer and the ChatML template travel inside the file, so
 llama.cpp needs no other file. The `gguf` package (pip install "guppyforge[gguf]") writes it.
@@ -83,7 +83,7 @@ def gguf_tensors(run: Run) -> dict[str, np.ndarray]:
     for pattern, target, i in names:
         tensor = ours.pop(pattern.format(i=i)).detach().float().cpu()
         theirs[target.format(i=i)] = tensor.numpy().copy()
-    if ours:  # a new parameter in model.py that nobody mapped would silently vanish
+    if ours:  # a new parameter in gpt.py that nobody mapped would silently vanish
         raise RuntimeError(f"export_gguf: no GGUF name for {sorted(ours)}; extend TENSOR_MAP")
     return theirs
 
