@@ -50,8 +50,7 @@ def load(run_dir: str | None):
     """(model, prompt ids, label): a run folder's model, or random guppy-9m weights."""
     import torch
 
-    from guppyforge.model.gpt import GPT
-    from guppyforge.model.gpt import PRESETS
+    from guppyforge.model.gpt import GPT, PRESETS
 
     if run_dir:
         from guppyforge.model.tokenizer import encode_prompt

@@ -37,8 +37,8 @@ import torch
 from guppyforge.dataset.folder import load_splits
 from guppyforge.defaults import DEVICES
 from guppyforge.errors import GuppyError
-from guppyforge.model.packing import epoch_batches, row_width, tokenize
 from guppyforge.model.gpt import get_preset, param_counts
+from guppyforge.model.packing import epoch_batches, row_width, tokenize
 from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
 from guppyforge.train.loop import train
 from guppyforge.train.run_folder import load_run, pick_device

@@ -44,8 +44,7 @@ def random_run(folder: Path, preset: str = "guppy-9m") -> Path:
     import torch
 
     from guppyforge.files import builtin_persona
-    from guppyforge.model.gpt import GPT
-    from guppyforge.model.gpt import PRESETS
+    from guppyforge.model.gpt import GPT, PRESETS
     from guppyforge.model.tokenizer import format_chat, save_tokenizer, train_tokenizer
     from guppyforge.persona.conversations import Sampler
     from guppyforge.persona.schema import load_persona

@@ -22,9 +22,8 @@ import torch
 
 from guppyforge.dataset.folder import load_splits
 from guppyforge.model import gpt
-from guppyforge.model.gpt import GPT
+from guppyforge.model.gpt import GPT, get_preset
 from guppyforge.model.packing import batches, tokenize
-from guppyforge.model.gpt import get_preset
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 from guppyforge.train.config import TrainOptions
 from guppyforge.train.loop import make_optimizer, train_step

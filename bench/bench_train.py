@@ -46,9 +46,8 @@ import torch.nn.functional as F
 from guppyforge.dataset.folder import load_splits
 from guppyforge.evaluate.score import check_reply
 from guppyforge.model.engine import build_prompt, sample_next
-from guppyforge.model.gpt import GPT, IGNORE, ModelConfig
+from guppyforge.model.gpt import GPT, IGNORE, ModelConfig, get_preset
 from guppyforge.model.packing import Samples, batches, tokenize
-from guppyforge.model.gpt import get_preset
 from guppyforge.model.tokenizer import END, load_tokenizer
 from guppyforge.persona.schema import load_persona
 from guppyforge.train.config import TrainOptions

@@ -16,8 +16,8 @@ from pathlib import Path
 from guppyforge.dataset.folder import load_splits
 from guppyforge.dataset.generate import generate_dataset
 from guppyforge.files import builtin_personas
-from guppyforge.model.packing import tokenize
 from guppyforge.model.gpt import PRESETS
+from guppyforge.model.packing import tokenize
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 
 

@@ -80,8 +80,7 @@ def build_micro_run(root: Path, steps: int = 120) -> Path:
     import torch
     import torch.nn.functional as F
 
-    from guppyforge.model.gpt import GPT
-    from guppyforge.model.gpt import PRESETS
+    from guppyforge.model.gpt import GPT, PRESETS
     from guppyforge.model.tokenizer import (
         encode_conversations,
         format_chat,

@@ -16,9 +16,8 @@ from safetensors.torch import load_file
 from test_data import write_toy_dataset
 
 from guppyforge.errors import GuppyError
-from guppyforge.model.gpt import GPT
+from guppyforge.model.gpt import GPT, PRESETS
 from guppyforge.model.packing import batches, tokenize
-from guppyforge.model.gpt import PRESETS
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 from guppyforge.train.distributed import Group, empty_batch, shares
 from guppyforge.train.loop import train

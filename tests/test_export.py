@@ -22,8 +22,7 @@ from guppyforge.apps.export import export_run
 from guppyforge.errors import GuppyError
 from guppyforge.files import write_marker
 from guppyforge.model.engine import Engine, build_prompt
-from guppyforge.model.gpt import GPT
-from guppyforge.model.gpt import PRESETS
+from guppyforge.model.gpt import GPT, PRESETS
 from guppyforge.model.tokenizer import (
     END,
     encode_conversations,

@@ -6,8 +6,7 @@ import pytest
 import torch
 from test_train import FAST, losses
 
-from guppyforge.model.gpt import GPT
-from guppyforge.model.gpt import PRESETS
+from guppyforge.model.gpt import GPT, PRESETS
 from guppyforge.train.loop import Fp32Muon, TrainOptions, make_optimizer, train
 
 

@@ -15,8 +15,7 @@ from test_data import write_toy_dataset
 import guppyforge.train.loop as train_module
 from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
-from guppyforge.model.gpt import GPT
-from guppyforge.model.gpt import PRESETS
+from guppyforge.model.gpt import GPT, PRESETS
 from guppyforge.train.loop import TrainOptions, lr_scale, make_optimizer, step_progress, train
 from guppyforge.train.run_folder import load_checkpoint, load_run
 
@@ -198,8 +197,9 @@ def test_a_budget_on_a_cpu_picks_the_shape_the_curve_says_wins(
     # The run records the shape it picked, and a resume keeps it whatever the table says later.
     monkeypatch.setattr(presets, "CPU_BUDGET_SHAPES", ((math.inf, "micro"),))
     fast = {k: v for k, v in FAST.items() if k != "preset"}
-    # However fast this machine, the budget fits a schedule by the clock, which the resume keeps.
-    monkeypatch.setattr(train_module, "MIN_BUDGET_STEPS", 1)
+    # Steps timed as fast fit a schedule by the clock to the budget on any machine; the resume
+    # keeps that schedule.
+    monkeypatch.setattr(train_module, "time_a_step", lambda *args: 0.001)
     run = train(data_dir, tmp_path / "run", max_minutes=0.1, stop_after=4, device="cpu", **fast)
     assert "preset: micro, the shape that trains the best character in 0.1 minutes on a CPU" in (
         capsys.readouterr().out

@@ -11,9 +11,8 @@ import torch
 
 import guppyforge.train.precision as precision_module
 from guppyforge.errors import GuppyError
-from guppyforge.model.gpt import GPT
+from guppyforge.model.gpt import GPT, PRESETS
 from guppyforge.model.packing import collate, pack
-from guppyforge.model.gpt import PRESETS
 from guppyforge.train.config import TrainOptions
 from guppyforge.train.loop import make_optimizer, train_step
 from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision

@@ -67,13 +67,17 @@ def _group_order(key: str, seed: int) -> bytes:
 def _joining(keys: Sequence[Keys]) -> list[tuple[str, ...]]:
     """Per row, the keys that join it to others: every plain key and opening key, and the
     context keys that some row opens with."""
-    rows = [(k,) if isinstance(k, str) else k.opening if isinstance(k, RowKeys) else tuple(k)
-            for k in keys]  # fmt: skip
+    rows = [
+        (k,) if isinstance(k, str) else k.opening if isinstance(k, RowKeys) else tuple(k)
+        for k in keys
+    ]
     if not any(isinstance(k, RowKeys) and k.context for k in keys):
         return rows
     openings = set().union(*rows)
-    return [row + tuple(c for c in k.context if c in openings) if isinstance(k, RowKeys) else row
-            for row, k in zip(rows, keys, strict=True)]  # fmt: skip
+    return [
+        row + tuple(c for c in k.context if c in openings) if isinstance(k, RowKeys) else row
+        for row, k in zip(rows, keys, strict=True)
+    ]
 
 
 def _groups(keys: Sequence[tuple[str, ...]]) -> dict[int, list[int]]:
@@ -163,8 +167,11 @@ def split_by_prompt(
                 take(g)
         for stratum in share:
             if in_stratum[stratum] == 0:
-                fitting = [g for g in range(len(order)) if stratum in mix[g] and not taken[g]
-                           and count + len(order[g]) <= target]  # fmt: skip
+                fitting = [
+                    g
+                    for g in range(len(order))
+                    if stratum in mix[g] and not taken[g] and count + len(order[g]) <= target
+                ]
                 if fitting:
                     take(min(fitting, key=lambda g: len(order[g])))
         for g in range(len(order)):  # then every stratum up to its share

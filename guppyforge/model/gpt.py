@@ -72,9 +72,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(vocab_size=2048, context=128, n_layer=4, n_head=4, d_model=128, d_ff=512),
     # Between tiny and guppy-9m, four times tiny's blocks: the middle of the quality-per-minute
     # curve. At 5 and 10 minutes on 2 fp32 cores tiny still beat it (README); longer is unmeasured.
-    "small": ModelConfig(
-        vocab_size=4096, context=128, n_layer=4, n_head=4, d_model=256, d_ff=1024
-    ),
+    "small": ModelConfig(vocab_size=4096, context=128, n_layer=4, n_head=4, d_model=256, d_ff=1024),
     # For tests: trains in seconds, learns little.
     "micro": ModelConfig(vocab_size=512, context=128, n_layer=2, n_head=2, d_model=64, d_ff=128),
 }

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from guppyforge.dataset.folder import load_splits
 from guppyforge.errors import GuppyError
 from guppyforge.model.engine import Engine
-from guppyforge.model.gpt import GPT
+from guppyforge.model.gpt import GPT, get_preset, preset_for
 from guppyforge.model.packing import (
     Samples,
     batches,
@@ -35,7 +35,6 @@ from guppyforge.model.packing import (
     padding_share,
     tokenize,
 )
-from guppyforge.model.gpt import get_preset, preset_for
 from guppyforge.model.tokenizer import chat_texts, save_tokenizer, train_tokenizer
 from guppyforge.train.config import TrainOptions, peak_lr
 from guppyforge.train.distributed import Group, join, shares

@@ -30,8 +30,7 @@ from guppyforge.files import (
     templates_dir,
     write_atomic,
 )
-from guppyforge.model.gpt import ACTIVATIONS, GPT, ModelConfig
-from guppyforge.model.gpt import PRESETS, param_counts
+from guppyforge.model.gpt import ACTIVATIONS, GPT, PRESETS, ModelConfig, param_counts
 from guppyforge.model.tokenizer import load_tokenizer
 from guppyforge.persona.chat_rows import examples_file_of
 from guppyforge.persona.schema import load_persona
