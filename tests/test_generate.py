@@ -440,5 +440,7 @@ def test_strict_makes_a_data_warning_an_error_and_writes_nothing(tmp_path):
 
 
 def test_a_healthy_persona_gets_no_data_warning(tmp_path):
-    result = generate_dataset("cat", tmp_path / "c", n=5000, seed=1, progress=False)
-    assert result.stats["warnings"] == []
+    # 5,000 rows: the cat's weight-1 topics ask for about 28 each, which chance moves by a few.
+    for seed in (1, 2):
+        result = generate_dataset("cat", tmp_path / f"c{seed}", n=5000, seed=seed, progress=False)
+        assert result.stats["warnings"] == []
