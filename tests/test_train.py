@@ -191,9 +191,10 @@ def test_a_budget_on_a_cpu_picks_the_shape_the_curve_says_wins(
     import guppyforge.model.gpt as presets  # the named shapes live beside the model
 
     assert presets.preset_for(None, "cpu")[0] == presets.preset_for(5, "cuda")[0] == "guppy-9m"
-    limit, short = presets.CPU_BUDGET_SHAPES[0]
-    assert presets.preset_for(limit, "cpu")[0] == short
-    assert presets.preset_for(limit + 1, "cpu")[0] != short
+    for limit, shape in presets.CPU_BUDGET_SHAPES[:-1]:
+        assert presets.preset_for(limit, "cpu")[0] == shape
+        assert presets.preset_for(limit + 1, "cpu")[0] != shape
+    assert presets.preset_for(presets.CPU_BUDGET_SHAPES[-2][0] + 1, "cpu")[0] == "guppy-9m"
     # The run records the shape it picked, and a resume keeps it whatever the table says later.
     monkeypatch.setattr(presets, "CPU_BUDGET_SHAPES", ((math.inf, "micro"),))
     fast = {k: v for k, v in FAST.items() if k != "preset"}

@@ -71,7 +71,7 @@ PRESETS: dict[str, ModelConfig] = {
     # minutes of CPU, more steps of a smaller model beat fewer of a bigger one (bench_train.py).
     "tiny": ModelConfig(vocab_size=2048, context=128, n_layer=4, n_head=4, d_model=128, d_ff=512),
     # Between tiny and guppy-9m, four times tiny's blocks: the middle of the quality-per-minute
-    # curve. At 5 and 10 minutes on 2 fp32 cores tiny still beat it (README); longer is unmeasured.
+    # curve. At 5 and 10 minutes on 2 fp32 cores tiny still beat it; at 20 it won (README).
     "small": ModelConfig(vocab_size=4096, context=128, n_layer=4, n_head=4, d_model=256, d_ff=1024),
     # For tests: trains in seconds, learns little.
     "micro": ModelConfig(vocab_size=512, context=128, n_layer=2, n_head=2, d_model=64, d_ff=128),
@@ -230,8 +230,9 @@ class GPT(nn.Module):
 
 # The shape a time budget on CPU cores trains the best character with, when --preset is not
 # given: (minutes up to, preset), from the quality-per-minute curve on 2 fp32 cores
-# (bench/bench_character.py, fp32: tiny won at 2, 5 and 10 minutes against small and guppy-9m).
-CPU_BUDGET_SHAPES = ((10, "tiny"), (math.inf, DEFAULT_PRESET))
+# (bench/bench_character.py, fp32: tiny won at 2, 5 and 10 minutes against small and guppy-9m;
+# at 20, small won: tiny's loss stops falling). Past the measured range, the default.
+CPU_BUDGET_SHAPES = ((10, "tiny"), (20, "small"), (math.inf, DEFAULT_PRESET))
 
 
 def preset_for(max_minutes: float | None, device: str) -> tuple[str, str]:

@@ -54,7 +54,11 @@ class TrainOptions:
         None, "Steps; fixes the schedule.", low=1, high=NO_LIMIT, shown="3 epochs"
     )
     epochs: float = option(
-        3.0, "Passes over the data when --max-steps is not given.", low=0, high=1e6, above=True
+        3.0,
+        "Passes over the data, without --max-steps or --max-minutes.",
+        low=0,
+        high=1e6,
+        above=True,
     )
     max_minutes: float | None = option(
         None, "Time budget; stops with a checkpoint.", low=0, high=1e7, above=True

@@ -405,8 +405,8 @@ def train(
             eval_batches = EVALS_PER_RUN * math.ceil(EVAL_ROWS / o.batch_size)
             evals = eval_batches * step_s / FORWARD_SHARE
             fitted = int((o.schedule_seconds - evals) / step_s)
-            if fitted >= MIN_BUDGET_STEPS:
-                o.max_steps = min(o.max_steps, fitted)
+            if fitted >= MIN_BUDGET_STEPS:  # the clock decides, past --epochs too
+                o.max_steps = fitted
             else:  # too few to warm up and decay: a schedule by steps, past the budget
                 say(
                     f"warning: --max-minutes {o.max_minutes:g} is too short for this machine: a "
