@@ -227,7 +227,6 @@ class GPT(nn.Module):
 
 # --- Named shapes: the one a CPU budget picks, and where their parameters live.
 
-
 # The shape a time budget on CPU cores trains the best character with, when --preset is not
 # given: (minutes up to, preset), from the quality-per-minute curve on 2 fp32 cores
 # (bench/bench_character.py, fp32: tiny won at 2, 5 and 10 minutes against small and guppy-9m;
