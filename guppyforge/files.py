@@ -169,6 +169,7 @@ KIND_FILES: dict[str, tuple[str, ...]] = {
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
+        "special_tokens_map.json",
         "persona.yaml",
         "metrics.jsonl",
         "loss.png",
@@ -290,7 +291,7 @@ def _staging(folder: Path, name: str) -> bool:
 
 def _owned(folder: Path) -> tuple[list[str], list[str], dict | None]:
     """(ours, foreign, marker) for an existing folder: ours is only what the marker lists."""
-    present = [n for n in listing(folder) if n != MARKER]
+    present = [n for n in listing(folder) if n not in (MARKER, LOCK)]
     marker = read_marker(folder)
     files = set(marker["files"]) if marker else set()
     ours = [
@@ -474,6 +475,90 @@ def check_folder(
             "the files it wrote (and no other), or choose a new --out"
         )
     return Claim(out, kind, files, ours)
+
+
+# --- One writer per folder: a lock file that names its holder ---------------------------------
+#
+# `train` holds it on its run folder from the moment the folder is claimed to the last file, so
+# a second `train --resume` (or `--force`) of the same run is refused instead of writing beside
+# the first. The file holds the holder's pid and host; one whose process is gone (a kill -9, a
+# crash) is stale and taken over. It is removed on release, so a finished folder holds none.
+
+LOCK = ".guppyforge.lock"
+
+
+def _lock_holder(path: Path) -> dict | None:
+    """Who holds the lock at `path` ({pid, host}), or None when nobody does (absent or stale)."""
+    try:
+        held = json.loads(path.read_text(encoding="utf-8"))
+        pid, host = int(held["pid"]), str(held["host"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"pid": "?", "host": "?"}  # not ours to judge: a half-written or foreign file
+    if host != os.uname().nodename:
+        return held  # another machine's process (a shared disk): this one cannot see it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # its process is gone: stale
+    except PermissionError:
+        pass  # alive, another user's
+    return held if pid != os.getpid() else None
+
+
+class FolderLock:
+    """The lock of `folder`: `hold()` takes it (or refuses, naming the holder), `release()`
+    gives it back; `check()` only refuses. Idempotent, so a caller may hold it early."""
+
+    def __init__(self, folder: str | Path, what: str = "run"):
+        self.path, self.what, self.held = Path(folder) / LOCK, what, False
+
+    def check(self) -> None:
+        holder = _lock_holder(self.path)
+        if holder is not None and not self.held:
+            raise GuppyError(
+                f"{self.path.parent}: another guppyforge process (pid {holder['pid']} on "
+                f"{holder['host']}) is writing this {self.what}. Wait for it to end or stop it; "
+                f"if it is gone, delete {self.path}"
+            )
+
+    def hold(self) -> FolderLock:
+        if self.held:
+            return self
+        text = json.dumps({"pid": os.getpid(), "host": os.uname().nodename}) + "\n"
+
+        def create() -> int | None:  # O_EXCL: of two processes taking a free lock, one wins
+            try:
+                return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return None
+
+        for _ in range(2):  # a stale lock is removed once, then taken like a free one
+            self.check()
+            fd = guard(self.path, create)
+            if fd is None:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            self.held = True
+            return self
+        self.check()  # taken again meanwhile: name the new holder
+        raise GuppyError(f"{self.path}: cannot take the lock. Try again")
+
+    def release(self) -> None:
+        if self.held:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            self.held = False
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 # --- single files -------------------------------------------------------------------------

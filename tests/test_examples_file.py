@@ -115,12 +115,19 @@ def test_examples_file_rows_are_checked_and_named(tmp_path):
     assert "examples_file: hand.jsonl: row 3: unknown topic 'snacks'" in out
 
 
+# Names of a run's or a dataset's own files, written the ways a path can be: none may be taken.
+TAKEN = ["./metrics.jsonl", "./config.json", "./stats.json", "./.guppyforge.json", "stats.json/",
+         "./tokenizer_config.json", "special_tokens_map.json", "Config.JSON",
+         "checkpoints/rows.jsonl", "./data/rows.csv", "trace/meta.json"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("written", "problem"),
     [
         ("../outside.jsonl", "'../outside.jsonl' leads outside the persona's folder"),
         ("/etc/passwd.csv", "leads outside the persona's folder"),
         ("stats.json", "is a name guppyforge writes beside a persona's copy"),
+        *[(name, "is a name guppyforge writes beside a persona's copy") for name in TAKEN],
         ("hand.txt", "is not a .jsonl, .json or .csv file"),
         ("missing.csv", "no such file beside finn.yaml"),
     ],

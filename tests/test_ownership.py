@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from guppyforge.apps.cli import cli
 from guppyforge.dataset.folder import clean_leftovers
-from guppyforge.files import MARKER, write_marker
+from guppyforge.files import LOCK, MARKER, write_marker
 
 USER_FILES = {
     "src/main.py": "print('mine')\n",
@@ -169,6 +170,51 @@ def test_train_force_replaces_a_run_and_keeps_the_users_notes(data_dir, tmp_path
     assert result.exit_code == 0, result.output
     assert json.loads((run / "config.json").read_text())["train"]["seed"] == 3
     assert (run / "notes.txt").read_text() == "what I tried"
+
+
+def test_every_file_train_writes_is_listed_in_its_marker(data_dir, tmp_path):
+    run = tmp_path / "run"
+    assert invoke("train", data_dir, "--out", run, *TRAIN).exit_code == 0
+    listed = set(json.loads((run / MARKER).read_text())["files"])
+    written = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()} - {MARKER}
+    assert written - listed == set()  # special_tokens_map.json was once missing: --force took it
+    assert not (run / LOCK).exists()  # released at the end
+
+
+def test_a_run_being_written_is_not_resumed_or_forced_by_a_second_train(data_dir, tmp_path):
+    run = tmp_path / "run"
+    base = ("train", data_dir, "--out", run, "--preset", "micro", "--batch-size", "4", "-q")
+    assert invoke(*base, "--max-steps", "4", "--stop-after", "2").exit_code == 0
+    with subprocess.Popen(["sleep", "60"]) as other:  # a live process holds the run's lock
+        try:
+            held = {"pid": other.pid, "host": os.uname().nodename}
+            (run / LOCK).write_text(json.dumps(held))
+            before = snapshot(run)
+            for flag in ("--resume", "--force"):
+                refused(invoke(*base, flag), f"pid {other.pid}", "is writing this run")
+            assert snapshot(run) == before
+        finally:
+            other.kill()
+    # Its process is gone: the lock is stale, and the run resumes (and lets the lock go).
+    assert invoke(*base, "--resume").exit_code == 0
+    assert not (run / LOCK).exists()
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_to_start_again(data_dir, tmp_path):
+    run = tmp_path / "run"
+    assert invoke("train", data_dir, "--out", run, *TRAIN).exit_code == 0
+    for name in ("checkpoints/last.pt", "config.json"):  # what a Ctrl-C during set-up leaves
+        (run / name).unlink()
+    refused(invoke("train", data_dir, "--out", run, *TRAIN), "nothing to resume", "--force")
+    refused(invoke("train", data_dir, "--out", run, *TRAIN, "--resume"), "--force instead")
+    assert invoke("train", data_dir, "--out", run, *TRAIN, "--force").exit_code == 0
+
+
+def test_train_nproc_is_bounded_by_the_cores(data_dir, tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    line = refused(invoke("train", data_dir, "--out", tmp_path / "run", *TRAIN, "--nproc",
+                          cores + 1), f"this machine has {cores} CPU cores")  # fmt: skip
+    assert f"--nproc {cores} or fewer" in line and not (tmp_path / "run").exists()
 
 
 # --- export --------------------------------------------------------------------------------------

@@ -239,18 +239,16 @@ def read_small_file(path: Path, max_bytes: int, max_rows: int) -> list[dict]:
 # beside a copy of the persona (the dataset and run folders copy the file along, at the same
 # relative path, so the copy loads exactly as the original did).
 
-# Names a dataset or run folder already uses for its own files, and the folders it writes into.
-_TAKEN = {
-    "persona.yaml",
-    "stats.json",
-    "readme.md",
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "metrics.jsonl",
-    ".guppyforge.json",
-}
-_TAKEN_FOLDERS = {"data", "checkpoints", "trace"}
+
+def _taken(rel: str) -> bool:
+    """Does `rel` (already normalised) name a file, or lie in a folder, that a dataset or run
+    folder writes for itself? Read from files.KIND_FILES, so a new file there is covered here."""
+    from guppyforge.files import KIND_FILES, MARKER
+
+    ours = {*KIND_FILES["dataset"], *KIND_FILES["run"], MARKER}
+    folders = {p.partition("/")[0] for p in ours if "/" in p} | {"trace"}  # why's index cache
+    first = rel.partition("/")[0].lower()
+    return rel.lower() in {p.lower() for p in ours} or first in folders
 
 
 def examples_path(persona_path: Path, written: object) -> tuple[str, Path] | str:
@@ -269,7 +267,7 @@ def examples_path(persona_path: Path, written: object) -> tuple[str, Path] | str
         return f"'{rel}' holds #, @ or NUL. Rename the file"
     if Path(rel).suffix.lower() not in SMALL_SUFFIXES:
         return f"'{rel}' is not a .jsonl, .json or .csv file. Convert it"
-    if rel.lower() in _TAKEN or parts[0].lower() in _TAKEN_FOLDERS:
+    if _taken(Path(*parts).as_posix()):  # normalised: `./config.json`, `stats.json/` too
         return f"'{rel}' is a name guppyforge writes beside a persona's copy. Rename the file"
     home = Path(persona_path).resolve().parent
     target = (home / rel).resolve()

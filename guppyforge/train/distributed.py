@@ -214,6 +214,17 @@ def empty_batch(context: int) -> Batch:
 # --- `guppyforge train --nproc N`: torchrun on this machine.
 
 
+def most_processes(device: torch.device) -> tuple[int, str]:
+    """How many training processes this machine can give a core (or a GPU) each, and of what.
+
+    More would only share them: slower, and each holds its own copy of the data and model."""
+    if device.type == "cuda":
+        return torch.cuda.device_count(), "GPUs"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1, "CPU cores"
+
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """Run `guppyforge train ARGV` in `nproc` processes with torchrun; the exit status.
 

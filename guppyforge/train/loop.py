@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from guppyforge.dataset.folder import load_splits
 from guppyforge.errors import GuppyError
+from guppyforge.files import FolderLock
 from guppyforge.model.engine import Engine
 from guppyforge.model.gpt import GPT, get_preset, preset_for
 from guppyforge.model.packing import (
@@ -357,6 +358,13 @@ def train(
     Ctrl-C stops after the current step with a checkpoint and returns; with
     `raise_on_interrupt` it then raises KeyboardInterrupt (the CLI does: exit status 130).
     """
+    # One writer per run folder: process 0 takes the lock when it claims the folder.
+    with FolderLock(out_dir) as lock:
+        return _train(data_dir, out_dir, preset, force, raise_on_interrupt, data_format, lock,
+                      **options)  # fmt: skip
+
+
+def _train(data_dir, out_dir, preset, force, raise_on_interrupt, data_format, lock, **options):
     started = time.monotonic()
     o = start_options(preset, options)
     device = pick_device(o.device)  # a device that is not there fails now (--device mps on Linux)
@@ -364,7 +372,7 @@ def train(
     device = group.device
     data_dir, run = Path(data_dir).resolve(), Path(out_dir)
     ckpt_path = run / "checkpoints" / "last.pt"
-    ckpt = group.from_main(lambda: claim_run(run, data_dir, o, force))
+    ckpt = group.from_main(lambda: claim_run(run, data_dir, o, force, lock=lock))
     o = resume_options(o, ckpt, group.world, run)
     precision = pick_precision(device, o.precision)
     o.precision = precision.name  # recorded resolved, so a resume computes the same numbers

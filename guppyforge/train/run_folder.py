@@ -24,6 +24,7 @@ from guppyforge.errors import GuppyError
 from guppyforge.files import (
     KIND_FILES,
     Claim,
+    FolderLock,
     atomic_path,
     check_folder,
     kind_of,
@@ -35,6 +36,7 @@ from guppyforge.model.tokenizer import load_tokenizer
 from guppyforge.persona.chat_rows import examples_file_of
 from guppyforge.persona.schema import load_persona
 from guppyforge.train.config import TrainOptions, check_options, resolve_options
+from guppyforge.train.distributed import most_processes
 
 # --- A run folder on disk: what `train` writes and what chat, eval, export and serve read.
 #
@@ -297,7 +299,10 @@ def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint; a missing or damaged file is a one-line error, not a traceback."""
     path = Path(path)
     if not path.is_file():
-        raise GuppyError(f"{path}: no checkpoint to resume from. Start without --resume.")
+        raise GuppyError(
+            f"{path}: no checkpoint to resume from (the run stopped before its first one). "
+            "Start again with --force instead of --resume."
+        )
     try:
         # weights_only: a checkpoint is data. Unpickling arbitrary objects could run code.
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -330,23 +335,39 @@ def start_options(preset: str | None, options: dict) -> TrainOptions:
     return o
 
 
-def claim_run(run: Path, data_dir: Path, o: TrainOptions, force: bool, write: bool = True):
+def claim_run(
+    run: Path, data_dir: Path, o: TrainOptions, force: bool, write: bool = True, lock=None
+):
     """Check that `run` may be written (or continued, with --resume); the checkpoint, if any.
 
-    With `write`, the folder is then cleared of an earlier run's files (after --force) and
-    marked ours; without, nothing is written (`check_train`).
+    With `write`, `lock` (a FolderLock on `run`) is taken, then the folder is cleared of an
+    earlier run's files (after --force) and marked ours; without, nothing is written
+    (`check_train`), and a run that another process is writing is refused all the same.
     """
+    ckpt_path = run / "checkpoints" / "last.pt"
     if not (o.resume or force) and kind_of(run, "run") == "run":
+        if not ckpt_path.is_file() and not (run / "config.json").is_file():
+            raise GuppyError(
+                f"{run}: holds a run stopped before its first checkpoint, so there is nothing "
+                "to resume. Add --force to start it again (only its own files are replaced), "
+                "or pick --out."
+            )
         raise GuppyError(f"{run}: already holds a run. Add --resume to continue it, or pick --out.")
     files = run_files(data_dir)  # the usual ones, and the persona's examples_file
     owned: Claim = check_folder(
         run, "run", force and not o.resume, inputs=[data_dir], files=files, reuse=o.resume
     )
-    ckpt = load_checkpoint(run / "checkpoints" / "last.pt") if o.resume else None
+    lock = lock or FolderLock(run)
+    if run.is_dir() and write:  # before anything changes: a run being written is not touched
+        lock.hold()
+    elif run.is_dir():
+        lock.check()
+    ckpt = load_checkpoint(ckpt_path) if o.resume else None
     if write:
         if not o.resume:
             owned.clear()  # an earlier run's files (after --force): none may be left stale
         owned.take()
+        lock.hold()
     return ckpt
 
 
@@ -374,7 +395,13 @@ def check_train(
     the device, the run folder and, with --resume, its checkpoint. `train --nproc` runs this
     before it starts torchrun, so a mistake is one line, not one per process."""
     o = start_options(preset, options)
-    pick_device(o.device)
+    device = pick_device(o.device)
+    most, what = most_processes(device)
+    if processes > most:
+        raise GuppyError(
+            f"--nproc {processes}: this machine has {most} {what}, and each process needs one "
+            f"of its own. Use --nproc {most} or fewer."
+        )
     run = Path(out_dir)
     ckpt = claim_run(run, Path(data_dir).resolve(), o, force, write=False)
     resume_options(o, ckpt, processes, run)
