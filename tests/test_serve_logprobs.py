@@ -248,3 +248,19 @@ def test_inside_answers_one_token_of_a_reply(server, engine, client):
 def test_inside_refuses_what_it_cannot_answer(server, body, param):
     status, data = post(server, body)
     assert status == 400 and data["error"]["param"] == param, data
+
+
+def test_turns_after_the_last_user_message_that_pass_the_context_are_a_400(server, client):
+    import openai
+
+    long = HUNGRY + [{"role": "assistant", "content": "worms " * 2000}]
+    status, data = post(server, {"messages": long, "reply": [[104]], "index": 0})
+    assert status == 400 and data["error"]["param"] == "messages", data
+    assert "after the last user message" in data["error"]["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="finn", messages=long)
+    assert err.value.body["code"] == "context_length_exceeded"
+    # A long conversation before the last user message is cut, and usage counts what was seen.
+    history = [{"role": "user", "content": "worms " * 500}, {"role": "assistant", "content": "ok"}]
+    r = client.chat.completions.create(model="finn", messages=history + HUNGRY, max_tokens=8)
+    assert r.usage.prompt_tokens <= 128 - 8

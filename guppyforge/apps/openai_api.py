@@ -442,7 +442,7 @@ class InsideToken(TopLogprob):  # POST /inside answers with the token looked ins
 
 def inside_token(engine, req: InsideRequest, max_tokens: int) -> InsideToken:
     """`Engine.inside` for the token the page clicked, in the shape the page reads."""
-    from guppyforge.model.tokenizer import token_from_bytes
+    from guppyforge.model.tokenizer import PromptTooLong, token_from_bytes
 
     tok = engine.tokenizer
     reply = [token_from_bytes(tok, bytes(t)) for t in req.reply[: req.index + 1]]
@@ -452,7 +452,10 @@ def inside_token(engine, req: InsideRequest, max_tokens: int) -> InsideToken:
     # The prompt the reply was written after: chat's budget, as a request without max_tokens.
     budget = min(MAX_NEW_TOKENS, max_tokens)
     messages = [m.plain() for m in req.messages]
-    seen = engine.inside(messages, reply, max_new_tokens=budget, top=req.top)
+    try:
+        seen = engine.inside(messages, reply, max_new_tokens=budget, top=req.top)
+    except PromptTooLong as e:
+        raise ApiError(400, f"'messages': {e}.", "messages", "context_length_exceeded") from None
     if len(seen.tokens) <= req.index:
         raise ApiError(400, f"'index': token {req.index} is past the model's context.", "index")
     t = seen.tokens[req.index]

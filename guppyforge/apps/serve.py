@@ -239,6 +239,16 @@ class HeadTimeoutH11(H11Protocol):
 PAGE = files("guppyforge.apps") / "page"
 
 
+def prompt_ids(engine, messages: list[dict], options: dict) -> list[int]:
+    """The prompt the model sees (so what `usage` counts); one it cannot fit is a 400."""
+    from guppyforge.model.tokenizer import PromptTooLong
+
+    try:
+        return engine.prompt(messages, options["max_new_tokens"])[0]
+    except PromptTooLong as e:
+        raise ApiError(400, f"'messages': {e}.", "messages", "context_length_exceeded") from None
+
+
 class Reply:
     """One reply in flight: the decoder thread's text pieces, handed to the event loop.
 
@@ -390,7 +400,7 @@ def create_app(server: Server) -> FastAPI:
         req = api.parse_request(api.ChatRequest, body, model_id, limits)
         options = req.options()
         messages = req.plain_messages()
-        ids, _ = await asyncio.to_thread(server.engine.prompt, messages, options["max_new_tokens"])
+        ids = await asyncio.to_thread(prompt_ids, server.engine, messages, options)
         reply = Reply(server, ids, options, req.logprobs_wanted())
         envelope = {"id": f"chatcmpl-{reply.id}", "created": reply.created, "model": model_id}
         if req.stream:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from guppyforge.errors import GuppyError
+
 PAD, START, END = "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, START, END]  # ids 0, 1, 2
 
@@ -204,10 +206,21 @@ def build_prompt(
     return ids, start
 
 
+class PromptTooLong(GuppyError):
+    """The messages after the last user message leave it no room in the context: no cut of
+    the prompt keeps what the reply must follow (serve answers 400)."""
+
+
 def _truncated(tokenizer, tail: list[dict], after: list[list[int]], header: list[int], budget: int):
     """The latest user message alone, cut from the left so its end (the question) survives."""
     head = _encode(tokenizer, f"{START}{tail[0]['role']}\n")
     close = _encode(tokenizer, f"{END}\n")
     rest = [i for p in after for i in p] + header
-    room = max(budget - len(head) - len(close) - len(rest), 1)
+    room = budget - len(head) - len(close) - len(rest)
+    if room < 1:
+        raise PromptTooLong(
+            f"the {len(rest)} tokens after the last user message do not fit the "
+            f"{budget}-token prompt this model has room for. Send fewer or shorter messages "
+            "after it"
+        )
     return head + _encode(tokenizer, tail[0]["content"])[-room:] + close + rest
