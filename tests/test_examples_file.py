@@ -236,3 +236,30 @@ def test_import_pairs_without_categories_clusters_by_shared_words(tmp_path):
                                                                    "sleep": 2}  # fmt: skip
     assert len(p.examples) == 5
     assert invoke("validate", out).exit_code == 0
+
+
+@pytest.mark.parametrize("png", [False, True])
+def test_a_card_of_a_persona_with_an_examples_file_comes_back_byte_for_byte(tmp_path, png):
+    from PIL import Image
+
+    persona = write(tmp_path / "a")
+    card = tmp_path / ("finn.png" if png else "finn.json")
+    picture = ["--png", tmp_path / "face.png"] if png else []
+    if png:
+        Image.new("RGB", (4, 4), "orange").save(tmp_path / "face.png")
+    assert invoke("export-card", persona, "--out", card, *picture).exit_code == 0
+    out = tmp_path / "b" / "finn.yaml"
+    result = invoke("import-card", card, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == persona.read_bytes()
+    assert (out.parent / "hand.jsonl").read_bytes() == (persona.parent / "hand.jsonl").read_bytes()
+    assert load_persona(out).examples  # it loads, rows and all
+
+    # A different file of the user's under that name is never replaced, and nothing is written.
+    mine = tmp_path / "c" / "hand.jsonl"
+    mine.parent.mkdir()
+    mine.write_text('{"question": "mine", "answer": "mine"}\n')
+    line = invoke("import-card", card, "--out", mine.parent / "finn.yaml").output
+    assert line.startswith("error: ") and "never replaces it" in line, line
+    assert mine.read_text() == '{"question": "mine", "answer": "mine"}\n'
+    assert not (mine.parent / "finn.yaml").exists()

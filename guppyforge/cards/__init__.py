@@ -14,7 +14,7 @@ import json
 import re
 import tempfile
 import unicodedata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -24,6 +24,7 @@ from guppyforge.cards.png import read_packed_card, write_png_card
 from guppyforge.errors import GuppyError, where
 from guppyforge.files import builtin_persona, claim_file, guard, require_regular, write_atomic
 from guppyforge.persona import limits
+from guppyforge.persona.chat_rows import examples_path
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.schema import load_persona
 from guppyforge.persona.templating import environment
@@ -107,11 +108,53 @@ def check_card_text(value: Any, card_path: Path) -> None:
         )
 
 
-def check_persona_text(text: str, card_path: Path, out: Path, full: bool) -> None:
-    """Load the persona before it is written: import never leaves a file that fails validate."""
+def carried_examples(ours: dict, card_path: Path, out: Path) -> tuple[str, str] | None:
+    """(relative path, text) of the examples_file a guppyforge card carries, checked: a plain
+    path below the persona's folder, and no different file of the user's already there."""
+    carried = ours.get("examples_file")
+    if carried is None:
+        return None
+    carried = carried if isinstance(carried, dict) else {}
+    rel, text = carried.get("path"), carried.get("text")
+    parts = PurePosixPath(rel).parts if isinstance(rel, str) else ()
+    if not (parts and isinstance(text, str)) or ".." in parts or PurePosixPath(rel).is_absolute():
+        raise GuppyError(
+            f"{card_path}: extensions.guppyforge.examples_file is not a file below the "
+            "persona's folder. Export the card again"
+        )
+    target = out.parent / rel
+    if target.exists() and target.read_bytes() != text.encode("utf-8"):
+        raise GuppyError(
+            f"{target}: already exists and differs from the examples file the card carries, "
+            "and import never replaces it. Move it away, or pick another --out folder"
+        )
+    return rel, text
+
+
+def _examples_beside(trial: Path, out: Path) -> tuple[str, str] | None:
+    """(relative path, text) of the examples_file the persona at `trial` names, read from
+    beside `out` (with the containment checks a load makes), or None."""
+    with contextlib.suppress(GuppyError, OSError, UnicodeDecodeError, AttributeError):
+        value = read_yaml(trial).data.get("examples_file")
+        found = examples_path(out, value.get("path") if isinstance(value, dict) else value)
+        if isinstance(found, tuple) and found[1].is_file():
+            return found[0], found[1].read_bytes().decode("utf-8")
+    return None
+
+
+def check_persona_text(
+    text: str, card_path: Path, out: Path, full: bool, examples: tuple[str, str] | None = None
+) -> None:
+    """Load the persona before it is written: import never leaves a file that fails validate.
+    Its examples_file is the one the card carries, else the one beside `out`."""
     with tempfile.TemporaryDirectory() as tmp:
         trial = Path(tmp) / out.name
         trial.write_text(text, encoding="utf-8")
+        if examples is None:  # an older card: the file may lie beside --out
+            examples = _examples_beside(trial, out)
+        if examples is not None:
+            (trial.parent / examples[0]).parent.mkdir(parents=True, exist_ok=True)
+            (trial.parent / examples[0]).write_text(examples[1], encoding="utf-8", newline="")
         try:
             load_persona(trial) if full else read_yaml(trial)
         except GuppyError as exc:
@@ -355,6 +398,10 @@ def persona_to_card(persona: Any) -> dict[str, Any]:
     extensions = data["extensions"] if isinstance(data["extensions"], dict) else {}
     source = persona.path.read_bytes().decode("utf-8-sig")  # keeps comments and `yes` as text
     ours = {"format": 1, "persona": persona.raw, "yaml": source}  # format: of this mapping
+    if persona.examples_file:  # carried along, so the card alone brings the character back
+        rel = persona.examples_file[0]
+        text = (persona.path.parent / rel).read_bytes().decode("utf-8")
+        ours["examples_file"] = {"path": rel, "text": text}
     data["extensions"] = {**extensions, "guppyforge": ours}
     envelope = {"spec": "chara_card_v2", "spec_version": "2.0", "data": data}
     return {**envelope, **{k: v for k, v in root.items() if k not in ENVELOPE}}
@@ -429,7 +476,12 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     # What import writes must validate: a skeleton made here, and the file a card carries back
     # (it validated when exported: failing now means it was edited). The one exception is a
     # bare mapping from another tool, written back as it is once it passes the safe-YAML limits.
-    check_persona_text(text, card_path, out, full=not ours or isinstance(ours.get("yaml"), str))
+    examples = carried_examples(ours, card_path, out) if ours else None
+    full = not ours or isinstance(ours.get("yaml"), str)
+    check_persona_text(text, card_path, out, full, examples)
+    if examples is not None and not (target := out.parent / examples[0]).exists():
+        guard(target, lambda: target.parent.mkdir(parents=True, exist_ok=True))
+        guard(target, lambda: write_atomic(target, examples[1]))
     guard(out, lambda: write_atomic(out, text))
     return out
 
