@@ -162,3 +162,12 @@ def test_eval_and_why_read_chat_data_with_format_and_notice_a_changed_file(tmp_p
     assert dataset_key(data) != before
     trace = why(run, "worms? no. never again.", note=lambda _: None)
     assert trace.kind == "verbatim"  # re-indexed: the old cache would not know this reply
+
+
+def test_a_system_message_is_shown_as_the_system_in_the_trainers_samples(tmp_path):
+    system = {"role": "system", "content": "you are finn, a small fish"}
+    rows = [{"messages": [system, *SHAPES["messages"](*p)["messages"]]} for p in pairs()]
+    result = train(write_jsonl(tmp_path / "chat.jsonl", rows), tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "  system: you are finn, a small fish\n  you: " in result.output
+    assert "you: you are finn" not in result.output

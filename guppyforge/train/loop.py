@@ -510,11 +510,12 @@ def _train(data_dir, out_dir, preset, force, raise_on_interrupt, data_format, lo
         model.eval()
         # Watch the character appear: the prompts' replies decoded together, each with its own
         # seeded generator inside the engine, so training's RNG is left alone.
-        chats = [[{"role": "user", "content": ask}] for ask in prompts]
         seeds = [o.seed + i for i in range(len(prompts))]
-        replies = engine.replies(chats, seeds, max_new_tokens=48)
-        for ask, reply in zip(prompts, replies, strict=True):
-            say(f"  you: {ask}\n  {persona.name if persona else 'bot'}: {reply.strip()}")
+        replies = engine.replies(prompts, seeds, max_new_tokens=48)
+        for chat, reply in zip(prompts, replies, strict=True):
+            for m in chat:
+                say(f"  {'you' if m['role'] == 'user' else m['role']}: {m['content']}")
+            say(f"  {persona.name if persona else 'bot'}: {reply.strip()}")
         model.train()
         eval_seconds += time.monotonic() - t
         return {"eval_loss": loss, "perplexity": ppl}

@@ -473,14 +473,16 @@ def load_persona_info(data_dir: Path) -> PersonaInfo | None:
     )
 
 
-def sample_prompts(persona: PersonaInfo | None, test_split, n: int = 3) -> list[str]:
-    """What to ask the model at each eval: the persona's probes, else the first test prompts."""
+def sample_prompts(persona: PersonaInfo | None, test_split, n: int = 3) -> list[list[dict]]:
+    """What to ask the model at each eval: the persona's probes, else the first test
+    conversations up to their first user message (a system message stays a system message)."""
     if persona and persona.probes:
-        return persona.probes[:n]
-    return [
-        messages[0]["content"]
-        for messages in test_split.select(range(min(n, len(test_split))))["messages"]
-    ]
+        return [[{"role": "user", "content": ask}] for ask in persona.probes[:n]]
+    chats = []
+    for messages in test_split.select(range(min(n, len(test_split))))["messages"]:
+        first = next((i for i, m in enumerate(messages) if m["role"] == "user"), 0)
+        chats.append(messages[: first + 1])
+    return chats
 
 
 def dataset_info(data_dir: Path, splits) -> dict:
