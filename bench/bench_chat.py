@@ -53,8 +53,8 @@ def load(run_dir: str | None):
     from guppyforge.model.gpt import GPT, PRESETS
 
     if run_dir:
+        from guppyforge.model.run import load_run
         from guppyforge.model.tokenizer import encode_prompt
-        from guppyforge.train.run_folder import load_run
 
         run = load_run(run_dir)
         prompt = encode_prompt(run.tokenizer, [{"role": "user", "content": "are you hungry"}])
@@ -82,7 +82,7 @@ def engine_for(path: str, run_dir: str | None):
 def generate(engine, path: str, ids: list[int], n: int, seed: int):
     import torch
 
-    from guppyforge.model.engine import sample_next
+    from guppyforge.model.sampling import sample_next
 
     if path != "nocache":
         yield from engine.tokens(ids, max_new_tokens=n, temperature=0.7, seed=seed)

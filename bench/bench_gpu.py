@@ -39,9 +39,9 @@ from guppyforge.defaults import DEVICES
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import get_preset, param_counts
 from guppyforge.model.packing import epoch_batches, row_width, tokenize
+from guppyforge.model.run import load_run, pick_device
 from guppyforge.model.tokenizer import chat_texts, load_tokenizer, save_tokenizer, train_tokenizer
 from guppyforge.train.loop import train
-from guppyforge.train.run_folder import load_run, pick_device
 
 sys.path.insert(0, str(Path(__file__).parent))
 import bench_train  # noqa: E402  (GuppyLM's model, step and the shared reply-loss score)

@@ -4,7 +4,7 @@
     python bench/bench_limits.py -n 20000     # quicker
 
 Each persona below passes `guppyforge validate` and pushes one cost as far as the limits allow:
-grammar work per message (limits.MAX_MESSAGE_WORK), a 5,000-alternative symbol whose one heavy
+grammar work per message (bounds.MAX_MESSAGE_WORK), a 5,000-alternative symbol whose one heavy
 alternative defeats the shuffle bag, {% if %} templates rendered by Jinja, replies that need a
 never_say redraw half the time, and 2,000-character messages. The promise (issue 15): any
 persona inside the limits generates in at most a few times a built-in persona's time.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 from guppyforge.dataset.generate import generate_dataset
 from guppyforge.files import builtin_persona
-from guppyforge.persona import limits
+from guppyforge.persona import bounds
 
 HEAD = "guppyforge: 1\nname: {name}\ndisplay_name: X\nsummary: A persona at the limits.\n"
 
 
-def hostile_personas(work: int = limits.MAX_MESSAGE_WORK) -> dict[str, str]:
+def hostile_personas(work: int = bounds.MAX_MESSAGE_WORK) -> dict[str, str]:
     """name -> persona text, each inside every limit and as costly as they allow."""
     uniform = ",".join(f"w{i}" for i in range(5000))
     heavy = ",".join(["{text: heavy, weight: 100000}"] + [f"x{i}" for i in range(4999)])

@@ -32,7 +32,7 @@ PROMPTS = ["are you hungry", "hello", "where do you sleep", "what is your name"]
 LEVELS = (1, 8, 32)
 # Prints the port, then serves: works with the old server's make_server and the new one's.
 LAUNCH = (
-    "import sys, guppyforge; from guppyforge.train.run_folder import load_run;"
+    "import sys, guppyforge; from guppyforge.model.run import load_run;"
     "from guppyforge.apps.serve import make_server;"
     "s = make_server(load_run(sys.argv[1]), '127.0.0.1', 0);"
     "print(s.server_address[1], guppyforge.__file__, flush=True); s.serve_forever()"

@@ -26,7 +26,7 @@ from guppyforge.model.gpt import GPT, get_preset
 from guppyforge.model.packing import batches, tokenize
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 from guppyforge.train.config import TrainOptions
-from guppyforge.train.loop import make_optimizer, train_step
+from guppyforge.train.optim import make_optimizer, train_step
 from guppyforge.train.precision import pick_precision
 
 SDPA = gpt.textbook_attention  # the package's own choice

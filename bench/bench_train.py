@@ -45,15 +45,16 @@ import torch.nn.functional as F
 
 from guppyforge.dataset.folder import load_splits
 from guppyforge.evaluate.score import check_reply
-from guppyforge.model.engine import build_prompt, sample_next
+from guppyforge.model.engine import build_prompt
 from guppyforge.model.gpt import GPT, IGNORE, ModelConfig, get_preset
 from guppyforge.model.packing import Samples, batches, tokenize
+from guppyforge.model.run import pick_device
+from guppyforge.model.sampling import sample_next
 from guppyforge.model.tokenizer import END, load_tokenizer
 from guppyforge.persona.schema import load_persona
 from guppyforge.train.config import TrainOptions
-from guppyforge.train.loop import lr_scale, make_optimizer, train_step
+from guppyforge.train.optim import lr_scale, make_optimizer, train_step
 from guppyforge.train.precision import pick_precision
-from guppyforge.train.run_folder import pick_device
 
 BUDGETS = (0.1, 0.2, 0.5, 1.0)  # shares of --seconds reported in the table
 CHECKS = 20  # scores along the way, for the time-to-quality curve

@@ -1,6 +1,6 @@
 """guppyforge: a persona YAML becomes a dataset, a tiny character model, and a chat.
 
-The layers are the pipeline, in the order data flows through it; each imports only those above:
+The layers are the pipeline, in the order data flows through it; each imports only those above it:
 
     persona/     a YAML file -> a checked Persona -> conversations        (no torch, no click)
     cards/       Character Cards in and out (JSON, PNG, .charx), Q&A pairs (no torch, no click)
@@ -10,13 +10,14 @@ The layers are the pipeline, in the order data flows through it; each imports on
     evaluate/    eval's scores, and `why`'s trace back to the persona
     apps/        the command line (the only click user), chat, serve, export
 
-Beside them, used by all: errors.py (the one user-error type), files.py (writing files whole,
+Below them, used by all: errors.py (the one user-error type), files.py (writing files whole,
 the package's own folders, what --force may replace), defaults.py (defaults several layers
-share). The library is usable without the CLI. Heavy modules (torch, datasets) are imported
-lazily so that `guppyforge validate` and friends start in well under a second.
+share), version.py. pyproject.toml states the layers as import-linter contracts. The library
+is usable without the CLI. Heavy modules (torch, datasets) are imported lazily so that
+`guppyforge validate` and friends start in well under a second.
 """
 
-__version__ = "0.1.0"
+from guppyforge.version import __version__  # noqa: F401  (re-exported)
 
 
 def __getattr__(name: str):

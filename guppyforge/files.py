@@ -564,7 +564,8 @@ class FolderLock:
 # --- single files -------------------------------------------------------------------------
 
 
-def _json_object(path: Path, limit: int = 64 << 20) -> dict:
+def json_object(path: Path, limit: int = 64 << 20) -> dict:
+    """The JSON object in `path`, or {} for anything else (too big, unreadable, not an object)."""
     try:
         if path.stat().st_size > limit:
             return {}
@@ -574,57 +575,34 @@ def _json_object(path: Path, limit: int = 64 << 20) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _is_card(path: Path, _name: str | None) -> bool:
-    from guppyforge.cards.png import read_packed_card  # persona imports this module
+@dataclass(frozen=True)
+class FileKind:
+    """A kind of single file guppyforge writes: what it is, in words, and how one is known by
+    the signature guppyforge writes into it. The layer that writes the file defines it
+    (persona/yamlsafe.py: a persona; cards/png.py: a card), so this module imports none."""
 
-    try:
-        raw = read_packed_card(path)  # a PNG card or a .charx; None for anything else
-        data = json.loads(raw).get("data") if raw else _json_object(path).get("data")
-    except (GuppyError, OSError, ValueError, RecursionError, AttributeError):
-        return False
-    ext = data.get("extensions") if isinstance(data, dict) else None
-    return isinstance(ext, dict) and isinstance(ext.get("guppyforge"), dict)
+    what: str
+    is_ours: Callable[[Path], bool]
 
 
-def _is_persona(path: Path, name: str | None) -> bool:
-    from guppyforge.persona.yamlsafe import read_yaml  # the persona layer imports this module
-
-    try:
-        data = read_yaml(path).data
-    except GuppyError:
-        return False
-    return isinstance(data, dict) and "guppyforge" in data and data.get("name") == name
-
-
-# What `--force` may replace for each kind of single file: the signature guppyforge writes.
-FILE_KINDS: dict[str, tuple[str, Callable[[Path, str | None], bool]]] = {
-    "card": ("a card guppyforge exported (data.extensions.guppyforge)", _is_card),
-    "persona": ("a guppyforge persona named '{name}'", _is_persona),
-    "eval": (
-        f'an eval result ("schema": "{EVAL_SCHEMA}")',
-        lambda p, _: _json_object(p).get("schema") == EVAL_SCHEMA,
-    ),
-}
+EVAL_RESULT = FileKind(
+    f'an eval result ("schema": "{EVAL_SCHEMA}")',
+    lambda p: json_object(p).get("schema") == EVAL_SCHEMA,
+)
 
 
 def claim_file(
     path: str | Path,
-    kind: str,
+    kind: FileKind,
     force: bool,
     *,
     inputs: Sequence[str | Path] = (),
-    name: str | None = None,
     hint: str = "Add --force to replace it, or pick another --out",
     elsewhere: str = "Pick another --out, or move the file away",
 ) -> Path:
-    """Check that `path` may be written as a `kind` file (see FILE_KINDS); write nothing.
-
-    `name`: the persona's name (a persona file is ours only under the same name). `hint`
-    follows "already exists" for a file that is ours; `elsewhere`, for one that is not.
-    """
+    """Check that `path` may be written as a `kind` file; write nothing. `hint` follows
+    "already exists" for a file that is ours; `elsewhere`, for one that is not."""
     path = Path(path)
-    what, recognise = FILE_KINDS[kind]
-    what = what.format(name=name)
     for given in inputs:
         if path.resolve() == Path(given).resolve():
             raise GuppyError(f"{path}: that is the input file itself. Pick another --out")
@@ -633,9 +611,9 @@ def claim_file(
     if any(p.is_file() for p in path.parents):
         raise GuppyError(f"{path}: a file is in the way of that path. Pick another --out")
     if path.exists() or path.is_symlink():
-        if path.is_symlink() or not path.is_file() or not recognise(path, name):
+        if path.is_symlink() or not path.is_file() or not kind.is_ours(path):
             raise GuppyError(
-                f"{path}: already exists and is not {what}, so guppyforge never "
+                f"{path}: already exists and is not {kind.what}, so guppyforge never "
                 f"replaces it, not even with --force. {elsewhere}"
             )
         if not force:

@@ -256,7 +256,7 @@ def cat_run(micro_run: Path, folder: Path):
     import shutil
 
     from guppyforge.files import builtin_persona
-    from guppyforge.train.run_folder import load_run
+    from guppyforge.model.run import load_run
 
     shutil.copytree(micro_run, folder)
     shutil.copy(builtin_persona("cat"), folder / "persona.yaml")

@@ -8,7 +8,7 @@ import pytest
 
 from guppyforge.errors import GuppyError
 from guppyforge.model.engine import BatchDecoder, Busy, Engine
-from guppyforge.train.run_folder import load_run
+from guppyforge.model.run import load_run
 
 PROMPTS = ["are you hungry", "hello", "where do you sleep", "do you like bugs", "hi"]
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from guppyforge.apps.cli import cli
-from guppyforge.persona import limits
+from guppyforge.persona import bounds
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.schema import load_persona, validate_persona
 
@@ -62,7 +62,7 @@ def test_grammar_work_past_the_message_limit_is_refused(tmp_path):
     (tmp_path / "p.yaml").write_text(text)
     errors = validate_persona(tmp_path / "p.yaml").errors
     assert (
-        len(errors) == 1 and f"more than {limits.MAX_MESSAGE_WORK} symbol expansions" in errors[0]
+        len(errors) == 1 and f"more than {bounds.MAX_MESSAGE_WORK} symbol expansions" in errors[0]
     )
 
 

@@ -13,10 +13,11 @@ from click.testing import CliRunner
 from guppyforge.apps.chat import candidates
 from guppyforge.apps.cli import cli
 from guppyforge.model import engine as engine_module
-from guppyforge.model.engine import Engine, build_prompt, decode_stream
-from guppyforge.model.speed import decode_layout
+from guppyforge.model.decode import decode_layout
+from guppyforge.model.engine import Engine, build_prompt
+from guppyforge.model.run import load_run
+from guppyforge.model.sampling import decode_stream
 from guppyforge.model.tokenizer import encode_prompt
-from guppyforge.train.run_folder import load_run
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 

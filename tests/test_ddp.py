@@ -18,10 +18,10 @@ from test_data import write_toy_dataset
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, PRESETS
 from guppyforge.model.packing import batches, tokenize
+from guppyforge.model.run import load_run
 from guppyforge.model.tokenizer import chat_texts, train_tokenizer
 from guppyforge.train.distributed import Group, empty_batch, shares
 from guppyforge.train.loop import train
-from guppyforge.train.run_folder import load_run
 
 ROWS = 4  # per process; the one-process run takes 2 x ROWS
 STEPS = ["--preset", "micro", "--max-steps", "20", "--eval-every", "10", "--precision", "fp32"]

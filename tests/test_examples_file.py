@@ -152,7 +152,7 @@ def test_examples_file_link_out_fifo_size_and_version_are_refused(tmp_path, monk
         load_persona(persona)  # refused at once: nothing blocks waiting for a writer
 
     persona = write(tmp_path / "r")
-    monkeypatch.setattr("guppyforge.persona.limits.MAX_EXAMPLES_FILE_BYTES", 50)
+    monkeypatch.setattr("guppyforge.persona.bounds.MAX_EXAMPLES_FILE_BYTES", 50)
     with pytest.raises(GuppyError, match="bytes, more than the 50 limit"):
         load_persona(persona)
     monkeypatch.undo()
@@ -200,20 +200,18 @@ def test_import_pairs_with_a_category_column_makes_a_topic_per_category(tmp_path
     out = tmp_path / "finn.yaml"
     result = invoke("import-pairs", sheet, "--out", out, "--name", "finn")
     assert result.exit_code == 0, result.output
-    assert "qa: Question -> user, Answer -> assistant, Category -> topic (3 topics); 5 rows" in (
+    assert "qa: Question -> user, Answer -> assistant, Category -> topic (2 topics); 5 rows" in (
         result.output
     )
     p = load_persona(out)
-    assert sorted(p.topics) == ["food", "general", "sleep_rest"]
+    assert sorted(p.topics) == ["food", "sleep_rest"]
     assert p.topics["food"].weight == 2
     assert [t.text for t in p.topics["sleep_rest"].ask] == ["where do you sleep", "when do you sleep"]  # fmt: skip
-    assert [(e.topic, e.turns) for e in p.examples][4] == ("general", (SHEET[4][:2],))
+    assert [(e.topic, e.turns) for e in p.examples][4] == (None, (SHEET[4][:2],))
     assert invoke("validate", out).exit_code == 0
-    # A brace typed in a cell is text: the sample renders it as written.
-    from guppyforge.persona.conversations import Sampler
-
-    made = {Sampler(p).conversation(i, 1, "general").messages[0]["content"] for i in range(3)}
-    assert made == {"what is your {name}"}
+    # A brace typed in a cell is text: kept as written in the examples, never a topic's template.
+    assert "texts that hold template syntax ({{, }}, {%, {#, {name}): 1, kept" in result.output
+    assert all("{" not in a.text for t in p.topics.values() for a in (*t.ask, *t.say))
 
     result = invoke("import-pairs", sheet, "--out", out, "--name", "finn")
     assert result.exit_code != 0 and "already exists. Pass --force" in result.output
@@ -231,9 +229,8 @@ def test_import_pairs_without_categories_clusters_by_shared_words(tmp_path):
     assert result.exit_code == 0, result.output
     p = load_persona(out)
     assert p.name == "sheet"
-    # "eat" is in two questions, "sleep" in two; the name question shares no word: general.
-    assert {t: len(topic.ask) for t, topic in p.topics.items()} == {"eat": 2, "general": 1,
-                                                                   "sleep": 2}  # fmt: skip
+    # "eat" is in two questions, "sleep" in two; the name question holds a brace: an example only.
+    assert {t: len(topic.ask) for t, topic in p.topics.items()} == {"eat": 2, "sleep": 2}
     assert len(p.examples) == 5
     assert invoke("validate", out).exit_code == 0
 

@@ -23,6 +23,7 @@ from guppyforge.errors import GuppyError
 from guppyforge.files import write_marker
 from guppyforge.model.engine import Engine, build_prompt
 from guppyforge.model.gpt import GPT, PRESETS
+from guppyforge.model.run import load_run
 from guppyforge.model.tokenizer import (
     END,
     encode_conversations,
@@ -30,7 +31,7 @@ from guppyforge.model.tokenizer import (
     save_tokenizer,
     train_tokenizer,
 )
-from guppyforge.train.run_folder import load_run, save_weights
+from guppyforge.train.run_folder import save_weights
 
 # transformers must only ever read the local folder.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from guppyforge.cards import export_card, import_card, read_card
 from guppyforge.errors import GuppyError
 from guppyforge.files import builtin_persona
+from guppyforge.model.run import load_run
 from guppyforge.persona.schema import load_persona, validate_persona
-from guppyforge.train.run_folder import load_run
 
 # GUPPYFORGE_FUZZ_SCALE=20 runs 20x the examples, freshly random: a longer hunt by hand.
 SCALE = int(os.environ.get("GUPPYFORGE_FUZZ_SCALE", "1"))

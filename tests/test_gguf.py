@@ -24,8 +24,8 @@ from guppyforge.apps.cli import cli
 from guppyforge.apps.export import export_run
 from guppyforge.errors import GuppyError
 from guppyforge.model.engine import Engine, build_prompt
+from guppyforge.model.run import load_run
 from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, SPECIAL_TOKENS, format_chat
-from guppyforge.train.run_folder import load_run
 
 # Probes, and a few more prompts: seen in training, unseen, multi-turn, and one out of domain.
 PROMPTS = [

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from guppyforge.model.engine import Engine
+from guppyforge.model.run import load_run
 from guppyforge.model.tokenizer import token_bytes, token_from_bytes
-from guppyforge.train.run_folder import load_run
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import subprocess
@@ -47,53 +46,43 @@ def test_persona_and_dataset_layers_leave_torch_and_click_unloaded(tmp_path):
     assert out.stdout.strip() == "loaded: []", out.stdout + out.stderr
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every guppyforge module a file imports, wherever the import statement stands."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-    return found
+# --- the layers: pyproject.toml's import-linter contracts ---------------------------------------
 
 
-# Each may import only those before it. A layer is a package, or one module (cards.py).
-LAYERS = ["persona", "cards", "dataset", "model", "train", "evaluate", "apps"]
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    lint = Path(sys.executable).parent / "lint-imports"
+    env = {**os.environ, "PYTHONPATH": str(root)}  # the package found first is the one at root
+    return subprocess.run(
+        [str(lint), "--no-cache"], cwd=root, capture_output=True, text=True, timeout=120, env=env
+    )
 
 
-def layer_files(layer: str) -> list[Path]:
-    module = PACKAGE / f"{layer}.py"
-    return [module] if module.exists() else sorted((PACKAGE / layer).rglob("*.py"))
+def test_the_layers_keep_their_contracts():
+    out = lint_imports(REPO)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout and "Contracts: 4 kept" in out.stdout, out.stdout
 
 
-@pytest.mark.parametrize("layer", LAYERS)
-def test_each_layer_imports_only_the_layers_before_it(layer):
-    later = LAYERS[LAYERS.index(layer) + 1 :]
-    for path in layer_files(layer):
-        for name in imports_of(path):
-            for other in later:
-                assert not name.startswith(f"guppyforge.{other}"), f"{path}: imports {name}"
-            if layer != "apps":
-                assert name.split(".")[0] != "click", f"{path}: only the CLI imports click"
-            if layer in ("persona", "cards", "dataset"):
-                assert name.split(".")[0] not in ("torch", "click"), f"{path}: imports {name}"
-
-
-def test_only_the_cli_modules_import_click():
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name.startswith("cli"):
-            continue
-        assert not any(n.split(".")[0] == "click" for n in imports_of(path)), path
-
-
-def test_every_module_reads_in_one_sitting():
-    # One concept per file, never split to fit a count; ~600 lines is where a concept has grown
-    # into two (nanochat's gpt.py is 555).
-    for path in sorted(PACKAGE.rglob("*.py")):
-        lines = len(path.read_text(encoding="utf-8").splitlines())
-        assert lines <= 600, f"{path}: {lines} lines"
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("persona/types.py", "from guppyforge.apps import cli", "imports only the layers below"),
+        ("apps/chat.py", "import guppyforge.train.loop", "import the trainer"),
+        ("dataset/split.py", "import torch", "never import torch or click"),
+    ],
+)
+def test_an_import_against_the_layers_breaks_a_contract(tmp_path, module, line, broken):
+    shutil.copytree(PACKAGE, tmp_path / "guppyforge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    target = tmp_path / "guppyforge" / module
+    target.write_text(target.read_text(encoding="utf-8") + f"\n{line}\n", encoding="utf-8")
+    out = lint_imports(tmp_path)
+    assert out.returncode != 0, out.stdout
+    report = out.stdout.partition("Broken contracts")[2].replace("\n", " ")
+    chain = (
+        f"guppyforge.{module[:-3].replace('/', '.')} -> "  # the import is named, from its module
+    )
+    assert broken in report and chain in report, out.stdout
 
 
 # --- the wheel ---------------------------------------------------------------------------------

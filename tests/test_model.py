@@ -75,7 +75,7 @@ def test_kv_cache_decoding_gives_the_logits_of_a_full_forward_pass():
 def test_the_engines_decode_step_equals_the_models_forward_bit_for_bit():
     """DecodeStep (the engine's one-token pass) is gpt.py's arithmetic in fewer calls: same
     logits, to the bit, for one row and for rows at different positions (masked)."""
-    from guppyforge.model.speed import DecodeStep, decode_layout
+    from guppyforge.model.decode import DecodeStep, decode_layout
 
     torch.manual_seed(2)
     model = decode_layout(GPT(CFG))
@@ -102,4 +102,5 @@ def test_the_engines_decode_step_equals_the_models_forward_bit_for_bit():
                 theirs.decode(positions)
                 plain = model(tokens[:, None], positions=at[:, None], attn_mask=mask, cache=theirs)
                 assert torch.equal(fast, plain[:, -1])
-            assert all(torch.equal(a, b) for a, b in zip(ours.kv, theirs.kv, strict=True))
+            cached = zip(ours.keys + ours.values, theirs.keys + theirs.values, strict=True)
+            assert all(torch.equal(a, b) for a, b in cached)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from guppyforge.apps.export import export_run
-from guppyforge.train.run_folder import load_run
+from guppyforge.model.run import load_run
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,9 @@ import torch
 from test_train import FAST, losses
 
 from guppyforge.model.gpt import GPT, PRESETS
-from guppyforge.train.loop import Fp32Muon, TrainOptions, make_optimizer, train
+from guppyforge.train.config import TrainOptions
+from guppyforge.train.loop import train
+from guppyforge.train.optim import Fp32Muon, make_optimizer
 
 
 def test_muon_moves_the_blocks_matrices_and_adamw_everything_else():

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 import guppyforge.train.loop as train_module
 from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
-from guppyforge.train.run_folder import load_run
+from guppyforge.model.run import load_run
 
 TRAIN = ("--preset", "micro", "--max-steps", "2", "--batch-size", "4", "-q")
 

@@ -9,8 +9,8 @@ from collections import Counter
 import pytest
 
 from guppyforge.errors import GuppyError
+from guppyforge.persona.bounds import MAX_GRAMMAR_DEPTH
 from guppyforge.persona.conversations import Sampler
-from guppyforge.persona.limits import MAX_GRAMMAR_DEPTH
 from guppyforge.persona.schema import load_persona
 
 

@@ -22,8 +22,8 @@ import pytest
 from conftest import serving, wait_for
 
 from guppyforge.model.engine import Engine, build_prompt
-from guppyforge.model.engine import StopStrings as StopFilter
-from guppyforge.train.run_folder import load_run
+from guppyforge.model.run import load_run
+from guppyforge.model.sampling import StopStrings as StopFilter
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 

@@ -20,7 +20,7 @@ from conftest import wait_for
 from guppyforge.apps.serve import Limits, make_server, serve
 from guppyforge.errors import GuppyError
 from guppyforge.model.engine import Engine
-from guppyforge.train.run_folder import load_run
+from guppyforge.model.run import load_run
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 LIMITS = Limits(max_body=4096, max_messages=8, max_prompt_chars=500, max_tokens=32,

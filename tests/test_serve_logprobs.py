@@ -16,8 +16,8 @@ import torch
 from conftest import serving
 
 from guppyforge.model.engine import Engine
+from guppyforge.model.run import load_run
 from guppyforge.model.tokenizer import token_bytes
-from guppyforge.train.run_folder import load_run
 
 HUNGRY = [{"role": "user", "content": "are you hungry"}]
 HELLO = [{"role": "user", "content": "hello"}]

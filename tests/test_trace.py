@@ -222,7 +222,7 @@ def test_serve_adds_a_trace_only_when_asked(micro_copy):
     import http.client
 
     from guppyforge.apps.serve import make_server
-    from guppyforge.train.run_folder import load_run
+    from guppyforge.model.run import load_run
 
     server = make_server(load_run(micro_copy), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -13,11 +13,15 @@ from click.testing import CliRunner
 from test_data import write_toy_dataset
 
 import guppyforge.train.loop as train_module
+import guppyforge.train.stopping as stopping
 from guppyforge.apps.cli import cli
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, PRESETS
-from guppyforge.train.loop import TrainOptions, lr_scale, make_optimizer, step_progress, train
-from guppyforge.train.run_folder import load_checkpoint, load_run
+from guppyforge.model.run import load_run
+from guppyforge.train.config import TrainOptions
+from guppyforge.train.loop import train
+from guppyforge.train.optim import lr_scale, make_optimizer, step_progress
+from guppyforge.train.run_folder import load_checkpoint
 
 # micro model, 4 rows per step: about 0.1 s a step on two CPU cores.
 FAST = dict(preset="micro", batch_size=4, eval_every=8, log_every=2, progress=False)
@@ -155,7 +159,9 @@ class WorkClock:
 def test_a_time_budget_fits_the_schedule_to_it_and_ends_fully_decayed(
     data_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(train_module, "time", WorkClock(0.1))
+    clock = WorkClock(0.1)  # the loop's and the schedule fit's: one clock
+    monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(stopping, "time", clock)
     monkeypatch.setattr(train_module, "time_a_step", lambda *args: 0.1)
     options = FAST | {"batch_size": 16, "log_every": 1}  # evals of 4 batches; every step logged
     run = train(
@@ -181,7 +187,7 @@ def test_a_budget_too_short_for_the_machine_says_so_and_still_decays(
     config = load_run(run).config
     assert config["train"]["schedule_seconds"] is None  # a schedule by steps instead
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["step"] == config["results"]["steps"] == train_module.MIN_BUDGET_STEPS
+    assert records[-1]["step"] == config["results"]["steps"] == stopping.MIN_BUDGET_STEPS
     assert records[-1]["lr"] < 0.05 * 1e-3
 
 

@@ -14,7 +14,7 @@ from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT, PRESETS
 from guppyforge.model.packing import collate, pack
 from guppyforge.train.config import TrainOptions
-from guppyforge.train.loop import make_optimizer, train_step
+from guppyforge.train.optim import make_optimizer, train_step
 from guppyforge.train.precision import Precision, cpu_has_native_bf16, pick_precision
 
 

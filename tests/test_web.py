@@ -30,7 +30,7 @@ from guppyforge.apps.export.web import RUNTIME_ENV, find_runtime, install_runtim
 from guppyforge.errors import GuppyError
 from guppyforge.files import write_marker
 from guppyforge.model.engine import Engine
-from guppyforge.train.run_folder import load_run
+from guppyforge.model.run import load_run
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags for a quiet, offline, container-friendly headless Chromium.

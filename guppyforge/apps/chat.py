@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 from guppyforge.errors import GuppyError
 from guppyforge.files import printable
 from guppyforge.model.engine import Engine
-from guppyforge.train.run_folder import load_run, pick_device
+from guppyforge.model.run import load_run, pick_device
 
 
 def candidates(

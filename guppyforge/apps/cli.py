@@ -2,54 +2,24 @@
 
 No logic lives here. Library modules are imported inside each command so that light commands
 (validate, preview, new-persona, personas) never pay for importing torch or datasets. Only this
-file and cli_model.py (the model commands) import click; a `GuppyError` from the library becomes
-one `error:` line. Read in this order: option types, the persona and dataset commands, the group.
+file, cli_model.py (the model commands) and cli_options.py (their option types) import click; a
+`GuppyError` from the library becomes one `error:` line. Read in this order: the persona and
+dataset commands, then the group, which assembles them with cli_model's.
 """
 
 from __future__ import annotations
 
-import math
-
 import click
 
-from guppyforge import __version__
+from guppyforge import defaults
+from guppyforge.apps import cli_model
+from guppyforge.apps.cli_options import SEED
 from guppyforge.errors import GuppyError
-from guppyforge.persona.chat_rows import SHAPES  # the standard library alone: --help stays light
-
-# --- Option types for the command line that refuse what click's own let through.
-#
-# click's FloatRange compares with < and >, and every comparison with NaN is false, so
-# `--temperature nan` passes it; `inf` passes a range with no upper end. These refuse both, so a
-# bad number is one `error:` line at parse time, not a traceback (or a silent wrong run) later.
-
-
-class FiniteFloat(click.FloatRange):
-    """A float in a range, never NaN nor infinity."""
-
-    name = "number"
-
-    def convert(self, value, param, ctx):
-        number = click.FLOAT.convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return super().convert(number, param, ctx)
-
-
-def finite(min=None, max=None, min_open=False, max_open=False) -> FiniteFloat:  # noqa: A002
-    return FiniteFloat(min, max, min_open=min_open, max_open=max_open)
-
-
-SEED = click.IntRange(0, 2**32 - 1)  # what every random generator in use accepts as a seed
-PORT = click.IntRange(0, 65_535)
-COUNT = click.IntRange(min=1)
-
+from guppyforge.persona.chat_rows import FORMATS  # the standard library alone: --help stays light
+from guppyforge.version import __version__
 
 # --- The persona and dataset commands: validate, preview, new-persona, personas, generate, cards.
 #
-# Files are checked by the library, not click.Path(exists=True): a missing file must print one
-# `error:` line like every other user error, not click's three-line usage message.
-
-# --- persona commands (guppyforge/persona/) ----------------------------------------------------
 # Files are checked by the library, not click.Path(exists=True): a missing file must print one
 # `error:` line like every other user error, not click's three-line usage message.
 
@@ -59,7 +29,7 @@ COUNT = click.IntRange(min=1)
 @click.option(
     "--target",
     type=click.IntRange(min=1),
-    default=60_000,
+    default=defaults.ROWS,
     show_default=True,
     help="Unique conversations the persona should be able to fill.",
 )
@@ -181,7 +151,13 @@ def personas() -> None:
 @click.command()
 @click.argument("persona")
 @click.option(
-    "-n", "n", type=int, default=60_000, show_default=True, help="Rows to write.", metavar="N"
+    "-n",
+    "n",
+    type=int,
+    default=defaults.ROWS,
+    show_default=True,
+    help="Rows to write.",
+    metavar="N",
 )
 @click.option("--seed", type=SEED, default=42, show_default=True, help="Same seed, same data.")
 @click.option(
@@ -211,7 +187,7 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
     `datasets.load_dataset(OUT)`; no prompt of its test split appears in its train split.
 
     \b
-    guppyforge generate personas/cat.yaml -n 60000 --seed 42 --out data/cat
+    guppyforge generate personas/cat.yaml -n 20000 --seed 42 --out data/cat
     """
     import warnings
 
@@ -249,7 +225,7 @@ def generate(persona, n, seed, test_size, turns, workers, strict, out_dir, force
 @click.option("--out", required=True, help="Persona file to write.")
 @click.option("--name", help="The character's name.  [default: from the file's name]")
 @click.option(
-    "--format", "data_format", type=click.Choice(SHAPES), help="Shape of PAIRS, as for train."
+    "--format", "data_format", type=click.Choice(FORMATS), help="Shape of PAIRS, as for train."
 )
 @click.option("--force", is_flag=True, help="Replace --out if it is a persona of that name.")
 def import_pairs_cmd(pairs, out, name, data_format, force) -> None:
@@ -307,11 +283,8 @@ def export_card_cmd(persona, out, image, force) -> None:
     click.echo(f"wrote {export_card(persona, out, png=image, force=force)}")
 
 
-# --- The `guppyforge` command line: each command parses its options and calls one library function.
-#
-# No logic lives here. Library modules are imported inside each command so that light commands
-# (validate, preview, new-persona, personas) never pay for importing torch or datasets. This is
-# the only module that imports click; a `GuppyError` from the library becomes one `error:` line.
+# --- The group: a `GuppyError` from the library becomes one `error:` line, and the commands of
+# both modules are assembled here.
 
 
 class UserError(click.ClickException):
@@ -366,20 +339,10 @@ def cli() -> None:
     """
 
 
-for command in (
-    validate,
-    preview,
-    new_persona,
-    personas,
-    generate,
-    import_pairs_cmd,
-    import_card_cmd,
-    export_card_cmd,
-):
+PERSONA_COMMANDS = (validate, preview, new_persona, personas, generate)
+CARD_COMMANDS = (import_pairs_cmd, import_card_cmd, export_card_cmd)
+for command in (*PERSONA_COMMANDS, *CARD_COMMANDS, *cli_model.COMMANDS):
     cli.add_command(command)
-# The model commands (cli_model.py) add themselves to `cli`; importing the module is what runs
-# them, and it must come after `cli` and the option types it imports from here exist.
-from guppyforge.apps import cli_model  # noqa: E402, F401
 
 
 def main() -> None:

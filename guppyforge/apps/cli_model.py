@@ -9,8 +9,9 @@ from dataclasses import fields
 import click
 
 from guppyforge import defaults
-from guppyforge.apps.cli import PORT, SEED, cli, finite
-from guppyforge.apps.cli import SHAPES as FORMATS
+from guppyforge.apps import serve_limits
+from guppyforge.apps.cli_options import PORT, SEED, finite
+from guppyforge.persona.chat_rows import FORMATS  # the standard library alone: --help stays light
 from guppyforge.train.config import TrainOptions
 
 DEVICES = click.Choice(defaults.DEVICES)
@@ -148,6 +149,7 @@ def sweep_cmd(grid_file, out_dir, cpus, address, force, **given) -> None:
         grid.conversations = given["conversations"]
     if given["cpus_per_job"]:
         grid.cpus_per_job = given["cpus_per_job"]
+        grid.origin.pop("cpus_per_job", None)  # the flag set it, not the grid file
     for key in ("max_steps", "max_minutes"):
         if given[key] is not None:
             grid.train[key] = given[key]
@@ -207,9 +209,17 @@ def chat_cmd(run_dir, prompt, device, show_probs, show_attention, trace, **optio
 @click.option(
     "--format", "data_format", type=click.Choice(FORMATS), help="Shape of --data, as for train."
 )
-@click.option("--samples", type=click.IntRange(min=1), default=5, help="Replies per probe.")
 @click.option(
-    "--topic-samples", type=click.IntRange(min=0), default=2, help="Test prompts per topic, traced."
+    "--samples",
+    type=click.IntRange(min=1),
+    default=defaults.EVAL_SAMPLES,
+    help="Replies per probe.",
+)
+@click.option(
+    "--topic-samples",
+    type=click.IntRange(min=0),
+    default=defaults.EVAL_TOPIC_SAMPLES,
+    help="Test prompts per topic, traced.",
 )
 @click.option(
     "--probes", help="Blind probe file.  [default: a built-in's personas/blind/NAME.yaml, if any]"
@@ -217,7 +227,7 @@ def chat_cmd(run_dir, prompt, device, show_probs, show_attention, trace, **optio
 @click.option(
     "--offtopic-samples",
     type=click.IntRange(min=0),
-    default=20,
+    default=defaults.EVAL_OFFTOPIC_SAMPLES,
     help="Held-out off-topic prompts asked, one reply each.",
 )
 @click.option("--json", "json_path", help="Also write the figures to this JSON file.")
@@ -273,7 +283,7 @@ def why_cmd(run_dir, reply, data, data_format, as_json) -> None:
 @click.option(
     "--to",
     "target",
-    type=click.Choice(["hf", "onnx", "gguf", "web"]),
+    type=click.Choice(defaults.EXPORT_TARGETS),
     required=True,
     help="Format to write.",
 )
@@ -281,7 +291,9 @@ def why_cmd(run_dir, reply, data, data_format, as_json) -> None:
 @click.option("--int8", is_flag=True, help="onnx: also write a dynamic-int8 model.int8.onnx.")
 @click.option("--fp32", is_flag=True, help="web: fp32 weights instead of int8 (larger).")
 @click.option(
-    "--gguf-type", type=click.Choice(["f16", "f32", "q8_0"]), help="gguf: weights.  [default: f16]"
+    "--gguf-type",
+    type=click.Choice(defaults.GGUF_TYPES),
+    help=f"gguf: weights.  [default: {defaults.GGUF_TYPE}]",
 )
 @click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
 def export_cmd(run_dir, target, out_dir, int8, fp32, gguf_type, force) -> None:
@@ -302,43 +314,34 @@ def export_cmd(run_dir, target, out_dir, int8, fp32, gguf_type, force) -> None:
         click.echo(f"open it: python -m http.server -d {out_dir}, then http://localhost:8000")
 
 
+def serve_options(command):
+    """`--max-...`: one option per Limits field (apps/serve_limits.py), its default and help
+    written there once, as train's are from TrainOptions."""
+    for f in reversed(serve_limits.OPTIONS):
+        name = f"--{f.name.replace('_', '-')}"
+        kind = click.IntRange(1)
+        command = click.option(name, type=kind, default=f.default, show_default=True,
+                               help=f.metadata["help"])(command)  # fmt: skip
+    return command
+
+
 @click.command("serve")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=PORT, default=8000, show_default=True, help="Port (0: any free).")
+@click.option("--host", default=serve_limits.HOST, show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=PORT, default=serve_limits.PORT, show_default=True, help="Port (0: any free)."
+)
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option(
     "--api-key",
     envvar="GUPPYFORGE_API_KEY",
     help="Bearer key every /v1 request must send; required beyond 127.0.0.1.",
 )
-@click.option(
-    "--max-batch",
-    type=click.IntRange(1),
-    default=32,
-    show_default=True,
-    help="Replies decoded together.",
-)
-@click.option(
-    "--max-tokens",
-    type=click.IntRange(1),
-    default=512,
-    show_default=True,
-    help="Longest reply a request may ask for.",
-)
-@click.option("--max-messages", type=click.IntRange(1), default=256, show_default=True)
-@click.option("--max-prompt-chars", type=click.IntRange(1), default=32_000, show_default=True)
-@click.option(
-    "--max-body",
-    type=click.IntRange(1),
-    default=1 << 20,
-    show_default=True,
-    help="Largest request body, in bytes.",
-)
+@serve_options
 @click.option(
     "--timeout",
     type=finite(min=0.1),
-    default=10.0,
+    default=serve_limits.TIMEOUT,
     show_default=True,
     help="Seconds a client may take to send a request.",
 )
@@ -351,16 +354,12 @@ def serve_cmd(run_dir, host, port, device, api_key, timeout, **limits) -> None:
     # then open http://127.0.0.1:8000/ or, from any OpenAI client:
     # OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
     """
-    try:
-        from guppyforge.apps.serve import Limits, check_exposure
-    except ImportError:  # the serve extra is missing: serve.py says so in one line
-        import guppyforge.apps.serve  # noqa: F401
-    check_exposure(host, api_key)  # before torch is imported and the model loads: seconds sooner
-    from guppyforge.apps.serve import serve
+    serve_limits.check_exposure(host, api_key)  # before torch and the model load: seconds sooner
+    from guppyforge.apps.serve import serve  # without the serve extra: one line saying so
 
-    limits = Limits(**limits, body_timeout=timeout, head_timeout=timeout)
+    limits = serve_limits.Limits(**limits, body_timeout=timeout, head_timeout=timeout)
     serve(run_dir, host, port, device, api_key=api_key, limits=limits)
 
 
-for command in (train, sweep_cmd, presets, chat_cmd, eval_cmd, why_cmd, export_cmd, serve_cmd):
-    cli.add_command(command)
+# What cli.py adds to the group.
+COMMANDS = (train, sweep_cmd, presets, chat_cmd, eval_cmd, why_cmd, export_cmd, serve_cmd)

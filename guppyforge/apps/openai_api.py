@@ -1,4 +1,4 @@
-"""OpenAI's request and response shapes, as typed (pydantic) models, and the server's limits.
+"""OpenAI's request and response shapes (and the chat page's), as typed (pydantic) models.
 
 A request body is parsed and checked in one go (`parse_request`): strict types (`"temperature":
 "hot"` or `true` is refused, never coerced), no unknown fields, and every parameter either
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 
-if TYPE_CHECKING:  # serve.py imports this module
-    from guppyforge.apps.serve import Limits
+if TYPE_CHECKING:
+    from guppyforge.apps.serve_limits import Limits
 
 
 class ApiError(Exception):
@@ -337,7 +337,8 @@ class TextLogprobs(BaseModel):  # the legacy completions' form: parallel lists
     text_offset: list[int]
 
 
-def _entry(tokenizer, token: int, logprob: float) -> dict:
+def token_entry(tokenizer, token: int, logprob: float) -> dict:
+    """A token as OpenAI's logprobs write it: its text, its bytes, its log-probability."""
     from guppyforge.model.tokenizer import token_bytes
 
     text = tokenizer.decode([token], skip_special_tokens=False)
@@ -348,19 +349,21 @@ def chat_logprobs(tokenizer, tokens: list) -> ChoiceLogprobs:
     """OpenAI's chat form of [(token, logprob, [(candidate, logprob), ...]), ...]."""
     content = []
     for token, logprob, top in tokens:
-        entry = _entry(tokenizer, token, logprob)
-        candidates = [TopLogprob(**_entry(tokenizer, *c)) for c in top]
+        entry = token_entry(tokenizer, token, logprob)
+        candidates = [TopLogprob(**token_entry(tokenizer, *c)) for c in top]
         content.append(TokenLogprob(**entry, top_logprobs=candidates))
     return ChoiceLogprobs(content=content)
 
 
 def text_logprobs(tokenizer, tokens: list, offset: int) -> TextLogprobs:
     """The legacy completions' form of the same, the tokens' text starting at `offset`."""
-    texts = [_entry(tokenizer, t, lp)["token"] for t, lp, _ in tokens]
+    texts = [token_entry(tokenizer, t, lp)["token"] for t, lp, _ in tokens]
     return TextLogprobs(
         tokens=texts,
         token_logprobs=[lp for _, lp, _ in tokens],
-        top_logprobs=[{_entry(tokenizer, *c)["token"]: c[1] for c in top} for *_, top in tokens],
+        top_logprobs=[
+            {token_entry(tokenizer, *c)["token"]: c[1] for c in top} for *_, top in tokens
+        ],
         text_offset=[offset + sum(map(len, texts[:i])) for i in range(len(texts))],
     )
 
@@ -438,34 +441,6 @@ class InsideToken(TopLogprob):  # POST /inside answers with the token looked ins
     # rescales them with its own temperature and top-k, as sampling does
     context: list[str]  # every token before it, the prompt's included, as text
     attention: list[list[list[float]]]  # [layer][head][earlier token]: each row sums to 1
-
-
-def inside_token(engine, req: InsideRequest, max_tokens: int) -> InsideToken:
-    """`Engine.inside` for the token the page clicked, in the shape the page reads."""
-    from guppyforge.model.tokenizer import PromptTooLong, token_from_bytes
-
-    tok = engine.tokenizer
-    reply = [token_from_bytes(tok, bytes(t)) for t in req.reply[: req.index + 1]]
-    if None in reply:
-        where = f"reply[{reply.index(None)}]"
-        raise ApiError(400, f"'{where}': no token of this model has these bytes.", "reply")
-    # The prompt the reply was written after: chat's budget, as a request without max_tokens.
-    budget = min(MAX_NEW_TOKENS, max_tokens)
-    messages = [m.plain() for m in req.messages]
-    try:
-        seen = engine.inside(messages, reply, max_new_tokens=budget, top=req.top)
-    except PromptTooLong as e:
-        raise ApiError(400, f"'messages': {e}.", "messages", "context_length_exceeded") from None
-    if len(seen.tokens) <= req.index:
-        raise ApiError(400, f"'index': token {req.index} is past the model's context.", "index")
-    t = seen.tokens[req.index]
-    return InsideToken(
-        **_entry(tok, t.token, t.logprob),
-        candidates=[TopLogprob(**_entry(tok, i, lp)) for i, lp in t.top],
-        logprobs=t.logprobs.tolist(),
-        context=[tok.decode([i], skip_special_tokens=False) for i in seen.ids[: t.position]],
-        attention=t.attention.tolist(),
-    )
 
 
 class PageSettings(BaseModel):  # page.json: who the chat page shows, what it asks and how

@@ -1,31 +1,27 @@
-"""`guppyforge serve`: an OpenAI-compatible server and a chat page for one run.
-
-Read in this order: the guards around each request (who may ask, how big and how slow a request
-may be); then the app: the endpoints, batched decoding through the one engine, streaming.
+"""`guppyforge serve`: an OpenAI-compatible server and a chat page for one run: the endpoints,
+batched decoding through the one engine, streaming. The guards each request passes first are in
+serve_http.py, their limits in serve_limits.py, the request and response shapes in openai_api.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import socket
 import threading
 import time
 import uuid
 from contextlib import suppress
-from dataclasses import dataclass
 from importlib.resources import files
 from typing import TYPE_CHECKING
 
-try:
-    import h11
+try:  # the serve extra (serve_http.py needs it too)
     import uvicorn
     from fastapi import Depends, FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse
     from sse_starlette import EventSourceResponse
     from starlette.exceptions import HTTPException
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from guppyforge.apps.serve_http import HeadTimeoutH11, check_key, read_body
 except ImportError as e:  # the optional extra is not installed
     from guppyforge.errors import GuppyError
 
@@ -36,183 +32,12 @@ except ImportError as e:  # the optional extra is not installed
 
 from guppyforge.apps import openai_api as api
 from guppyforge.apps.openai_api import ApiError
+from guppyforge.apps.serve_limits import HOST, PORT, Limits, check_exposure
+from guppyforge.defaults import MAX_NEW_TOKENS
 from guppyforge.errors import GuppyError
 
 if TYPE_CHECKING:
-    from guppyforge.train.run_folder import Run
-
-# --- The server's guards around each request: who may ask, how big and how slow a request may be.
-#
-# uvicorn parses HTTP and FastAPI routes; what they leave to the application is here: a bearer
-# key, a cap and a deadline on the body (uvicorn waits for a body for ever), and a deadline on the
-# request head (uvicorn waits for that for ever too), so a stalled client costs one idle socket
-# for a few seconds and never holds anything another request needs. A request refused before its
-# body is in (413, 408) is answered, then the connection lingers to read and drop what the client
-# still sends: closing on unread data makes the kernel reset the connection, and the client would
-# see "connection reset" or "broken pipe" instead of the answer.
-
-
-@dataclass
-class Limits:
-    """What one request may ask of the server; each is a `guppyforge serve` option."""
-
-    max_body: int = 1 << 20  # bytes; a whole conversation at these contexts is a few KB
-    max_messages: int = 256
-    max_prompt_chars: int = 32_000  # all messages' text together: bounds tokenizing work
-    max_tokens: int = 512  # a reply's cap; the model's context cuts it earlier anyway
-    max_batch: int = 32  # replies decoded together
-    max_waiting: int = 256  # replies waiting for a free batch row; more get a 503
-    body_timeout: float = 10.0  # seconds to receive a request body: a stalled client gets 408
-    head_timeout: float = 10.0  # seconds to receive a request's head, or the connection closes
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
-
-
-def check_exposure(host: str, api_key: str | None) -> None:
-    """Refuse to serve beyond this machine without a key (checked before the model loads)."""
-    if not is_loopback(host) and not api_key:
-        raise GuppyError(
-            f"--host {host}: serving beyond this machine needs --api-key KEY (or GUPPYFORGE_API_KEY); clients send it as 'Authorization: Bearer KEY'."
-        )
-
-
-def check_key(api_key: str | None):
-    """A FastAPI dependency: with a key set, every request must carry it as a bearer token."""
-
-    async def check(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: how long the comparison takes says nothing about the key.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), api_key.encode()):
-            message = "Incorrect API key provided: send 'Authorization: Bearer KEY' with the server's --api-key."
-            raise ApiError(401, message, None, "invalid_api_key")
-
-    return check
-
-
-async def read_body(request: Request, limits: Limits) -> bytes:
-    """The request body, at most `limits.max_body` bytes, received within `limits.body_timeout`."""
-    declared = request.headers.get("content-length")
-    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
-    if declared is None and not chunked:
-        raise ApiError(411, "A Content-Length header is required.", None, "length_required")
-    too_big = (
-        f"The request body is over this server's limit of {limits.max_body} bytes (--max-body)."
-    )
-    if declared is not None and int(declared) > limits.max_body:  # h11 checked it is a number
-        raise ApiError(413, too_big, None, "body_too_large")  # the body is never read
-    body = await _receive(request, limits.max_body, limits.body_timeout)
-    if body is None:
-        raise ApiError(413, too_big, None, "body_too_large")
-    return body
-
-
-async def _receive(request: Request, cap: int, timeout: float) -> bytes | None:
-    """Up to `cap` bytes of body (None past it); ApiError 408 when it does not come in time."""
-    parts, size = [], 0
-
-    async def collect() -> None:
-        nonlocal size
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                return
-            parts.append(chunk)
-
-    try:
-        await asyncio.wait_for(collect(), timeout)
-    except asyncio.TimeoutError:
-        message = f"The request body did not arrive within {timeout:g} s (--timeout)."
-        raise ApiError(408, message, None, "request_timeout") from None
-    return None if size > cap else b"".join(parts)
-
-
-LINGER_BYTES = 128 << 20  # what a refused client may still send before it is cut off
-
-
-class _Lingering:
-    """A connection's transport whose close() waits for the client's unsent body: the answer
-    goes out, then a FIN, and what still arrives is dropped until the client closes, has sent
-    LINGER_BYTES, or the head timeout passes."""
-
-    def __init__(self, transport, protocol: HeadTimeoutH11) -> None:
-        self._transport, self._protocol = transport, protocol
-
-    def __getattr__(self, name: str):
-        return getattr(self._transport, name)
-
-    def is_closing(self) -> bool:
-        return self._protocol.lingered is not None or self._transport.is_closing()
-
-    def close(self) -> None:
-        p, transport = self._protocol, self._transport
-        mid_body = p.conn.their_state is h11.SEND_BODY
-        if p.lingered is not None or not mid_body or not transport.can_write_eof():
-            transport.close()
-            return
-        p.lingered = 0
-        transport.write_eof()  # after the answer already written
-        transport.resume_reading()  # flow control may have paused it
-        p.loop.call_later(p.head_timeout, transport.close)
-
-
-class HeadTimeoutH11(H11Protocol):
-    """uvicorn's HTTP/1.1 connection, closed when a request's head does not arrive in time.
-
-    A timer starts when the connection opens and again after each response; it is cancelled
-    once h11 has read a whole request head. uvicorn's own keep-alive timer covers an idle
-    connection only until its first byte, so a client that sends half a head would otherwise
-    hold the socket for ever.
-    """
-
-    head_timeout = 10.0
-    lingered: int | None = None  # bytes dropped since a refusal; None: not lingering
-
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.transport = _Lingering(transport, self)
-        self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
-
-    def data_received(self, data: bytes) -> None:
-        if self.lingered is not None:  # a refused request's body: dropped, never parsed
-            self.lingered += len(data)
-            if self.lingered > LINGER_BYTES:
-                self.transport._transport.close()
-            return
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE and self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_late)
-
-    def eof_received(self) -> bool | None:
-        if self.lingered is not None:
-            self.transport._transport.close()  # the client has sent all it will: it has the answer
-        return super().eof_received()
-
-    def connection_lost(self, exc) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        super().connection_lost(exc)
-
-    def _head_late(self) -> None:
-        self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.close()
-
+    from guppyforge.model.run import Run
 
 # --- `guppyforge serve`: an OpenAI-compatible server and a chat page for one run.
 #
@@ -237,6 +62,34 @@ class HeadTimeoutH11(H11Protocol):
 
 # The chat page, shared with `export --to web`: here page.json picks its server.js backend.
 PAGE = files("guppyforge.apps") / "page"
+
+
+def inside_token(engine, req: api.InsideRequest, max_tokens: int) -> api.InsideToken:
+    """`Engine.inside` for the token the page clicked, in the shape the page reads."""
+    from guppyforge.model.tokenizer import PromptTooLong, token_from_bytes
+
+    tok = engine.tokenizer
+    reply = [token_from_bytes(tok, bytes(t)) for t in req.reply[: req.index + 1]]
+    if None in reply:
+        where = f"reply[{reply.index(None)}]"
+        raise ApiError(400, f"'{where}': no token of this model has these bytes.", "reply")
+    # The prompt the reply was written after: chat's budget, as a request without max_tokens.
+    budget = min(MAX_NEW_TOKENS, max_tokens)
+    messages = [m.plain() for m in req.messages]
+    try:
+        seen = engine.inside(messages, reply, max_new_tokens=budget, top=req.top)
+    except PromptTooLong as e:
+        raise ApiError(400, f"'messages': {e}.", "messages", "context_length_exceeded") from None
+    if len(seen.tokens) <= req.index:
+        raise ApiError(400, f"'index': token {req.index} is past the model's context.", "index")
+    t = seen.tokens[req.index]
+    return api.InsideToken(
+        **api.token_entry(tok, t.token, t.logprob),
+        candidates=[api.TopLogprob(**api.token_entry(tok, i, lp)) for i, lp in t.top],
+        logprobs=t.logprobs.tolist(),
+        context=[tok.decode([i], skip_special_tokens=False) for i in seen.ids[: t.position]],
+        attention=t.attention.tolist(),
+    )
 
 
 def prompt_ids(engine, messages: list[dict], options: dict) -> list[int]:
@@ -465,7 +318,7 @@ def create_app(server: Server) -> FastAPI:
     async def inside(request: Request) -> api.InsideToken:
         """The chat page's inside view: one token of a reply, looked at by the engine."""
         req = api.parse_inside(await read_body(request, limits), limits)
-        return await asyncio.to_thread(api.inside_token, server.engine, req, limits.max_tokens)
+        return await asyncio.to_thread(inside_token, server.engine, req, limits.max_tokens)
 
     @app.get("/health")
     async def health() -> api.Health:
@@ -496,8 +349,8 @@ class Server:
     def __init__(
         self,
         run: Run,
-        host: str = "127.0.0.1",
-        port: int = 8000,
+        host: str = HOST,
+        port: int = PORT,
         *,
         api_key: str | None = None,
         limits: Limits | None = None,
@@ -554,7 +407,7 @@ class Server:
         self.socket.close()
 
 
-def make_server(run: Run, host: str = "127.0.0.1", port: int = 8000, **options) -> Server:
+def make_server(run: Run, host: str = HOST, port: int = PORT, **options) -> Server:
     """A server for `run`, bound but not yet serving: call `serve_forever()` (port 0: any free)."""
     return Server(run, host, port, **options)
 
@@ -572,15 +425,15 @@ def _page_settings(run: Run, model_id: str) -> api.PageSettings:
 
 def serve(
     run_dir,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    host: str = HOST,
+    port: int = PORT,
     device: str = "auto",
     api_key: str | None = None,
     limits: Limits | None = None,
 ) -> None:
     """`guppyforge serve`: load the run and answer requests until Ctrl+C."""
     check_exposure(host, api_key)
-    from guppyforge.train.run_folder import load_run, pick_device
+    from guppyforge.model.run import load_run, pick_device
 
     run = load_run(run_dir, device=str(pick_device(device)))
     try:

@@ -7,6 +7,10 @@ the jobs: on this machine by default (`ray.init` with the cores given), on a clu
 `address` (every node needs guppyforge installed and OUT on a shared file system). At the end:
 one table (OUT/sweep.txt, OUT/sweep.json) and the curves side by side (OUT/curves.png).
 
+OUT is a guppyforge folder (files.py's rules): its marker lists the table, the curves and the
+logs, each dataset and run folder has its own, and everything that can be refused is refused
+before the first write. A stopped sweep does not resume: `--force` starts it again.
+
 Ray is optional (`pip install 'guppyforge[cluster]'`): without it the sweep says so in one line.
 """
 
@@ -21,13 +25,34 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from guppyforge.dataset.folder import check_destination
 from guppyforge.errors import GuppyError
-from guppyforge.files import atomic_path, builtin_persona, guard, text_table, write_atomic
-from guppyforge.persona.yamlsafe import fail, read_yaml
+from guppyforge.files import (
+    MARKER,
+    Claim,
+    atomic_path,
+    builtin_persona,
+    check_folder,
+    guard,
+    read_marker,
+    text_table,
+    write_atomic,
+)
+from guppyforge.persona.yamlsafe import YamlKind, fail, read_yaml
+from guppyforge.train.config import TrainOptions
 
-SCHEMA = "guppyforge.sweep/1"  # in sweep.json: what lets a later --force know the files are ours
+SCHEMA = "guppyforge.sweep/1"  # in sweep.json: the format of the file
 INSTALL = "guppyforge sweep needs Ray: pip install 'guppyforge[cluster]'"
 SUMMARY = ("sweep.json", "sweep.txt", "curves.png")
+LISTS = ("personas", "presets", "lrs", "seeds")  # the grid's axes: one job per combination
+PER_JOB = ("preset", "seed", "lr", "device", "progress", "resume")  # what the sweep sets itself
+# What a grid's `train:` may set: the training options (train/config.py), less the per-job ones.
+TRAIN_KEYS = tuple(f.name for f in fields(TrainOptions) if f.metadata and f.name not in PER_JOB)
+GRID_YAML = YamlKind(  # what read_yaml's errors suggest for a grid file
+    "sweep grid",
+    "A sweep grid needs at least `personas: [cat]`",
+    "A sweep grid is a mapping: start with `personas: [cat]`",
+)
 
 
 @dataclass
@@ -43,6 +68,8 @@ class Grid:
     eval_samples: int = 2  # replies per probe (`eval --samples`)
     offtopic_samples: int = 10
     cpus_per_job: int = 1
+    # Where each key was read (`grid.yaml:4:15`), for error lines; not a key of the file.
+    origin: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -57,7 +84,8 @@ class Job:
 
     @property
     def id(self) -> str:
-        lr = f"-lr{self.lr:g}" if self.lr is not None else ""
+        # repr, not :g: 0.001 and 0.0010000001 are two rates, so two run folders.
+        lr = f"-lr{self.lr!r}" if self.lr is not None else ""
         return f"{self.name}-{self.preset}{lr}-s{self.seed}"
 
 
@@ -71,26 +99,69 @@ def read_grid(path: str | Path) -> Grid:
     conversations: 2000
     train: {max_steps: 200}
     """
-    doc = read_yaml(path)
-    known = {f.name for f in fields(Grid)}
+    doc = read_yaml(path, GRID_YAML)
+    known = {f.name for f in fields(Grid)} - {"origin"}
     for key in doc.data:
         if key not in known:
             raise GuppyError(
                 f"{doc.at((key,), key=True)}: unknown key '{key}'. Use: {', '.join(sorted(known))}"
             )
     data = dict(doc.data)
-    for key in ("personas", "presets", "lrs", "seeds"):
-        if key in data and not isinstance(data[key], list):
-            data[key] = [data[key]]  # `seeds: 0` means [0]
     if "personas" not in data:
         raise fail(path, "no personas", "Add `personas: [cat]` (files or built-in names)")
-    if not isinstance(data.get("train", {}), dict):
+    for key in LISTS:
+        if key in data:
+            # `seeds: 0` means [0]
+            data[key] = _items(doc, key, data[key] if isinstance(data[key], list) else [data[key]])
+    train = data.get("train", {})
+    if not isinstance(train, dict):
         raise fail(
             path, "`train` is not a mapping", "Write train options as `train: {max_steps: 200}`"
         )
-    grid = Grid(**data)
-    grid.personas = [_near(path, str(p)) for p in grid.personas]
-    return grid
+    for key in train:
+        at = doc.at(("train", key), key=True)
+        if key in PER_JOB:
+            axis = f". List its values as `{key}s: [...]`" if f"{key}s" in LISTS else ""
+            raise GuppyError(f"{at}: train: {key} is set by the sweep for each job{axis}")
+        if key not in TRAIN_KEYS:
+            raise GuppyError(f"{at}: train: unknown option '{key}'. Use: {', '.join(TRAIN_KEYS)}")
+    return Grid(**data, origin={key: doc.at((key,)) for key in doc.data})
+
+
+def _items(doc, key: str, values: list) -> list:
+    """One of the grid's lists, each value checked where it is written; none listed twice."""
+    if not values:
+        fix = "List at least one value, or leave the key out for its default"
+        if key == "personas":
+            fix = "List at least one persona file or built-in name"
+        raise GuppyError(f"{doc.at((key,))}: `{key}: []` lists nothing, so no job would run. {fix}")
+    out: list = []
+    for i, value in enumerate(values):
+        at = f"{doc.at((key, i))}: {key}[{i}]"
+        if key == "personas":
+            value = _near(doc.path, str(value))
+            if not Path(value).is_file() and builtin_persona(value) is None:
+                raise GuppyError(
+                    f"{at}: no persona file '{values[i]}' (beside the grid file) and no built-in "
+                    "persona of that name. See `guppyforge personas`"
+                )
+        elif key == "lrs":
+            if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as text
+                with contextlib.suppress(ValueError):
+                    value = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise GuppyError(f"{at}: {value!r} is not a number. Write a rate such as 0.003")
+        elif key == "seeds" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise GuppyError(f"{at}: {value!r} is not a whole number. Write a seed such as 0")
+        elif key == "presets" and not isinstance(value, str):
+            raise GuppyError(f"{at}: {value!r} is not a preset name. See `guppyforge presets`")
+        if value in out:  # only truly equal values: 1e-3 is 0.001, 0.0010000001 is not
+            raise GuppyError(
+                f"{at}: {values[i]} is listed twice ({key}[{out.index(value)}] too). "
+                "List each value once"
+            )
+        out.append(value)
+    return out
 
 
 def _near(grid_file: str | Path, persona: str) -> str:
@@ -118,6 +189,11 @@ def plan(grid: Grid) -> list[Job]:
 
     if not grid.personas:
         raise GuppyError("sweep: no personas. Give --persona (a file or a built-in name).")
+    for key, flag in (("presets", "--preset"), ("lrs", "--lr"), ("seeds", "--seed")):
+        if not getattr(grid, key):
+            raise GuppyError(
+                f"sweep: no {key}, so no job would run. Give {flag}, or leave the default."
+            )
     counts = [("-n", grid.conversations, 1), ("--cpus-per-job", grid.cpus_per_job, 1)]
     counts += [("--eval-samples", grid.eval_samples, 1)]
     counts += [("offtopic_samples", grid.offtopic_samples, 0)]
@@ -187,55 +263,42 @@ def run_sweep(
 ) -> list[dict]:
     """Run every job of `grid` as a Ray task; write OUT/sweep.{txt,json} and OUT/curves.png.
 
-    Everything that can be refused is refused before any work: the options, every job's run
-    folder (already a run: --force replaces it, files.py's rules), the summary files.
+    Everything that can be refused is refused before the first write (`check_out`, Ray's
+    start, its cores), so a refused sweep leaves OUT as it was.
     """
     try:
         import ray
     except ImportError:
         raise GuppyError(INSTALL) from None
     from guppyforge.dataset.generate import generate_dataset
-    from guppyforge.train.run_folder import check_train
 
     out = Path(out)
-    jobs = plan(grid)
-    options = dict(grid.train)
-    for reserved in ("preset", "seed", "lr", "device", "progress", "resume"):
-        if reserved in options:
-            raise GuppyError(f"sweep: `train: {reserved}` is set per job. Use the grid's lists.")
-    for job in jobs:
-        lr = {"lr": job.lr} if job.lr is not None else {}
-        check_train(
-            out / "data" / job.name,
-            out / "runs" / job.id,
-            preset=job.preset,
-            force=force,
-            seed=job.seed,
-            device="cpu",
-            **lr,
-            **options,
-        )
-    check_summary(out, force)
     if cpus is not None and cpus < 1:
         raise GuppyError(f"--cpus {cpus}: must be at least 1.")
-
-    started = time.monotonic()
-    guard(out, lambda: (out / "logs").mkdir(parents=True, exist_ok=True))
-    for path, name in dict.fromkeys((job.persona, job.name) for job in jobs):
-        say(f"generating {out / 'data' / name} from {path}")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            generate_dataset(
-                path, out / "data" / name, n=grid.conversations, force=force, progress=False
-            )
-        for warning in caught:
-            say(f"warning: {warning.message}")
-
+    jobs = plan(grid)
+    claim = check_out(out, jobs, grid, force)
+    if cpus is not None and address is None:
+        check_cores(grid, cpus, given=True)  # before Ray starts
     ours = not ray.is_initialized()
     if ours:
-        kwargs = {"address": address} if address else {"num_cpus": cpus, "include_dashboard": False}
-        ray.init(**kwargs, logging_level="ERROR", log_to_driver=False)
+        start_ray(ray, address, cpus)
     try:
+        if cpus is None and address is None:  # a cluster's autoscaler may add bigger nodes
+            check_cores(grid, ray.cluster_resources().get("CPU", 0), given=False)
+        started = time.monotonic()
+        claim.clear()  # an earlier sweep's files (after --force): exactly those its marker lists
+        claim.take()
+        guard(out, lambda: (out / "logs").mkdir(exist_ok=True))
+        for path, name in dict.fromkeys((job.persona, job.name) for job in jobs):
+            say(f"generating {out / 'data' / name} from {path}")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                generate_dataset(
+                    path, out / "data" / name, n=grid.conversations, force=force, progress=False
+                )
+            for warning in caught:
+                say(f"warning: {warning.message}")
+
         task = ray.remote(num_cpus=grid.cpus_per_job)(run_job)
         pending = {
             task.remote(
@@ -270,7 +333,8 @@ def run_sweep(
     say(table)
     busy = sum(r.get("seconds", 0) for r in rows)
     say(f"{len(jobs)} jobs in {wall:.0f} s of wall time; their own times add up to {busy:.0f} s")
-    summary = {"schema": SCHEMA, "grid": asdict(grid), "wall_seconds": round(wall, 1)}
+    settings = {k: v for k, v in asdict(grid).items() if k != "origin"}
+    summary = {"schema": SCHEMA, "grid": settings, "wall_seconds": round(wall, 1)}
     summary["jobs"] = rows
     text = json.dumps(summary, indent=2) + "\n"
     guard(out, lambda: write_atomic(out / "sweep.json", text))
@@ -286,23 +350,82 @@ def run_sweep(
     return rows
 
 
-def check_summary(out: Path, force: bool) -> None:
-    """The summary files may be written: new, or an earlier sweep's (by its sweep.json) with
-    --force. Files of anyone else's are never replaced."""
-    existing = [name for name in SUMMARY if (out / name).exists() or (out / name).is_symlink()]
-    if not existing:
-        return
-    try:
-        ours = json.loads((out / "sweep.json").read_text()).get("schema") == SCHEMA
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
+def check_out(out: Path, jobs: list[Job], grid: Grid, force: bool) -> Claim:
+    """What the sweep writes may be written; nothing is. OUT is a "sweep" folder whose marker
+    lists the summary and the logs; each dataset and run folder is checked by its own rules."""
+    from guppyforge.train.run_folder import check_train
+
+    logs = [f"logs/{job.id}.log" for job in jobs]
+    inputs = [job.persona for job in jobs]
+    # Its own "already holds" line is replaced below by one that says what a sweep can do.
+    claim = check_folder(out, "sweep", True, inputs=inputs, files=(*SUMMARY, *logs))
+    earlier = read_marker(out) is not None and any(p.name != MARKER for p in out.iterdir())
+    if earlier and not force:
+        if "sweep.json" in claim.ours:
+            raise GuppyError(
+                f"{out}: already holds a sweep. Add --force to run it again (that replaces only "
+                "the files guppyforge wrote), or choose a new --out"
+            )
         raise GuppyError(
-            f"{out}: holds {', '.join(existing)}, not an earlier sweep's, which a sweep "
-            "never replaces. Pick another --out"
+            f"{out}: holds a sweep that did not finish (stopped?), and a sweep cannot resume. "
+            "Add --force to start it again (that replaces only the files guppyforge wrote), "
+            "or choose a new --out"
         )
-    if not force:
-        raise GuppyError(f"{out}: already holds a sweep. Add --force to replace it, or pick --out")
+    for path, name in dict.fromkeys((job.persona, job.name) for job in jobs):
+        check_destination(out / "data" / name, force, [path])
+    options = dict(grid.train)
+    for reserved in PER_JOB:
+        if reserved in options:
+            raise GuppyError(f"sweep: `train: {reserved}` is set per job. Use the grid's lists.")
+    for job in jobs:
+        lr = {"lr": job.lr} if job.lr is not None else {}
+        check_train(
+            out / "data" / job.name,
+            out / "runs" / job.id,
+            preset=job.preset,
+            force=force,
+            seed=job.seed,
+            device="cpu",
+            **lr,
+            **options,
+        )
+    return claim
+
+
+def check_cores(grid: Grid, cpus: float, given: bool) -> None:
+    """Refuse jobs that ask more cores than Ray has: Ray would wait for them forever."""
+    n = grid.cpus_per_job
+    if n <= cpus:
+        return
+    place = grid.origin.get("cpus_per_job")
+    asked = f"{place}: cpus_per_job {n}" if place else f"--cpus-per-job {n}"
+    has = f"--cpus {cpus:g}" if given else f"{cpus:g} here"
+    more = f", or give --cpus {n}" if given else ""
+    raise GuppyError(
+        f"{asked}: more CPUs than Ray has ({has}), so no job would ever start. Ask for at most "
+        f"{cpus:g} per job{more}"
+    )
+
+
+def start_ray(ray, address: str | None, cpus: int | None) -> None:
+    """Start a local Ray with `cpus` cores, or connect to the cluster at `address`."""
+    kwargs = {"address": address} if address else {"num_cpus": cpus, "include_dashboard": False}
+    try:
+        ray.init(**kwargs, logging_level="ERROR", log_to_driver=False)
+    except ValueError as e:
+        if "ray[client]" not in str(e):
+            raise
+        # Ray's own words: `ray://` needs the client's packages (grpc), which `pip install ray`
+        # leaves out.
+        raise GuppyError(
+            f'--address {address}: Ray Client is not installed. pip install "ray[client]" '
+            "(the cluster's Ray version), or run on a node of the cluster with --address auto"
+        ) from None
+    except ConnectionError as e:  # no cluster where --address points (`auto`: none running)
+        raise GuppyError(
+            f"--address {address}: no Ray cluster answered ({str(e).splitlines()[0][:120]}). "
+            "Start one (`ray start --head`), fix the address, or leave --address out to run here"
+        ) from None
 
 
 def _rate(value) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from guppyforge.defaults import ROWS
 from guppyforge.errors import GuppyError
 from guppyforge.files import builtin_personas, cut, personas_dir, printable, text_table
 from guppyforge.persona.schema import load_persona
@@ -57,7 +58,7 @@ def capacity_table(table: dict, forecast=None) -> str:
 _GOLDEN = (5**0.5 - 1) / 2
 
 
-def spread(count: int, span: int = 60_000) -> list[int]:
+def spread(count: int, span: int = ROWS) -> list[int]:
     """`count` conversation indices spread evenly over `span` (a golden-ratio walk), so a
     preview shows topics and openers in the proportions of a dataset, not its first rows."""
     return [0] + [int((i * _GOLDEN) % 1.0 * span) for i in range(1, count)]

@@ -20,15 +20,15 @@ from typing import Any
 import yaml
 from jinja2 import TemplateError
 
-from guppyforge.cards.png import read_packed_card, write_png_card
+from guppyforge.cards.png import CARD_FILE, read_packed_card, write_png_card
 from guppyforge.errors import GuppyError, where
 from guppyforge.files import builtin_persona, claim_file, guard, require_regular, write_atomic
-from guppyforge.persona import limits
+from guppyforge.persona import bounds
 from guppyforge.persona.chat_rows import examples_path
 from guppyforge.persona.conversations import Sampler
 from guppyforge.persona.schema import load_persona
 from guppyforge.persona.templating import environment
-from guppyforge.persona.yamlsafe import read_yaml
+from guppyforge.persona.yamlsafe import persona_file, read_yaml
 
 # --- Checks on what a Character Card brings in: nesting depth, control characters, how much text
 #
@@ -99,10 +99,10 @@ def check_card_text(value: Any, card_path: Path) -> None:
     30 MB card took minutes and gigabytes.
     """
     chars = text_chars(value)
-    if chars > limits.MAX_FILE_BYTES:
+    if chars > bounds.MAX_FILE_BYTES:
         raise GuppyError(
             f"{card_path}: holds {chars / 2**20:.1f} MiB of text, more than the "
-            f"{limits.MAX_FILE_BYTES >> 20} MiB a persona may hold (embedded "
+            f"{bounds.MAX_FILE_BYTES >> 20} MiB a persona may hold (embedded "
             "images, a big lorebook?). Remove them from the card, import it "
             "again"
         )
@@ -219,11 +219,11 @@ def read_card(path: Path) -> dict[str, Any]:
             "Remove embedded images or a big lorebook, and export it again"
         )
     too_deep = GuppyError(
-        f"{path}: nested more than {limits.MAX_CARD_DEPTH} levels deep (lists "
+        f"{path}: nested more than {bounds.MAX_CARD_DEPTH} levels deep (lists "
         "in lists...). Flatten the card, or export it again"
     )
     try:
-        card = json.loads(raw) if not deeper_than(raw, limits.MAX_CARD_DEPTH) else None
+        card = json.loads(raw) if not deeper_than(raw, bounds.MAX_CARD_DEPTH) else None
     except json.JSONDecodeError as exc:
         at = where(path, exc.lineno, exc.colno)
         raise GuppyError(f"{at}: not valid JSON ({exc.msg}). Export the card as JSON") from None
@@ -310,8 +310,8 @@ def card_to_persona(card: dict[str, Any]) -> dict[str, Any]:
     char = n.strip()[:200] if isinstance(n := data.get("nickname"), str) and n.strip() else display
     description, personality = (macros(text(k), char) for k in ("description", "personality"))
     greetings = [macros(g, char) for g in (text("first_mes"), *strings("alternate_greetings"))]
-    too_long = [g for g in greetings if len(g) > limits.MAX_MESSAGE_CHARS]
-    greetings = [g for g in greetings if g and len(g) <= limits.MAX_MESSAGE_CHARS]
+    too_long = [g for g in greetings if len(g) > bounds.MAX_MESSAGE_CHARS]
+    greetings = [g for g in greetings if g and len(g) <= bounds.MAX_MESSAGE_CHARS]
     names = {"{{char}}", "<bot>", "<char>", "char", display.lower(), char.lower()}  # speakers
     examples, leftovers = parse_examples(text("mes_example"), names)
     for example in examples:
@@ -462,7 +462,7 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
     name = slugify(str(persona.get("name") or ""))  # an embedded name may not be a safe path
     out = Path(out) if out else Path("personas") / f"{name}.yaml"
     hint = "Pass --force to replace it, or --out NEW.yaml"
-    claim_file(out, "persona", force, inputs=[card_path], hint=hint, name=persona.get("name"))
+    claim_file(out, persona_file(persona.get("name")), force, inputs=[card_path], hint=hint)
     if not ours:
         header = _HEADER.format(display=persona["display_name"], source=card_path.name, out=out)
         text = header + dump_yaml(persona)
@@ -470,7 +470,7 @@ def import_card(card_path: str | Path, out: str | Path | None = None, force: boo
         text = ours["yaml"]
     else:  # a tool that kept only the mapping still gets the same mapping back
         text = f"# Restored by `guppyforge import-card {card_path.name}`.\n{dump_yaml(persona)}"
-    if len(text.encode()) > limits.MAX_FILE_BYTES:
+    if len(text.encode()) > bounds.MAX_FILE_BYTES:
         too_big = "its persona would pass the 1 MiB limit (embedded images, a big lorebook?)"
         raise GuppyError(f"{card_path}: {too_big}. Remove them from the card, import it again")
     # What import writes must validate: a skeleton made here, and the file a card carries back
@@ -496,7 +496,7 @@ def export_card(
     """
     path = Path(persona_path)
     path = path if path.exists() else builtin_persona(str(path)) or path
-    claim_file(out, "card", force, inputs=[path])
+    claim_file(out, CARD_FILE, force, inputs=[path])
     persona = load_persona(path)
     card = persona_to_card(persona)
     try:  # persona files hold JSON's types only (see yamlsafe), except NaN and infinity

@@ -4,30 +4,39 @@ A workshop's spreadsheet (CSV), or a JSONL of pairs in any shape persona/chat_ro
 becomes a persona whose topics are clustered from the pairs and whose examples are the pairs
 themselves, word for word: a character that validates at once and can then grow a grammar.
 
-Topics: one per value of a `category` (or `topic`) column when there is one. Without it, a small
-deterministic clustering: each pair goes to the content word of its question that the most
-other questions share (ties: the alphabetically first), so "do you like worms" and "are worms
-tasty" land in `worms`; a word shared by no other question leaves the pair in `general`. Each
-topic's `ask` and `say` lists are its distinct questions and answers, escaped so that a brace
-in a cell is text, never a template.
+Topics: one per value of a `category` (or `topic`) column when there is one, named by its words
+in any script (`Food & Drink` -> food_drink, `食べ物` as it is; two that would share a name get
+`_2`). Without it, a small deterministic clustering: each pair goes to the content word of its
+question that the most other questions share (ties: the alphabetically first), so "do you like
+worms" and "are worms tasty" land in `worms`; a word shared by no other question leaves the
+pair in `general`. Each topic's `ask` and `say` lists are its distinct questions and answers.
+A text that holds template syntax (`{{`, `{%`, `{#`, `}}`, `{name}`) is left out of them: a
+template would render it as code, and generate refuses a generated row that still holds it. It
+stays in `examples`, which generate writes word for word.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from guppyforge.cards import check_persona_text, dump_yaml, escape_jinja, slugify
+from guppyforge.cards import check_persona_text, dump_yaml, slugify
 from guppyforge.errors import GuppyError
 from guppyforge.files import claim_file, guard, write_atomic
-from guppyforge.persona import limits
+from guppyforge.persona import bounds
 from guppyforge.persona.chat_rows import convert, describe, read_small_file, recognise, text_of
+from guppyforge.persona.yamlsafe import persona_file
 
 MAX_TOPICS = 24  # clustered topics kept; smaller clusters join `general`
 MAX_SHOWN = 20  # bad rows named one line each
 GENERAL = "general"
 _WORD = re.compile(r"[a-z][a-z']+")
+# What generate refuses in a generated row: dataset/draw.py's TEMPLATE_TEXT, which this layer
+# may not import (a test keeps the two the same).
+TEMPLATE_TEXT = re.compile(r"\{\{|\}\}|\{%|%\}|\{#|#\}|\{[^\W\d]\w*(\([^)]*\))?\}")
+SYNTAX = "template syntax ({{, }}, {%, {#, {name})"
 # Words that say nothing about what a question is about.
 _STOP = set(
     """a about after again all am an and any are as at be been being but by can could did do
@@ -63,9 +72,20 @@ def cluster(questions: list[str]) -> list[str]:
     return names
 
 
-def _topic_name(text: str) -> str:
-    """A category as a topic name: lowercase words joined by `_` ('Food & Drink' -> food_drink)."""
-    return slugify(text).replace("-", "_") if text.strip() else GENERAL
+def topic_names(categories: list[str]) -> list[str]:
+    """A topic name for each category: its words in lowercase, in any script, joined by `_`
+    ('Food & Drink' -> food_drink, 'café', '食べ物'); blank is `general`. Categories that differ
+    only in case or spacing share a topic; others whose names would clash get `_2`, `_3`..."""
+    keys = [" ".join(unicodedata.normalize("NFKC", c).split()).casefold() for c in categories]
+    names: dict[str, str] = {"": GENERAL, GENERAL: GENERAL}
+    for key in keys:
+        if key not in names:
+            base = "_".join(re.findall(r"[^\W_]+", key)) or "topic"  # no letter: emoji, `?`
+            name, i = base, 2
+            while name in names.values():
+                name, i = f"{base}_{i}", i + 1
+            names[key] = name
+    return [names[key] for key in keys]
 
 
 def import_pairs(
@@ -80,8 +100,8 @@ def import_pairs(
     path, out = Path(path), Path(out)
     name = slugify(name or path.stem)
     hint = "Pass --force to replace it, or --out NEW.yaml"
-    claim_file(out, "persona", force, inputs=[path], hint=hint, name=name)
-    records = read_small_file(path, limits.MAX_EXAMPLES_FILE_BYTES, limits.MAX_EXAMPLES_FILE_ROWS)
+    claim_file(out, persona_file(name), force, inputs=[path], hint=hint)
+    records = read_small_file(path, bounds.MAX_EXAMPLES_FILE_BYTES, bounds.MAX_EXAMPLES_FILE_ROWS)
     if not records:
         raise GuppyError(f"{path}: no rows. Give a file of question/answer pairs")
     shape, mapping = recognise(list(records[0]), fmt, path)
@@ -99,29 +119,43 @@ def import_pairs(
         raise GuppyError(f"{path}: no good row. Mend the rows named above")
     by_column = "topic" in mapping
     if by_column:
-        topics = [_topic_name(c) for _, c in rows]
+        topics = topic_names([c for _, c in rows])
         how = f"one topic per {mapping['topic']}"
     else:
         topics = cluster([turns[0][1] for turns, _ in rows])
         how = "by the words their questions share"
     kept = {t for t, _ in Counter(topics).most_common(MAX_TOPICS)}
     topics = [t if t in kept else GENERAL for t in topics]
-    say(describe(shape, mapping, len(records), len(set(topics)) if by_column else 0))
+    grouped: dict[str, dict[str, list[str]]] = {}
+    syntax = 0
+    for (turns, _), topic in zip(rows, topics, strict=True):
+        t = grouped.setdefault(topic, {"ask": [], "say": []})
+        for role, content in turns:
+            side = t["ask"] if role == "user" else t["say"]
+            text = " ".join(content.split())
+            if TEMPLATE_TEXT.search(text):
+                syntax += 1
+            elif text not in side:
+                side.append(text)
+    # A topic needs a question and an answer to make rows; an example keeps its pair either way.
+    grouped = {t: v for t, v in grouped.items() if v["ask"] and v["say"]}
+    say(describe(shape, mapping, len(records), len(grouped) if by_column else 0))
     for line in bad[:MAX_SHOWN]:
         say(f"bad row: {line}")
     if len(bad) > MAX_SHOWN:
         say(f"bad row: ... and {len(bad) - MAX_SHOWN:,} more")
     if bad:
         say(f"{len(bad):,} bad rows left out, {len(rows):,} kept")
-
-    grouped: dict[str, dict[str, list[str]]] = {}
-    for (turns, _), topic in zip(rows, topics, strict=True):
-        t = grouped.setdefault(topic, {"ask": [], "say": []})
-        for role, content in turns:
-            side = t["ask"] if role == "user" else t["say"]
-            text = escape_jinja(" ".join(content.split()))
-            if text not in side:
-                side.append(text)
+    if syntax:
+        say(
+            f"texts that hold {SYNTAX}: {syntax:,}, kept word for word in `examples` and left "
+            "out of the topics' ask and say"
+        )
+    if not grouped:
+        raise GuppyError(
+            f"{path}: no topic has both a question and an answer free of {SYNTAX}, so the "
+            "persona could make no row. Keep some pairs without it"
+        )
     counts = Counter(topics)
     persona = {
         "guppyforge": "1.2",
@@ -135,7 +169,7 @@ def import_pairs(
         },
         "examples": [
             {
-                "topic": topic,
+                **({"topic": topic} if topic in grouped else {}),
                 "turns": [
                     {"user": u, "assistant": a}
                     for (_, u), (_, a) in zip(turns[0::2], turns[1::2], strict=True)
@@ -146,7 +180,7 @@ def import_pairs(
     }
     header = _HEADER.format(name=name, source=path.name, pairs=len(rows), how=how, out=out)
     text = header + dump_yaml(persona)
-    if len(text.encode()) > limits.MAX_FILE_BYTES:
+    if len(text.encode()) > bounds.MAX_FILE_BYTES:
         raise GuppyError(
             f"{path}: {len(rows):,} pairs make a persona over the 1 MiB limit. Train on the "
             "file itself (`guppyforge train FILE`), or keep fewer pairs"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from guppyforge.errors import GuppyError
+from guppyforge.files import FileKind, json_object
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
@@ -182,3 +183,17 @@ def write_png_card(card: dict[str, Any], image: Path, out: Path) -> None:
         ) from None
     except OSError as exc:  # truncated or damaged pixel data
         raise GuppyError(f"{image}: a damaged image ({exc}). Give another picture") from None
+
+
+def _is_card(path: Path) -> bool:
+    try:
+        raw = read_packed_card(path)  # a PNG card or a .charx; None for anything else
+        data = json.loads(raw).get("data") if raw else json_object(path).get("data")
+    except (GuppyError, OSError, ValueError, RecursionError, AttributeError):
+        return False
+    ext = data.get("extensions") if isinstance(data, dict) else None
+    return isinstance(ext, dict) and isinstance(ext.get("guppyforge"), dict)
+
+
+# A card as `--force` may replace it: one guppyforge exported.
+CARD_FILE = FileKind("a card guppyforge exported (data.extensions.guppyforge)", _is_card)

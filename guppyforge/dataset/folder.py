@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from itertools import accumulate
 from pathlib import Path
 
-from guppyforge import __version__
 from guppyforge.dataset.split import prompt_key
 from guppyforge.errors import GuppyError
 from guppyforge.files import (
@@ -33,6 +32,7 @@ from guppyforge.files import (
     templates_dir,
     write_marker,
 )
+from guppyforge.version import __version__
 
 # --- Writing a dataset folder safely: parquet files, and an all-or-nothing output directory.
 #

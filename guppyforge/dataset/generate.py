@@ -22,7 +22,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guppyforge import __version__
 from guppyforge.dataset.draw import DrawResult, draw_unique, turn_mix
 from guppyforge.dataset.folder import (
     atomic_folder,
@@ -35,11 +34,13 @@ from guppyforge.dataset.folder import (
     write_parquet,
 )
 from guppyforge.dataset.split import message_keys, split_by_prompt
+from guppyforge.defaults import ROWS
 from guppyforge.errors import GuppyError
 from guppyforge.files import builtin_persona
 from guppyforge.persona.conversations import OFFTOPIC
 from guppyforge.persona.forecast import capacity
 from guppyforge.persona.schema import load_persona
+from guppyforge.version import __version__
 
 MAX_ROWS = 5_000_000  # conversations per dataset: ~80x the default, and a few GB in memory
 MAX_WORKERS = 64
@@ -90,7 +91,7 @@ class GenerateResult:
 def generate_dataset(
     persona_path: str | Path,
     out_dir: str | Path,
-    n: int = 60_000,
+    n: int = ROWS,
     seed: int = 42,
     test_size: float = 0.05,
     turns: str | int | None = None,
@@ -222,8 +223,16 @@ def _warn_or_fail(message: str, category: type[Warning], strict: bool) -> None:
 def data_warnings(stats: dict, persona_path) -> list[str]:
     """Where the rows differ from what the file asked for, each as one line with its fix."""
     out = []
+    examples, n = stats["examples"], stats["n_requested"]
+    if examples and examples >= n:  # examples come first: the rows were full before any draw
+        return [
+            f"{persona_path}: its hand-written examples fill all {n:,} rows asked for (-n "
+            f"{n:,}), so no row was generated from its topics, and any example past the "
+            f"first {n:,} was left out. Raise -n above the number of its examples "
+            "(`examples` and `examples_file` together)"
+        ]
     # Off-topic rows take their own share of the schedule; the topics' weights split the rest.
-    generated = stats["rows"] - stats["examples"] - stats.get("offtopic_rows", 0)
+    generated = stats["rows"] - examples - stats.get("offtopic_rows", 0)
     if stats["drawn"] and stats["unique_pct"] < MIN_UNIQUE_PCT:
         out.append(
             f"{persona_path}: only {stats['unique_pct']:.2f}% of {stats['drawn']:,} draws "
@@ -236,12 +245,15 @@ def data_warnings(stats: dict, persona_path) -> list[str]:
         if not t["weight"] or not total:
             continue
         asked = generated * t["weight"] / total
+        # A topic's rows hold its hand-written examples too, which no weight schedules; which
+        # topic each is in is not counted here, so over its share means beyond all of them.
+        rows = max(t["rows"] - examples, min(t["rows"], asked))
         # A small topic's count moves by a few rows with where the conversations fall in the
         # schedule and which draws repeat: about its square root is chance, not the file.
-        if abs(t["rows"] - asked) > max(SHARE_TOLERANCE * asked, 2 * math.sqrt(asked)):
+        if asked and abs(rows - asked) > max(SHARE_TOLERANCE * asked, 2 * math.sqrt(asked)):
             out.append(
-                f"{persona_path}: topics.{name}: {t['rows']:,} rows where its weight "
-                f"asked for about {asked:,.0f} ({100 * (t['rows'] / asked - 1):+.0f}%). "
+                f"{persona_path}: topics.{name}: {rows:,} rows where its weight "
+                f"asked for about {asked:,.0f} ({100 * (rows / asked - 1):+.0f}%). "
                 "Fix the dry pairs `guppyforge validate` names, or change its weight"
             )
         if "test" in stats["splits"] and t.get("test", 0) == 0:

@@ -15,10 +15,16 @@ import sys
 from pathlib import Path
 
 from guppyforge.dataset.folder import load_splits
-from guppyforge.defaults import TEMPERATURE
+from guppyforge.defaults import (
+    EVAL_OFFTOPIC_SAMPLES,
+    EVAL_SAMPLES,
+    EVAL_TOPIC_SAMPLES,
+    TEMPERATURE,
+)
 from guppyforge.errors import GuppyError
 from guppyforge.evaluate.trace import load_index, words
 from guppyforge.files import (
+    EVAL_RESULT,
     EVAL_SCHEMA,
     builtin_persona,
     check_inputs,
@@ -31,12 +37,12 @@ from guppyforge.files import (
 )
 from guppyforge.model.engine import Engine
 from guppyforge.model.packing import eval_loss, tokenize
+from guppyforge.model.run import dataset_dir, load_run, pick_device
 from guppyforge.persona.conversations import SENTENCE_END, pool
 from guppyforge.persona.schema import Reader, load_persona
 from guppyforge.persona.types import Persona, Probe, Variation
 from guppyforge.persona.variation import Rng, Varier
 from guppyforge.persona.yamlsafe import read_yaml
-from guppyforge.train.run_folder import dataset_dir, load_run, pick_device
 
 # --- The prompts `eval` asks beyond the persona's own probes, and how their replies are judged.
 #
@@ -266,13 +272,13 @@ def evaluate_run(
     run_dir: str | Path,
     persona: str | Path | None = None,
     data: str | Path | None = None,
-    samples: int = 5,
+    samples: int = EVAL_SAMPLES,
     seed: int = 0,
     temperature: float = TEMPERATURE,
     device: str = "cpu",
-    topic_samples: int = 2,
+    topic_samples: int = EVAL_TOPIC_SAMPLES,
     probes: str | Path | None = None,
-    offtopic_samples: int = 20,
+    offtopic_samples: int = EVAL_OFFTOPIC_SAMPLES,
     data_format: str | None = None,
 ) -> dict:
     """Score a run folder; the result is what `eval --json` writes.
@@ -482,7 +488,7 @@ def run_eval(
     if json_path:  # refused before the work, and the run folder is an input like any other
         claim_file(
             json_path,
-            "eval",
+            EVAL_RESULT,
             force,
             hint="Add --force to replace it, or pick --json",
             elsewhere="Pick another --json, or move the file away",

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from guppyforge.errors import GuppyError
-from guppyforge.train.run_folder import dataset_dir
+from guppyforge.model.run import dataset_dir
 
 # --- `guppyforge why`: where a reply came from, traced back to the persona lines that taught it.
 #
@@ -317,11 +317,11 @@ class TraceIndex:
 #
 # Why lazily and not at the end of `train`: the trainer's layer may not import the applications
 # layer, most runs are never traced, and a run trained before this existed gets an index too. The
-# key is the dataset's content fingerprint (stats.json) or, without one, its data files' sizes
-# and times (a single file of chat data too), plus the persona's hash and that of its
-# examples_file: regenerate or edit the data and the next `why` re-indexes it. The
-# cache is whole or absent (built aside, renamed into place), and self-contained: `why` still
-# answers after the dataset folder was moved away.
+# key is the dataset's content fingerprint (stats.json) or, without one, the hash of its data
+# files' bytes (a single file of chat data too: size and time can survive an edit), plus the
+# persona's hash and that of its examples_file: regenerate or edit the data and the next `why`
+# re-indexes it. The cache is whole or absent (built aside, renamed into place), and
+# self-contained: `why` still answers after the dataset folder was moved away.
 
 CACHE = "trace"
 
@@ -341,8 +341,9 @@ def dataset_key(data_dir: Path) -> str:
             with contextlib.suppress(GuppyError, OSError):
                 files = data_files(data_dir)
         for f in files:
-            st = f.stat()
-            parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+            if f.is_file():  # not a FIFO: reading one may never end (the data's reader refuses it)
+                with f.open("rb") as data:
+                    parts.append(f"{f}:{hashlib.file_digest(data, 'sha256').hexdigest()}")
     persona = data_dir / "persona.yaml"
     if persona.is_file():
         parts.append(hashlib.sha256(persona.read_bytes()).hexdigest())

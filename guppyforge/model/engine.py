@@ -17,10 +17,11 @@ time. A server keeps every active reply in one batch (`BatchDecoder.start` steps
 
 What happens to a reply, in order: build the ChatML prompt that fits the context
 (`build_prompt`, in tokenizer.py beside the chat format), run it once through the model to
-fill its row of the KV cache (prefill), then feed one token per step, picking each next token
-from the logits (`sample_next`) until a stop rule fires (`BatchDecoder._take`), and decode the
-tokens to text without ever splitting a character (`TextStream`) or showing part of a stop
-string (`StopStrings`).
+fill its row of the KV cache (prefill), then feed one token per step (`DecodeStep`, in
+decode.py), picking each next token from the logits (`sample_next`) until a stop rule fires
+(`BatchDecoder._take`), and decode the tokens to text without ever splitting a character
+(`TextStream`) or showing part of a stop string (`StopStrings`); those three are sampling.py's.
+Prefill and decode store and read the cache through its one method, `KVCache.update`.
 """
 
 from __future__ import annotations
@@ -31,148 +32,34 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
-from guppyforge.errors import GuppyError
+from guppyforge.model.decode import DecodeStep, decode_layout
 from guppyforge.model.gpt import GPT, ModelConfig
 from guppyforge.model.inside import Inside, reply_inside
-from guppyforge.model.speed import DecodeStep, decode_layout
+from guppyforge.model.sampling import StopStrings, TextStream, check_sampling, sample_next
 from guppyforge.model.tokenizer import END, build_prompt, prompt_budget
 
 OnToken = Callable[[int, torch.Tensor], None]  # (token id, the logits it was drawn from)
 Emit = Callable[[str | None], None]  # a text piece, or None once the reply has ended
 
 
-def check_sampling(temperature, top_k, top_p, max_new_tokens) -> None:
-    """Sampling options a caller got wrong (NaN, infinity, out of range): one line each."""
-    numbers = {"temperature": temperature, "top_p": top_p}
-    for name, value in numbers.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise GuppyError(f"{name} {value!r}: not a number. Use e.g. 0.7 (temperature), 0.9")
-    if not 0 <= temperature < float("inf"):
-        raise GuppyError(f"temperature {temperature}: must be finite and at least 0 (0: greedy)")
-    if not 0 < top_p <= 1:
-        raise GuppyError(f"top_p {top_p}: must be above 0 and at most 1")
-    for name, value in {"top_k": top_k or 0, "max_new_tokens": max_new_tokens}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise GuppyError(f"{name} {value!r}: must be a whole number, at least 0")
-
-
-def sample_next(
-    logits: torch.Tensor,
-    temperature: float = TEMPERATURE,
-    top_k: int | None = TOP_K,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Pick the next token from one position's logits.
-
-    Temperature divides the logits before the softmax: below 1 it sharpens the distribution
-    (the likely tokens get likelier), above 1 it flattens it. Temperature 0 means "always take
-    the most likely token" (greedy), which makes a reply reproducible.
-    """
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    logits = logits.float() / temperature
-    k = top_k if top_k and 0 < top_k < logits.numel() else logits.numel()
-    # Keep only the k most likely tokens: cuts off the long tail of nonsense. topk returns them
-    # sorted, so the rest of the work is on k numbers rather than the whole vocabulary.
-    values, ids = torch.topk(logits, k)
-    probs = F.softmax(values, dim=-1)
-    if top_p < 1.0:
-        # Nucleus sampling: keep the smallest set of tokens whose probabilities add up to top_p.
-        probs = probs.masked_fill(probs.cumsum(0) - probs > top_p, 0.0)
-    return int(ids[torch.multinomial(probs, 1, generator=generator)])
-
-
-class TextStream:
-    """Token ids in (one at a time), text pieces out, never splitting a character.
-
-    Byte-level BPE tokens are bytes, and one character (an emoji, a Chinese character) can span
-    several tokens. Decoding a half-finished character gives U+FFFD, so a piece is held back
-    until the text so far no longer ends in one. Push-style, so each reply in a batch keeps its
-    own; `decode_stream` is the same rule for an iterable.
-    """
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
-
-    def push(self, token: int) -> str:
-        """The new text this token completes ("" while a character is unfinished)."""
-        self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd") or len(text) == len(self.shown):
-            return ""
-        piece, self.shown = text[len(self.shown) :], text
-        return piece
-
-    def flush(self) -> str:
-        """Bytes that never completed a character: show what there is."""
-        text = self.tokenizer.decode(self.ids)
-        piece = text[len(self.shown) :] if len(text) > len(self.shown) else ""
-        self.shown = text if piece else self.shown
-        return piece
-
-
-def decode_stream(tokenizer: Tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
-    """Text pieces for a stream of token ids, never splitting a character (see TextStream)."""
-    decoder = TextStream(tokenizer)
-    for token in token_ids:
-        if piece := decoder.push(token):
-            yield piece
-    if piece := decoder.flush():
-        yield piece
-
-
-class StopStrings:
-    """Cuts streamed text at the first stop string, even one split across pieces.
-
-    Text that could be the start of a stop string is held back until the next piece shows
-    whether it is, so a reader never receives part of a stop string.
-    """
-
-    def __init__(self, stops: Iterable[str] = ()):
-        self.stops, self.pending, self.stopped = [s for s in stops if s], "", False
-
-    def feed(self, piece: str) -> str:
-        """The text now safe to show; sets `stopped` once a stop string is seen."""
-        if not self.stops:
-            return piece
-        self.pending += piece
-        cut = min((i for s in self.stops if (i := self.pending.find(s)) >= 0), default=-1)
-        if cut >= 0:
-            self.stopped = True
-            out, self.pending = self.pending[:cut], ""
-            return out
-        # Keep the longest tail that is a prefix of some stop string.
-        keep = max(
-            (n for s in self.stops for n in range(1, len(s)) if self.pending.endswith(s[:n])),
-            default=0,
-        )
-        out = self.pending[: len(self.pending) - keep]
-        self.pending = self.pending[len(out) :]
-        return out
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
-
-
 class KVCache:
     """Keys and values of every token each reply has seen, allocated once and written in place:
-    per layer one (rows, context, 2 * d_model) tensor, one row per reply; a position holds its
-    keys then values, as the attention's input projection writes them (one copy per layer).
+    per layer a keys and a values tensor (rows, heads, context, head_dim), one row per reply,
+    laid out as attention reads them, so what a layer attends to is a plain slice.
 
     Without it, each new token would recompute attention inputs for the whole prefix: O(T^2)
-    projections instead of O(T). The decoder says where a pass writes (`prefill`, `decode`);
-    `GPT.forward` calls `update`, the engine's `DecodeStep` calls `store` and `attend`.
+    projections instead of O(T). The decoder says where the next pass writes (`prefill`,
+    `decode`); every pass, the prompt's (`GPT.forward`) or one token's (`DecodeStep`), then
+    calls `update` once per layer.
     """
 
     def __init__(self, cfg: ModelConfig, rows: int, like: torch.Tensor):
-        self.heads = cfg.n_head
-        self.kv = [like.new_zeros(rows, cfg.context, 2 * cfg.d_model) for _ in range(cfg.n_layer)]
+        shape = (rows, cfg.n_head, cfg.context, cfg.d_model // cfg.n_head)
+        self.keys = [like.new_zeros(shape) for _ in range(cfg.n_layer)]
+        self.values = [like.new_zeros(shape) for _ in range(cfg.n_layer)]
         self.slots: slice | torch.Tensor | None = None  # prefill: the rows the prompts go to
         self.pos: torch.Tensor | None = None  # decode: each row's position, when they differ
         self.index: torch.Tensor | None = None  # ...and the rows they are at
@@ -181,53 +68,47 @@ class KVCache:
 
     @property
     def rows(self) -> int:
-        return self.kv[0].shape[0]
+        return self.keys[0].shape[0]
 
     def grow(self, rows: int) -> None:
         """Room for `rows` rows, keeping what is cached."""
-        for layer, old in enumerate(self.kv):
-            self.kv[layer] = old.new_zeros(rows, *old.shape[1:])
-            self.kv[layer][: old.shape[0]] = old
+        for tensors in (self.keys, self.values):
+            for layer, old in enumerate(tensors):
+                tensors[layer] = old.new_zeros(rows, *old.shape[1:])
+                tensors[layer][: old.shape[0]] = old
 
     def prefill(self, slots: list[int]) -> None:
         """The next pass runs whole prompts (padded on the right) into these empty rows."""
         if slots == list(range(slots[0], slots[0] + len(slots))):
             self.slots = slice(slots[0], slots[0] + len(slots))  # a plain copy, no scatter
         else:
-            self.slots = torch.tensor(slots, device=self.kv[0].device)
+            self.slots = torch.tensor(slots, device=self.keys[0].device)
 
     def decode(self, positions: list[int]) -> None:
         """The next pass feeds one token to each of the first len(positions) rows."""
         self.slots = None
         same = all(p == positions[0] for p in positions)
         self.at = positions[0] if same else -1
-        device = self.kv[0].device
+        device = self.keys[0].device
         self.pos = None if same else torch.tensor(positions, device=device)
         self.index = None if same else torch.arange(len(positions), device=device)
         self.width = max(positions) + 1
 
-    def store(self, layer: int, kv: torch.Tensor) -> None:
-        """Write each row's new keys and values (rows, 2 * d_model) at its position."""
-        at = (slice(kv.shape[0]), self.at) if self.pos is None else (self.index, self.pos)
-        self.kv[layer][at] = kv  # a slice where rows agree (always so for one reply)
-
-    def attend(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `rows` rows' keys and values, (rows, heads, width, head_dim) views."""
-        cache = self.kv[layer]
-        context, two_c = cache.shape[1:]
-        dim = two_c // 2 // self.heads
-        size, stride = (rows, self.heads, self.width, dim), (context * two_c, dim, two_c, 1)
-        return cache.as_strided(size, stride), cache.as_strided(size, stride, two_c // 2)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Store keys and values (B, heads, T, head_dim); what this layer attends to."""
-        B, _, T, _ = k.shape
-        kv = torch.cat((k, v), 1).transpose(1, 2).reshape(B, T, -1)
-        if self.slots is not None:  # a prompt attends only to itself (causally)
-            self.kv[layer][self.slots, :T] = kv
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Store this pass's keys and values (B, heads, T, head_dim) where `prefill` or `decode`
+        said, and return the keys and values this layer attends to."""
+        keys, values = self.keys[layer], self.values[layer]
+        if self.slots is not None:  # prompts in empty rows: each attends only to itself
+            keys[self.slots, :, : k.shape[2]], values[self.slots, :, : k.shape[2]] = k, v
             return k, v
-        self.store(layer, kv[:, 0])
-        return self.attend(layer, B)
+        rows = k.shape[0]
+        if self.pos is None:  # one position for every row (always so for one reply): a slice
+            at = slice(self.at, self.at + 1)
+            keys[:rows, :, at], values[:rows, :, at] = k, v
+        else:
+            at = (self.index, slice(None), self.pos)
+            keys[at], values[at] = k[:, :, 0], v[:, :, 0]
+        return keys[:rows, :, : self.width], values[:rows, :, : self.width]
 
 
 class Busy(Exception):

@@ -5,7 +5,8 @@ everywhere) is GPT-2's on purpose: every weight here maps one-to-one onto `trans
 GPT2LMHeadModel, so an exported model loads anywhere GPT-2 does.
 
 Read in this order: the shape (ModelConfig) and the presets that name shapes; the model,
-block by block; then which preset a CPU time budget picks and where a preset's parameters live.
+block by block, ending with `GPT.generate`, the plain reference every fast decoding path must
+equal; then which preset a CPU time budget picks and where a preset's parameters live.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from guppyforge.defaults import DEFAULT_PRESET
 from guppyforge.errors import GuppyError
 from guppyforge.files import text_table
-from guppyforge.model.speed import textbook_attention, textbook_attention_wins
+from guppyforge.model.decode import textbook_attention, textbook_attention_wins
 
 IGNORE = -100  # a target with this value adds nothing to the loss (cross_entropy's ignore_index)
 
@@ -90,9 +91,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, attn_mask=None, cache=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, heads, T, head_dim): each head attends on its own slice of channels.
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.heads(self.c_attn(x))
         if cache is not None:
             # The engine's KV cache stores the new keys and values and gives back what this
             # layer attends to: a prompt's own, or everything its reply has cached so far.
@@ -102,7 +101,7 @@ class CausalSelfAttention(nn.Module):
         # is block-diagonal too (built by the caller), so samples sharing a row never see each
         # other. SDPA picks the fastest kernel for the device (flash / memory-efficient / math).
         dropout = self.dropout if self.training else 0.0
-        if textbook_attention_wins(q, attn_mask):  # a CPU speed path: see model/speed.py
+        if textbook_attention_wins(q, attn_mask):  # a CPU speed path: see model/decode.py
             y = textbook_attention(q, k, v, attn_mask, dropout)
         else:
             # One new token may look at everything cached, so it needs no mask.
@@ -112,6 +111,14 @@ class CausalSelfAttention(nn.Module):
             )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
+
+    def heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Query, key and value (B, heads, T, head_dim) from the fused projection (B, T, 3C):
+        each head attends on its own slice of channels."""
+        B, T, three_c = qkv.shape
+        C = three_c // 3
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head) for t in qkv.split(C, dim=2))
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
 class MLP(nn.Module):
@@ -223,6 +230,30 @@ class GPT(nn.Module):
         logits = self.lm_head(hidden[keep])
         total = F.cross_entropy(logits.float(), targets[keep], ignore_index=IGNORE, reduction="sum")
         return total / max(n, 1)  # a batch with nothing to count gives 0, not NaN
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature=1.0, top_k=None) -> torch.Tensor:
+        """`idx` (B, T) with `max_new_tokens` more token ids after it, the plain way.
+
+        No cache: the whole sequence runs again for every token. Slow on purpose: it states what
+        every fast path (the engine's KV cache, its batches, its decode step) must equal.
+        Temperature 0 takes the likeliest token (greedy), as the engine does. No end token
+        stops it: a caller cuts the reply where the chat format closes it.
+        """
+        for _ in range(max_new_tokens):
+            # Learned positions stop at the context: past it, the model sees the latest tokens.
+            logits = self(idx[:, -self.cfg.context :])[:, -1, :]
+            if temperature == 0:
+                idx_next = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    # Only the k likeliest tokens may be drawn: the rest get probability 0.
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                idx_next = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
+            idx = torch.cat((idx, idx_next), dim=1)
+        return idx
 
 
 # --- Named shapes: the one a CPU budget picks, and where their parameters live.

@@ -10,22 +10,24 @@ returns both, per reply token:
     inside.tokens[0].top          # [(token id, log-probability at temperature 1), ...]
     inside.tokens[0].attention    # (layers, heads, positions before the token): rows sum to 1
 
-The attention weights are recomputed from each layer's queries and keys, softmax(q k^T /
-sqrt(d)) under the causal mask, while the blocks run as they always do
-(`forward_with_attention`, which the web export's inside graph traces too): the logits are the
-model's own, and gpt.py needs no switch for this. `top_logprobs` is serve's per-token
-`logprobs`, from the logits the decoder drew each token from.
+The attention weights are recomputed from each layer's queries and keys, split into heads as
+the model splits them (`CausalSelfAttention.heads`), by the model's own written-out formula
+(`attention_weights` in decode.py: softmax(q k^T / sqrt(d)) under the causal mask), while the
+blocks run as they always do (`forward_with_attention`, which the web export's inside graph
+traces too): the logits are the model's own, and gpt.py needs no switch for this.
+`top_logprobs` is serve's per-token `logprobs`, from the logits the decoder drew each token
+from, and each token's candidates here.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from guppyforge.defaults import MAX_NEW_TOKENS
+from guppyforge.model.decode import attention_weights
 
 TOP_LOGPROBS = 20  # the most candidates a caller may ask for, as OpenAI's API allows
 
@@ -89,16 +91,15 @@ def look_inside(model, prompt_ids: list[int], reply_ids: list[int], top: int = 1
     start = len(prompt_ids)
     tokens = []
     for position in range(start, len(ids)):
-        token = ids[position]
-        logprobs = F.log_softmax(logits[position - 1], dim=-1)
-        values, top_ids = torch.topk(logprobs, min(top, logprobs.numel()))
+        token, chose = ids[position], logits[position - 1]  # the position that chose the token
+        logprob, candidates = top_logprobs(chose, token, top)
         tokens.append(
             TokenInside(
                 token=token,
                 position=position,
-                logprob=float(logprobs[token]),
-                logprobs=logprobs,
-                top=list(zip(top_ids.tolist(), values.tolist(), strict=True)),
+                logprob=logprob,
+                logprobs=F.log_softmax(chose, dim=-1),
+                top=candidates,
                 attention=attention[:, :, position - 1, :position],
             )
         )
@@ -109,9 +110,12 @@ def forward_with_attention(model, idx: torch.Tensor) -> tuple[torch.Tensor, torc
     """The logits (B, T, vocab) of token ids `idx` (B, T), and every layer's attention
     weights (layers, B, heads, T, T), row t over the positions up to t.
 
-    GPT.forward's steps, with each layer's weights recomputed on the way. A walk rather than
-    hooks on the model: a server's decoder may be running the same model in another thread,
-    and a hook would see its passes too. The ONNX export of the inside view traces this too.
+    GPT.forward's steps, with each layer's weights recomputed on the way from its query and
+    key projection (the model's own split into heads and its written-out attention formula;
+    one more projection per layer than the block runs, which the inside view can afford). A
+    walk rather than hooks on the model: a server's decoder may be running the same model in
+    another thread, and a hook would see its passes too. The ONNX export of the inside view
+    traces this too.
     """
     T = idx.shape[1]
     positions = torch.arange(T, device=idx.device)[None]
@@ -121,16 +125,7 @@ def forward_with_attention(model, idx: torch.Tensor) -> tuple[torch.Tensor, torc
     x = model.wte(idx) + model.wpe(positions)
     weights = []
     for block in model.h:
-        weights.append(_attention(block.attn.c_attn(block.ln_1(x)), causal, model.cfg.n_head))
+        q, k, _ = block.attn.heads(block.attn.c_attn(block.ln_1(x)).float())
+        weights.append(attention_weights(q, k, causal))
         x = block(x, causal)
     return model.lm_head(model.ln_f(x)), torch.stack(weights)
-
-
-def _attention(qkv: torch.Tensor, causal: torch.Tensor, n_head: int) -> torch.Tensor:
-    """(B, heads, T, T) causal attention weights from one layer's fused q, k, v projection."""
-    B, T, three_c = qkv.shape
-    C = three_c // 3
-    q, k, _ = qkv.float().split(C, dim=-1)
-    q, k = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k))
-    scores = (q @ k.transpose(-2, -1)) / math.sqrt(C // n_head)
-    return scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)

@@ -14,6 +14,7 @@ header is not a row); the dataset layer reads large ones, parquet too, with `dat
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -22,9 +23,9 @@ import stat
 from pathlib import Path
 
 from guppyforge.errors import GuppyError
-from guppyforge.persona.limits import MAX_MESSAGE_CHARS as _MAX_CHARS
+from guppyforge.persona.bounds import MAX_MESSAGE_CHARS as _MAX_CHARS
 
-SHAPES = ("messages", "prompt-completion", "alpaca", "guppylm", "qa")
+FORMATS = ("messages", "prompt-completion", "alpaca", "guppylm", "qa")
 TOPIC_COLUMNS = ("category", "topic")  # an optional column that becomes each row's topic
 SMALL_SUFFIXES = (".jsonl", ".json", ".csv")  # what `read_small_file` reads
 
@@ -47,9 +48,9 @@ def recognise(columns: list[str], forced: str | None, path: Path) -> tuple[str, 
     if "alpaca" in fits:  # alpaca's input/output are guppylm's columns too: the instruction decides
         fits.remove("guppylm")
     if forced:
-        if forced not in SHAPES:
+        if forced not in FORMATS:
             raise GuppyError(
-                f"--format {forced}: not a shape guppyforge reads. Use one of {', '.join(SHAPES)}"
+                f"--format {forced}: not a format guppyforge reads. Use one of {', '.join(FORMATS)}"
             )
         missing = [k for k, v in found[forced].items() if not v]
         if missing:
@@ -101,12 +102,19 @@ def describe(shape: str, m: dict[str, str], rows: int, topics: int) -> str:
 
 
 def text_of(value) -> str | None:
-    """A cell as text: numbers a CSV reader typed become strings again; empty is None."""
-    if value is None or (isinstance(value, float) and value != value):  # NaN: an empty cell
+    """A cell as text: a JSON or parquet number as written; None for no value, or one that is
+    no text (true, a list, NaN)."""
+    if value is None or (isinstance(value, float) and value != value):
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         return None
     return str(value)
+
+
+def _not_text(value) -> str:
+    """What a value that is no text is, for a bad row's line: `true, not text`."""
+    shown = json.dumps(value, ensure_ascii=False, default=str)
+    return f"{shown[:40]}{'...' if len(shown) > 40 else ''}, not text"
 
 
 def _check_turns(messages, where: str = "messages") -> list[tuple[str, str]] | str:
@@ -117,8 +125,10 @@ def _check_turns(messages, where: str = "messages") -> list[tuple[str, str]] | s
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             return f"message {i + 1} has no 'role'"
-        if not isinstance(m.get("content"), str):
-            return f"message {i + 1} has no 'content' text"
+        if m.get("content") is None:
+            return f"message {i + 1} has no 'content'"
+        if not isinstance(m["content"], str):  # JSON's own types: a number is not a message
+            return f"message {i + 1}: 'content' is {_not_text(m['content'])}"
         out.append((m["role"], m["content"]))
     body = out[1:] if out[0][0] == "system" else out
     for i, (role, content) in enumerate(body):
@@ -158,15 +168,45 @@ def convert(row: dict, shape: str, m: dict[str, str]) -> list[tuple[str, str]] |
     else:  # guppylm, qa: one question, one answer
         ask, say = ("input", "output") if shape == "guppylm" else ("question", "answer")
         user, reply, names = text_of(row.get(m[ask])), text_of(row.get(m[say])), (m[ask], m[say])
-    if user is None:
-        return f"missing '{names[0]}'"
-    if reply is None:
-        return f"missing '{names[1]}'"
+    for name, value in zip(names, (user, reply), strict=True):
+        if value is None:
+            cell = row.get(name)
+            return f"missing '{name}'" if cell is None else f"'{name}' is {_not_text(cell)}"
     if not user.strip():
         return f"empty prompt ('{names[0]}')"
     if not reply.strip():
         return f"empty reply ('{names[1]}')"
     return [("user", user), ("assistant", reply)]
+
+
+def looks_utf16(head: bytes) -> bool:
+    """Is this the start of UTF-16 text: its byte-order mark, or a NUL beside every letter?"""
+    start = head[:1024]
+    return start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or (
+        start.count(0) > len(start) // 4
+    )
+
+
+def not_utf8(path: Path, head: bytes, where: str) -> GuppyError:
+    """The error for a file that is not UTF-8 text: `where` is the place of its first bad byte."""
+    why = "not UTF-8 (UTF-16?)" if looks_utf16(head) else f"{where}: not UTF-8"
+    return GuppyError(f"{path}: {why}. Save it as UTF-8")
+
+
+def check_csv_header(path: Path, columns: list[str]) -> None:
+    """Refuse a CSV header that no shape can be read from: another separator, a repeated name."""
+    if len(columns) == 1:
+        sep = next((s for s in (";", "\t", "|") if s in columns[0]), None)
+        if sep:
+            raise GuppyError(
+                f"{path}: one column `{columns[0][:60]}`: separated by {sep!r}? guppyforge "
+                "reads comma-separated CSV. Save it with commas"
+            )
+    seen = set()
+    for name in columns:
+        if name in seen:
+            raise GuppyError(f"{path}: the column `{name}` appears twice. Rename one of them")
+        seen.add(name)
 
 
 def read_small_file(path: Path, max_bytes: int, max_rows: int) -> list[dict]:
@@ -197,14 +237,18 @@ def read_small_file(path: Path, max_bytes: int, max_rows: int) -> list[dict]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise GuppyError(f"{path}: not UTF-8 text (byte {e.start:,}). Save it as UTF-8") from None
+        raise not_utf8(path, raw, f"byte {e.start:,}") from None
     if "\0" in text:
+        if looks_utf16(raw):
+            raise not_utf8(path, raw, "")
         raise GuppyError(f"{path}: holds NUL bytes: not a text file. Save it as UTF-8 text")
     rows: list = []
     lines_read = 0
     try:
         if suffix == ".csv":
-            rows = list(csv.DictReader(io.StringIO(text, newline="")))
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            check_csv_header(path, list(reader.fieldnames or []))
+            rows = list(reader)
         elif suffix == ".json":
             rows = json.loads(text)
             if not isinstance(rows, list):
@@ -228,6 +272,11 @@ def read_small_file(path: Path, max_bytes: int, max_rows: int) -> list[dict]:
     for n, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise GuppyError(f'{path}: row {n}: not an object of columns. Write {{"q": ...}}')
+        if None in row:  # csv.DictReader's key for the cells past the header's
+            raise GuppyError(
+                f"{path}: row {n}: more cells than the header has columns. Quote a cell "
+                'that holds a comma ("a, b")'
+            )
     return rows
 
 

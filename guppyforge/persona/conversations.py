@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from guppyforge.errors import GuppyError
 from guppyforge.files import personas_dir
-from guppyforge.persona import limits
+from guppyforge.persona import bounds
 from guppyforge.persona.grammar import INF, Draw, Grammar, Rule
 from guppyforge.persona.templating import Compiled, TemplateProblem, compile_text, did_you_mean
 from guppyforge.persona.types import Persona, Template
@@ -217,24 +217,24 @@ def compile_persona(persona: Persona, on_error: Callable[[str], None]) -> Compil
         for t, c in out:
             used.update(c.symbols, c.picks)
             work = sum(grammar.work.get(s, 0) for s in (*c.symbols, *c.picks))
-            if work > limits.MAX_GRAMMAR_WORK and all(
-                grammar.work.get(s, 0) <= limits.MAX_GRAMMAR_WORK for s in (*c.symbols, *c.picks)
+            if work > bounds.MAX_GRAMMAR_WORK and all(
+                grammar.work.get(s, 0) <= bounds.MAX_GRAMMAR_WORK for s in (*c.symbols, *c.picks)
             ):  # a symbol past the limit on its own is reported once, as a grammar problem
                 on_error(
                     f"{t.where}: needs {work:g} symbol expansions, more than the limit of "
-                    f"{limits.MAX_GRAMMAR_WORK:,}. Use fewer or smaller symbols"
+                    f"{bounds.MAX_GRAMMAR_WORK:,}. Use fewer or smaller symbols"
                 )
             elif all(  # a symbol with a grammar problem is reported once, above
-                grammar.work.get(s, INF) <= limits.MAX_GRAMMAR_WORK
-                and grammar.height.get(s, INF) <= limits.MAX_GRAMMAR_DEPTH
+                grammar.work.get(s, INF) <= bounds.MAX_GRAMMAR_WORK
+                and grammar.height.get(s, INF) <= bounds.MAX_GRAMMAR_DEPTH
                 for s in (*c.symbols, *c.picks)
             ):
                 most = sum(grammar.most(s) for s in (*c.symbols, *c.picks))
                 # Jinja's sandbox makes each value it renders cost about two expansions more.
                 most *= 1 if c.parts is not None else 3
-                if most > limits.MAX_MESSAGE_WORK:  # what bounds the time a message costs
+                if most > bounds.MAX_MESSAGE_WORK:  # what bounds the time a message costs
                     on_error(
-                        f"{t.where}: can take more than {limits.MAX_MESSAGE_WORK} symbol "
+                        f"{t.where}: can take more than {bounds.MAX_MESSAGE_WORK} symbol "
                         "expansions in one message (the limit; {% if %} templates count "
                         "3 per expansion). Use fewer, flatter symbols"
                     )
@@ -355,7 +355,7 @@ class Sampler:
     def _later_turn(self, st: Stage, bound: dict, draw: Draw, seen: set):
         """A follow-up (ask, say, prompt, reply) repeating no line in `seen`, or None."""
         rng = draw.rng()
-        for _ in range(limits.MAX_TURN_REDRAWS):
+        for _ in range(bounds.MAX_TURN_REDRAWS):
             draw.work = 0  # the work limit holds per message rendered, redraws included
             trial = dict(bound)  # a refused draw must not leave its values bound
             a = rng.randrange(len(st.asks))
@@ -404,7 +404,7 @@ class Sampler:
 
     def _reply(self, st: Stage, s: int, bound: dict, draw: Draw):
         options = None
-        for _ in range(limits.MAX_NEVER_SAY_REDRAWS):
+        for _ in range(bounds.MAX_NEVER_SAY_REDRAWS):
             reply = self.style(self._render(*st.says[s], bound, draw, st.say_bind[s]))
             if self._never is None or not self.banned(reply):
                 return s, reply
@@ -412,7 +412,7 @@ class Sampler:
             # Draw again: another reply that fits the question, fresh grammar picks.
             s = options[draw.rng().randrange(len(options))]
         raise GuppyError(
-            f"{st.says[s][0].where}: {limits.MAX_NEVER_SAY_REDRAWS} replies in a "
+            f"{st.says[s][0].where}: {bounds.MAX_NEVER_SAY_REDRAWS} replies in a "
             "row contained a style.never_say phrase. Reword the templates or "
             "grammar"
         )
@@ -446,10 +446,10 @@ class Sampler:
                 problem = (str(exc).splitlines() or ["render failed"])[0].rstrip(".")
                 raise GuppyError(f"{t.where}: {problem}. Fix the template") from None
         text = tidy(text)
-        if len(text) > limits.MAX_MESSAGE_CHARS:
+        if len(text) > bounds.MAX_MESSAGE_CHARS:
             raise GuppyError(
                 f"{t.where}: renders {len(text):,} characters, more than the "
-                f"{limits.MAX_MESSAGE_CHARS:,} limit. Shorten it"
+                f"{bounds.MAX_MESSAGE_CHARS:,} limit. Shorten it"
             )
         return text
 
@@ -552,7 +552,7 @@ class OffTopicSampler:
         rng = Rng(self.seed, index, salt=1)
         k = rng.randrange(len(self.prompts))
         draw = Draw(self.sampler.grammar, f"{self.seed}:{index}:offtopic", rng.random())
-        for _ in range(limits.MAX_NEVER_SAY_REDRAWS):
+        for _ in range(bounds.MAX_NEVER_SAY_REDRAWS):
             s = rng.randrange(len(self.says))
             t, c = self.says[s]
             draw.work = 0
@@ -564,6 +564,6 @@ class OffTopicSampler:
                 ]
                 return Conversation(messages, OFFTOPIC, f"offtopic:p{k}/say{s}@L{t.line}", 1)
         raise GuppyError(
-            f"{t.where}: {limits.MAX_NEVER_SAY_REDRAWS} off-topic replies in a row "
+            f"{t.where}: {bounds.MAX_NEVER_SAY_REDRAWS} off-topic replies in a row "
             "contained a style.never_say phrase. Reword offtopic.say"
         )

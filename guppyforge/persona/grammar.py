@@ -3,7 +3,7 @@
 Each alternative is parsed once into parts (text, or a reference to another symbol with filters).
 Before any sampling the grammar is analysed: which symbols can finish at all (a productive-symbol
 fixpoint), how many nested levels and how many expansions each needs at least. Expansion is then
-bounded by `limits.MAX_GRAMMAR_DEPTH` and `limits.MAX_GRAMMAR_WORK` without ever failing at random.
+bounded by `bounds.MAX_GRAMMAR_DEPTH` and `bounds.MAX_GRAMMAR_WORK` without ever failing at random.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from guppyforge.errors import GuppyError
-from guppyforge.persona import limits
+from guppyforge.persona import bounds
 
 INF = float("inf")
 _BELOW_1 = 1.0 - 2**-53
-_DEPTH = limits.MAX_GRAMMAR_DEPTH
+_DEPTH = bounds.MAX_GRAMMAR_DEPTH
 SMALL = 64  # symbols with more alternatives than this draw in O(log n) (see Draw._choose_big)
 
 
@@ -59,11 +59,11 @@ class Grammar:
             ]
             rule.deepest = max(rule.heights, default=INF)
 
-    def most(self, name: str, room: int = limits.MAX_GRAMMAR_DEPTH) -> int:
+    def most(self, name: str, room: int = bounds.MAX_GRAMMAR_DEPTH) -> int:
         """The most expansions one draw of `name` can take with `room` levels left (the depth
         limit stops recursion), saturating just past MAX_MESSAGE_WORK. What bounds the time a
         message costs, where `work` (the least) only says whether it can finish."""
-        cap = limits.MAX_MESSAGE_WORK + 1
+        cap = bounds.MAX_MESSAGE_WORK + 1
         memo = self._most
         if (name, room) in memo:
             return memo[name, room]
@@ -84,7 +84,7 @@ class Grammar:
         One line per kind: in a loop every symbol is stuck, and every caller of a too-deep symbol
         is too deep too, so the worst one is named and the others listed after it.
         """
-        depth, work = limits.MAX_GRAMMAR_DEPTH, limits.MAX_GRAMMAR_WORK
+        depth, work = bounds.MAX_GRAMMAR_DEPTH, bounds.MAX_GRAMMAR_WORK
         never = [n for n in self.rules if n not in self.height]
         deep = [n for n in self.rules if self.height.get(n, 0) > depth]
         heavy = [n for n in self.rules if n not in never + deep and self.work[n] > work]
@@ -130,7 +130,7 @@ class Grammar:
         """Distinct strings `name` can expand to: (list, complete). Stops at `cap` strings."""
         memo = {} if memo is None else memo
         rule = self.rules[name]
-        room = limits.MAX_GRAMMAR_DEPTH - depth + 1
+        room = bounds.MAX_GRAMMAR_DEPTH - depth + 1
         key = (name, min(room, rule.deepest))  # deeper room changes nothing once all alts fit
         if key in memo:
             return memo[key]
@@ -242,9 +242,9 @@ class Draw:
         """A fresh value of `name`, honouring the bag, the depth limit and the work limit."""
         rule = self.rules[name]
         self.work += 1
-        if self.work > limits.MAX_GRAMMAR_WORK:
+        if self.work > bounds.MAX_GRAMMAR_WORK:
             raise GuppyError(
-                f"{rule.where}: more than {limits.MAX_GRAMMAR_WORK:,} expansions in "
+                f"{rule.where}: more than {bounds.MAX_GRAMMAR_WORK:,} expansions in "
                 "one conversation. Make the grammar less recursive"
             )
         alts = rule.alts
@@ -281,16 +281,16 @@ class Draw:
                     value = f(value)
                 out.append(value)
         text = "".join(out)
-        if len(text) > limits.MAX_MESSAGE_CHARS:
+        if len(text) > bounds.MAX_MESSAGE_CHARS:
             raise GuppyError(
-                f"{rule.where}: expands to more than {limits.MAX_MESSAGE_CHARS:,} "
+                f"{rule.where}: expands to more than {bounds.MAX_MESSAGE_CHARS:,} "
                 "characters. Shorten the alternatives"
             )
         return text
 
     def _choose(self, rule: Rule, depth: int) -> int:
         n = len(rule.alts)
-        free = depth + rule.deepest - 1 <= limits.MAX_GRAMMAR_DEPTH  # no depth restriction
+        free = depth + rule.deepest - 1 <= bounds.MAX_GRAMMAR_DEPTH  # no depth restriction
         bag = self.bags.get(rule.name)
         if bag is None:
             if free and self.u is not None:
@@ -318,7 +318,7 @@ class Draw:
                     return i
             ok = range(n)
         else:  # near the depth limit: only alternatives that can still finish in time
-            room = limits.MAX_GRAMMAR_DEPTH - depth + 1
+            room = bounds.MAX_GRAMMAR_DEPTH - depth + 1
             ok = [i for i in range(n) if rule.heights[i] <= room]
         fresh = [i for i in ok if i not in bag] or ok
         r = random() * sum(rule.weights[i] for i in fresh)
@@ -337,7 +337,7 @@ class Draw:
         if free:
             ok, cum = None, rule.cum
         else:  # near the depth limit: only alternatives that can still finish in time
-            room = limits.MAX_GRAMMAR_DEPTH - depth + 1
+            room = bounds.MAX_GRAMMAR_DEPTH - depth + 1
             if room not in rule.fitting:
                 ok = [i for i in range(len(rule.alts)) if rule.heights[i] <= room]
                 rule.fitting[room] = (ok, list(itertools.accumulate(rule.weights[i] for i in ok)))

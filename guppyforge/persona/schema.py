@@ -13,9 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from guppyforge.defaults import ROWS
 from guppyforge.errors import GuppyError
-from guppyforge.persona import limits
-from guppyforge.persona.chat_rows import SHAPES, examples_path, examples_rows
+from guppyforge.persona import bounds
+from guppyforge.persona.chat_rows import FORMATS, examples_path, examples_rows
 from guppyforge.persona.checks import (
     pairing_problems,
     placeholder_warnings,
@@ -224,19 +225,19 @@ class Reader:
                 (),
                 "missing the spec version key 'guppyforge'",
                 "Add `guppyforge: 1` "
-                f"as the first line (`{limits.SPEC_VERSION}` for the newest features)",
+                f"as the first line (`{bounds.SPEC_VERSION}` for the newest features)",
             )
             return (1, 0)
         text = self.doc.texts.get(path, v) if not isinstance(v, str) else v
         text = text.strip() if isinstance(text, str) else None
-        if text in limits.SPEC_VERSIONS:
-            return limits.SPEC_VERSIONS[text]
-        known = " or ".join(dict.fromkeys(k for k in limits.SPEC_VERSIONS if k != "1.0"))
-        if text and _NUMBER.fullmatch(text) and float(text) > float(limits.SPEC_VERSION):
+        if text in bounds.SPEC_VERSIONS:
+            return bounds.SPEC_VERSIONS[text]
+        known = " or ".join(dict.fromkeys(k for k in bounds.SPEC_VERSIONS if k != "1.0"))
+        if text and _NUMBER.fullmatch(text) and float(text) > float(bounds.SPEC_VERSION):
             self.error(
                 path,
                 f"this file uses persona format {text}; this guppyforge reads up "
-                f"to {limits.SPEC_VERSION}",
+                f"to {bounds.SPEC_VERSION}",
                 "Upgrade: pip install -U guppyforge",
             )
         else:  # a long or odd value is shortened: the error must stay one readable line
@@ -245,7 +246,7 @@ class Reader:
             self.error(
                 path,
                 f"spec version must be {known}, not {shown}",
-                f"Write `guppyforge: {limits.SPEC_VERSION}`",
+                f"Write `guppyforge: {bounds.SPEC_VERSION}`",
             )
         return (1, 0)
 
@@ -268,10 +269,10 @@ class Reader:
         out = []
         for k, w in value.items():
             n = int(k) if str(k).isdigit() and len(str(k)) <= 3 else 0
-            if not 1 <= n <= limits.MAX_TURNS:
+            if not 1 <= n <= bounds.MAX_TURNS:
                 self.error(
                     (*path, k),
-                    f"'{k}' is not a number of turns from 1 to {limits.MAX_TURNS}",
+                    f"'{k}' is not a number of turns from 1 to {bounds.MAX_TURNS}",
                     "Use keys 1, 2, 3...",
                     key=True,
                 )
@@ -322,7 +323,7 @@ class Reader:
         if value is None or not self._needs("offtopic", spec, (1, 2)):
             return None
         o = self.mapping(("offtopic",), value, ("offtopic",), required=("say",))
-        share = self._share(("offtopic", "share"), o.get("share", 0.08), limits.MAX_OFFTOPIC_SHARE)
+        share = self._share(("offtopic", "share"), o.get("share", 0.08), bounds.MAX_OFFTOPIC_SHARE)
         return OffTopic(share, self.templates(("offtopic", "say"), o.get("say")))
 
     def _style(self, value: Any) -> Style:
@@ -347,10 +348,10 @@ class Reader:
             self.error(("grammar",), "must be a mapping of symbol: [alternatives]", "See the docs")
             return {}
         g = value
-        if len(g) > limits.MAX_SYMBOLS:
+        if len(g) > bounds.MAX_SYMBOLS:
             self.error(
                 ("grammar",),
-                f"{len(g):,} symbols, more than the {limits.MAX_SYMBOLS:,} limit",
+                f"{len(g):,} symbols, more than the {bounds.MAX_SYMBOLS:,} limit",
                 "Split the persona",
             )
             return {}
@@ -365,10 +366,10 @@ class Reader:
                     "not starting with a digit (and not pick/true/false/none)",
                     key=True,
                 )
-            if isinstance(alts, list) and len(alts) > limits.MAX_ALTERNATIVES:
+            if isinstance(alts, list) and len(alts) > bounds.MAX_ALTERNATIVES:
                 self.error(
                     path,
-                    f"{len(alts):,} alternatives, more than the {limits.MAX_ALTERNATIVES:,} limit",
+                    f"{len(alts):,} alternatives, more than the {bounds.MAX_ALTERNATIVES:,} limit",
                     "Split the symbol",
                 )
                 continue
@@ -446,9 +447,9 @@ class Reader:
         if isinstance(value, dict):
             v = self.mapping(path, value, ("examples_file",), required=("path",))
             forced = v.get("format")
-            if forced is not None and forced not in SHAPES:
-                hint = did_you_mean(str(forced), SHAPES) or f"Use one of: {', '.join(SHAPES)}"
-                self.error((*path, "format"), f"'{forced}' is not a shape guppyforge reads", hint)
+            if forced is not None and forced not in FORMATS:
+                hint = did_you_mean(str(forced), FORMATS) or f"Use one of: {', '.join(FORMATS)}"
+                self.error((*path, "format"), f"'{forced}' is not a format guppyforge reads", hint)
                 return (), None
             path, value = (*path, "path"), v.get("path")
         found = examples_path(self.doc.path, value)
@@ -459,7 +460,7 @@ class Reader:
         rel, target = found
         try:
             rows, bad = examples_rows(
-                target, rel, forced, limits.MAX_EXAMPLES_FILE_BYTES, limits.MAX_EXAMPLES_FILE_ROWS
+                target, rel, forced, bounds.MAX_EXAMPLES_FILE_BYTES, bounds.MAX_EXAMPLES_FILE_ROWS
             )
             digest = hashlib.sha256(target.read_bytes()).hexdigest()
         except GuppyError as e:
@@ -473,10 +474,10 @@ class Reader:
                 hint = did_you_mean(topic, topics) or f"Use one of: {', '.join(topics)}"
                 bad.append(f"{rel}: row {n}: unknown topic '{topic}'. {hint}")
         at = self.doc.at(path)
-        for line in bad[: limits.MAX_ROW_ERRORS]:
+        for line in bad[: bounds.MAX_ROW_ERRORS]:
             self.errors.append(f"{at}: {_dotted(path)}: {line}")
-        if len(bad) > limits.MAX_ROW_ERRORS:
-            more = len(bad) - limits.MAX_ROW_ERRORS
+        if len(bad) > bounds.MAX_ROW_ERRORS:
+            more = len(bad) - bounds.MAX_ROW_ERRORS
             self.errors.append(f"{at}: {_dotted(path)}: ... and {more:,} more bad rows")
         line = self.doc.marks.get(path, (0, 0))[0]
         examples = tuple(
@@ -531,7 +532,7 @@ def load_persona(path: str | Path) -> Persona:
     return persona
 
 
-def validate_persona(path: str | Path, target: int = limits.DEFAULT_TARGET) -> Report:
+def validate_persona(path: str | Path, target: int = ROWS) -> Report:
     """Check a persona and report every problem, every warning and its capacity."""
     try:
         persona, errors, warnings, doc = _load(path)

@@ -8,6 +8,7 @@ from pathlib import Path
 from guppyforge.errors import GuppyError
 from guppyforge.files import builtin_persona, claim_file, guard, templates_dir, write_atomic
 from guppyforge.persona.schema import load_persona
+from guppyforge.persona.yamlsafe import persona_file
 
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # The top-level `name:` key and its value (plain or quoted), leaving any comment after it.
@@ -60,7 +61,7 @@ def write_persona(name: str, source: str | None = None, directory: str | Path = 
         raise GuppyError(f"--dir {directory}: is a file, not a folder. Pick another --dir")
     # No --force here: a persona is hand-edited work, so an existing file is never replaced.
     hint = "Choose another name or --dir, or delete it first"
-    claim_file(out, "persona", False, name=name, hint=hint, elsewhere=hint)
+    claim_file(out, persona_file(name), False, hint=hint, elsewhere=hint)
     text = starter_text(name) if source is None else copied_text(name, source)
     guard(out, lambda: write_atomic(out, text))  # a crash never leaves half a persona behind
     return out

@@ -18,7 +18,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
-from guppyforge.persona.limits import MAX_MESSAGE_CHARS, MAX_TAG_TOKENS, MAX_TEMPLATE_NESTING
+from guppyforge.persona.bounds import MAX_MESSAGE_CHARS, MAX_TAG_TOKENS, MAX_TEMPLATE_NESTING
 
 # --- English inflection for persona filters: plural, singular, a/an, and verb agreement.
 #

@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 
 from guppyforge.errors import GuppyError, where
-from guppyforge.files import require_regular
-from guppyforge.persona import limits
+from guppyforge.files import FileKind, require_regular
+from guppyforge.persona import bounds
 
 try:  # libyaml is ~10x faster; both keep line/column marks
     _Loader: type = yaml.CSafeLoader
@@ -63,19 +63,35 @@ def fail(path: Path | str, problem: str, fix: str, line: int | None = None, col=
     return GuppyError(f"{where(path, line, col)}: {problem}. {fix}")
 
 
-def read_yaml(path: str | Path) -> Doc:
+@dataclass(frozen=True)
+class YamlKind:
+    """What kind of file `read_yaml` reads, so its errors suggest that file's fixes."""
+
+    name: str  # "persona", "sweep grid"
+    empty_fix: str  # for an empty file
+    top_fix: str  # for a file whose top level is not a mapping
+
+
+PERSONA_YAML = YamlKind(
+    "persona", "Start from `guppyforge new-persona NAME`", "Start with `guppyforge: 1`"
+)
+
+
+def read_yaml(path: str | Path, kind: YamlKind = PERSONA_YAML) -> Doc:
     """Load a persona-sized YAML mapping safely; raise GuppyError (one line) on anything hostile."""
     import hashlib
 
     path = Path(path)
-    require_regular(path, "A persona is a YAML text file")
+    require_regular(path, f"A {kind.name} is a YAML text file")
     try:
         with open(path, "rb") as f:
-            raw = f.read(limits.MAX_FILE_BYTES + 1)
+            raw = f.read(bounds.MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise fail(path, f"cannot read the file ({exc.strerror})", "Check the path") from None
-    if len(raw) > limits.MAX_FILE_BYTES:
-        raise fail(path, "file is larger than the 1 MiB limit", "A persona is a short text file")
+    if len(raw) > bounds.MAX_FILE_BYTES:
+        raise fail(
+            path, "file is larger than the 1 MiB limit", f"A {kind.name} is a short text file"
+        )
     if b"\0" in raw:
         raise fail(path, "file contains NUL bytes (binary data?)", "Give a YAML text file")
     try:
@@ -84,9 +100,9 @@ def read_yaml(path: str | Path) -> Doc:
         line = raw[: exc.start].count(b"\n") + 1
         raise fail(path, "file is not valid UTF-8", "Save it as UTF-8", line) from None
     if not text.strip():
-        raise fail(path, "file is empty", "Start from `guppyforge new-persona NAME`")
+        raise fail(path, "file is empty", kind.empty_fix)
     try:
-        _check_events(path, text)
+        _check_events(path, text, kind)
         loader = _Loader(text)
         try:
             root = loader.get_single_node()
@@ -101,7 +117,7 @@ def read_yaml(path: str | Path) -> Doc:
         if "nesting depth" in problem:  # libyaml's own cap (1000) can fire before ours
             raise fail(
                 path,
-                f"nesting deeper than {limits.MAX_YAML_DEPTH} levels",
+                f"nesting deeper than {bounds.MAX_YAML_DEPTH} levels",
                 "Flatten the file",
                 line,
                 col,
@@ -112,10 +128,10 @@ def read_yaml(path: str | Path) -> Doc:
         problem = " ".join(str(exc).split()).rstrip(".")  # PyYAML's own text spans lines
         raise fail(path, f"YAML syntax: {problem}", "Fix the YAML") from None
     if doc.data is None:
-        raise fail(path, "file is empty", "Start from `guppyforge new-persona NAME`")
+        raise fail(path, "file is empty", kind.empty_fix)
     if not isinstance(doc.data, dict):
-        kind = "a list" if isinstance(doc.data, list) else "a single value"
-        raise fail(path, f"top level is {kind}, not a mapping", "Start with `guppyforge: 1`", 1, 1)
+        found = "a list" if isinstance(doc.data, list) else "a single value"
+        raise fail(path, f"top level is {found}, not a mapping", kind.top_fix, 1, 1)
     return doc
 
 
@@ -132,7 +148,7 @@ def _syntax_fix(line: str) -> str:
 _UNQUOTED_TEMPLATE = re.compile(r"\s*(-\s+|[^\s#'\"][^:#]*:\s+)?\{[{%]")
 
 
-def _check_events(path: Path, text: str) -> None:
+def _check_events(path: Path, text: str, kind: YamlKind) -> None:
     """Enforce depth, alias and expanded-size limits while streaming, before any tree exists."""
     depth = aliases = 0
     sizes: dict[str, int] = {}  # anchor -> nodes in its expanded subtree
@@ -145,15 +161,15 @@ def _check_events(path: Path, text: str) -> None:
             raise fail(
                 path,
                 f"tag '{short}' is not allowed",
-                "Remove it: personas hold plain data only",
+                f"Remove it: a {kind.name} holds plain data only",
                 *mark,
             )
         if isinstance(ev, yaml.AliasEvent):
             aliases += 1
-            if aliases > limits.MAX_YAML_ALIASES:
+            if aliases > bounds.MAX_YAML_ALIASES:
                 raise fail(
                     path,
-                    f"more than {limits.MAX_YAML_ALIASES} aliases",
+                    f"more than {bounds.MAX_YAML_ALIASES} aliases",
                     "Write the values out",
                     *mark,
                 )
@@ -166,10 +182,10 @@ def _check_events(path: Path, text: str) -> None:
                 sizes[ev.anchor] = 1
         elif isinstance(ev, yaml.CollectionStartEvent):
             depth += 1
-            if depth > limits.MAX_YAML_DEPTH:
+            if depth > bounds.MAX_YAML_DEPTH:
                 raise fail(
                     path,
-                    f"nesting deeper than {limits.MAX_YAML_DEPTH} levels",
+                    f"nesting deeper than {bounds.MAX_YAML_DEPTH} levels",
                     "Flatten the file",
                     *mark,
                 )
@@ -180,10 +196,10 @@ def _check_events(path: Path, text: str) -> None:
             if anchor:
                 sizes[anchor] = count
             stack[-1][0] += count
-        if stack[0][0] + sum(s[0] for s in stack[1:]) > limits.MAX_YAML_NODES:
+        if stack[0][0] + sum(s[0] for s in stack[1:]) > bounds.MAX_YAML_NODES:
             raise fail(
                 path,
-                f"more than {limits.MAX_YAML_NODES:,} values after expanding aliases",
+                f"more than {bounds.MAX_YAML_NODES:,} values after expanding aliases",
                 "Remove the aliases (is this a YAML bomb?)",
                 *mark,
             )
@@ -231,3 +247,16 @@ def _convert(doc: Doc, loader: Any, node: yaml.Node, path: Path_) -> Any:
         doc.key_marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
         out[key] = _convert(doc, loader, value_node, child)
     return out
+
+
+def persona_file(name: str | None) -> FileKind:
+    """A persona file as `--force` may replace it: a guppyforge persona of the same name."""
+
+    def is_ours(path: Path) -> bool:
+        try:
+            data = read_yaml(path).data
+        except GuppyError:
+            return False
+        return isinstance(data, dict) and "guppyforge" in data and data.get("name") == name
+
+    return FileKind(f"a guppyforge persona named '{name}'", is_ours)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from guppyforge.defaults import DEFAULT_PRESET, DEVICES, LOSS_ON
 from guppyforge.errors import GuppyError
 
-OPTIMIZERS = ("muon", "adamw")  # see loop.py
+OPTIMIZERS = ("muon", "adamw")  # see optim.py
 # AdamW's peak rate when --lr is not given, the best measured per optimizer on 2 fp32 cores: with
 # Muon, AdamW moves only the embeddings (which are also the output head), biases and LayerNorms,
 # and twice AdamW's own rate lifted a 5-minute guppy from 81.5 % to 90.8 % of its probes.
@@ -136,6 +136,19 @@ def resolve_options(o: TrainOptions, saved: dict | None) -> TrainOptions:
             o.precision = saved["precision"]
     o.lr = peak_lr(o)  # recorded as a number, so a resume keeps it
     return o
+
+
+# What the loop does when the options leave it open, and what it shows along the way.
+EVALS_PER_RUN = 10  # evals along the way when --eval-every is not given
+WARMUP_SHARE, WARMUP_MAX = 20, 100  # default warm-up: 1/20 of the steps, at most 100
+EVAL_ROWS = 64  # test rows evaluated at each interval (about 8K tokens); the final eval uses all
+SAMPLE_TOKENS = 48  # the longest sample reply shown at each eval
+
+
+def fill_schedule(o: TrainOptions) -> None:
+    """The warm-up and eval interval, once the schedule's length (`o.max_steps`) is known."""
+    o.warmup_steps = o.warmup_steps or max(1, min(WARMUP_MAX, o.max_steps // WARMUP_SHARE))
+    o.eval_every = o.eval_every or max(1, o.max_steps // EVALS_PER_RUN)
 
 
 def check_options(o: TrainOptions, presets: Iterable[str]) -> None:

@@ -105,7 +105,7 @@ class Group:
         """`value` averaged over the processes: one clock reading they all agree on."""
         return self.total(value) / self.world
 
-    def most(self, value: float) -> float:
+    def max(self, value: float) -> float:
         """The largest `value` of any process: a stop any process asks for, the slowest step."""
         return self._reduce(value, dist.ReduceOp.MAX)
 
@@ -222,7 +222,6 @@ def most_processes(device: torch.device) -> tuple[int, str]:
         return torch.cuda.device_count(), "GPUs"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return cores or 1, "CPU cores"
-
 
 
 def launch(nproc: int, argv: list[str]) -> int:

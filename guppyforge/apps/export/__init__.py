@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guppyforge.apps.export.gguf import DEFAULT_GGUF_TYPE, check_gguf_type, export_gguf
+from guppyforge.apps.export.gguf import check_gguf_type, export_gguf
 from guppyforge.apps.export.hf import export_hf
 from guppyforge.apps.export.onnx import export_onnx
 from guppyforge.apps.export.web import export_web
+from guppyforge.defaults import EXPORT_TARGETS, GGUF_TYPE
 from guppyforge.errors import GuppyError
 from guppyforge.files import Claim, check_folder
-from guppyforge.train.run_folder import load_run
-
-TARGETS = ("hf", "onnx", "gguf", "web")
+from guppyforge.model.run import load_run
 
 # Every file an export may write: a user's file under one of these names is refused, never
 # replaced. With --force only the files the earlier export's marker lists are replaced.
@@ -59,9 +58,9 @@ def export_run(
     fp32: bool = False,
     gguf_type: str | None = None,
 ) -> list[Path]:
-    """Export the run in `run_dir` to `out` as `to` (one of TARGETS); return the files written."""
-    if to not in TARGETS:
-        raise GuppyError(f"--to: unknown target '{to}'. Choose one of: {', '.join(TARGETS)}")
+    """Export the run in `run_dir` to `out` as `to` (one of EXPORT_TARGETS); return the files written."""
+    if to not in EXPORT_TARGETS:
+        raise GuppyError(f"--to: unknown target '{to}'. Choose one of: {', '.join(EXPORT_TARGETS)}")
     if int8 and to == "hf":
         raise GuppyError("--int8 only applies to --to onnx (transformers loads fp32 weights).")
     if fp32 and to != "web":
@@ -79,7 +78,7 @@ def export_run(
         elif to == "web":
             written = export_web(run, stage, int8=not fp32)
         elif to == "gguf":
-            written = export_gguf(run, stage, gguf_type or DEFAULT_GGUF_TYPE)
+            written = export_gguf(run, stage, gguf_type or GGUF_TYPE)
         else:
             written = export_onnx(run, stage, int8=int8)
     return [out / path.relative_to(stage) for path in written]

@@ -18,15 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from guppyforge.defaults import GGUF_TYPE, GGUF_TYPES
 from guppyforge.errors import GuppyError
+from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS, START
-from guppyforge.train.run_folder import Run
 
-GGUF_TYPES = ("f16", "f32", "q8_0")
-# f16 by default: half of f32's size, and greedy replies agree with guppyforge's own (measured in
-# tests/test_gguf.py). q8_0 is smaller still, but at this size every weight matters: its
-# replies drift more, and a 9M model is fast on any CPU already.
-DEFAULT_GGUF_TYPE = "f16"
 GGUF_FILE, MODELFILE = "model.gguf", "Modelfile"
 
 # Our parameter name -> llama.cpp's gpt2 tensor name. "{i}" is the block index.
@@ -141,7 +137,7 @@ def tokenizer_parts(run: Run) -> dict:
     return {"tokens": tokens, "types": types, "merges": merges, "ids": ids}
 
 
-def write_gguf(run: Run, path: Path, gguf_type: str = DEFAULT_GGUF_TYPE) -> Path:
+def write_gguf(run: Run, path: Path, gguf_type: str = GGUF_TYPE) -> Path:
     """Write the model, tokenizer and chat template as one GGUF file at `path`."""
     check_gguf_type(gguf_type)
     cfg = run.model.cfg
@@ -226,7 +222,7 @@ PARAMETER num_predict 64
 '''
 
 
-def export_gguf(run: Run, out: Path, gguf_type: str = DEFAULT_GGUF_TYPE) -> list[Path]:
+def export_gguf(run: Run, out: Path, gguf_type: str = GGUF_TYPE) -> list[Path]:
     """Write model.gguf and an Ollama Modelfile into `out`; return the files written."""
     gguf_path = write_gguf(run, out / GGUF_FILE, gguf_type)
     (out / MODELFILE).write_text(modelfile(run))

@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save_file
 
 from guppyforge.defaults import TEMPERATURE, TOP_K
+from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import END, PAD, START, save_tokenizer
-from guppyforge.train.run_folder import Run
 
 # Our activation names -> transformers' ACT2FN names. "gelu_new" is GPT-2's own tanh GELU, the
 # name every GPT-2 consumer knows.

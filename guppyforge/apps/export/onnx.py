@@ -31,8 +31,8 @@ from guppyforge.apps.export.hf import generation_config, gpt2_config
 from guppyforge.errors import GuppyError
 from guppyforge.model.gpt import GPT
 from guppyforge.model.inside import forward_with_attention
+from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import CHAT_TEMPLATE, END, PAD, save_tokenizer
-from guppyforge.train.run_folder import Run
 
 # Opset 18 has LayerNormalization as one op, and runtimes from early 2023 on (onnxruntime
 # 1.14+) run it; torch 2.13's default, 20, would shut out older ones for nothing we use.

@@ -37,8 +37,8 @@ from guppyforge.apps.export.hf import generation_config, gpt2_config
 from guppyforge.apps.export.onnx import export_inside_onnx, export_model_onnx, quantize_int8
 from guppyforge.defaults import MAX_NEW_TOKENS, TEMPERATURE, TOP_K
 from guppyforge.errors import GuppyError
+from guppyforge.model.run import Run
 from guppyforge.model.tokenizer import save_tokenizer
-from guppyforge.train.run_folder import Run
 
 # The chat page of `guppyforge serve` too: the export leaves out its server.js backend.
 WEB_DIR = Path(__file__).resolve().parents[1] / "page"
@@ -181,8 +181,8 @@ def page_settings(run: Run, dtype: str) -> dict:
         "first_message": "",
     }
     if run.persona_path.is_file():
-        from guppyforge import load_persona
         from guppyforge.cards import page_identity
+        from guppyforge.persona.schema import load_persona
 
         identity = page_identity(load_persona(run.persona_path))  # as serve's page shows it
     return {

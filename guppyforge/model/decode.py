@@ -1,8 +1,10 @@
-"""CPU speed paths: where the plain form of gpt.py is slower on a CPU than it needs to be.
+"""Decoding fast: the engine's one-token pass, the weight layout it reads, the attention choice.
 
 gpt.py reads as the lesson; each place it takes a faster route points here, so the tricks that
-earn measured speed do not crowd the model itself: the attention kernel for short bf16 rows, the
-weight layout for decoding, and `DecodeStep`, the engine's one-token forward pass.
+earn measured speed do not crowd the model itself: the attention written out (faster than
+SDPA's kernel for short bf16 rows on a CPU; its weights are also what the inside view shows),
+the weight layout for decoding on a CPU, and `DecodeStep`, the engine's one-token forward pass
+on every device, which stores and reads the KV cache through the same `update` as gpt.py.
 """
 
 from __future__ import annotations
@@ -25,12 +27,18 @@ def textbook_attention_wins(q: torch.Tensor, attn_mask: torch.Tensor | None) -> 
     return q.device.type == "cpu" and attn_mask is not None and q.dtype == torch.bfloat16
 
 
+def attention_weights(q, k, attn_mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) under `attn_mask` (True: may attend): each query's row of
+    weights over the keys, summing to 1."""
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
+    return att.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
+
+
 def textbook_attention(q, k, v, attn_mask: torch.Tensor, dropout: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v, with `attn_mask` (True: may attend) and dropout."""
-    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))
-    att = att.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1).to(v.dtype)
+    att = attention_weights(q, k, attn_mask).to(v.dtype)
     if dropout > 0:
-        att = torch.nn.functional.dropout(att, dropout)
+        att = F.dropout(att, dropout)
     return att @ v
 
 
@@ -67,12 +75,12 @@ class DecodeStep:
 
     Decoding a token is ~25 matrix-vector products; on a CPU each torch call costs microseconds
     of Python and dispatch whatever its size, and GPT.forward spends more calls on module
-    plumbing, 3-D reshapes and cache slicing than on the products. Here each layer is the same
-    arithmetic on (rows, d_model) tensors: two layer norms, four matmuls (query, key and value
-    in one), one attention call over the cache's keys and values as strided views, and one
-    copy of the new keys and values into the cache. The kernels and their inputs' values are
-    gpt.py's, so the logits equal its own bit for bit. Weights are views of `model`'s, so a
-    model that goes on training is decoded as it is now.
+    plumbing and 3-D reshapes than on the products. Here each layer is the same arithmetic on
+    (rows, d_model) tensors: two layer norms, four matmuls (query, key and value in one), the
+    cache's `update` (gpt.py's own call: store this token's keys and values, get back every
+    position's), and one attention call. The kernels and their inputs' values are gpt.py's, so
+    the logits equal its own bit for bit. Weights are views of `model`'s, so a model that goes
+    on training is decoded as it is now.
     """
 
     def __init__(self, model: nn.Module):
@@ -99,10 +107,9 @@ class DecodeStep:
             return self.model(x[0], positions=x[1], attn_mask=attn_mask, cache=cache)[:, -1]
         x = F.embedding(tokens, self.wte) + F.embedding(positions, self.wpe)
         for layer, (ln_1, qkv_in, attn_out, ln_2, fc_in, act, fc_out) in enumerate(self.layers):
-            qkv = qkv_in(ln_1(x))
-            cache.store(layer, qkv[:, C:])
-            keys, values = cache.attend(layer, rows)
-            q = qkv[:, :C].view(rows, self.heads, 1, C // self.heads)
+            # (rows, 3C) -> query, key, value (rows, heads, 1, head_dim): views, as gpt.py's.
+            q, k, v = qkv_in(ln_1(x)).view(rows, 3, self.heads, 1, C // self.heads).unbind(1)
+            keys, values = cache.update(layer, k, v)
             if textbook_attention_wins(q, attn_mask):
                 y = textbook_attention(q, keys, values, attn_mask, 0.0)
             else:

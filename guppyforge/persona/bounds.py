@@ -1,4 +1,4 @@
-"""Hard limits on what a persona file may ask of us.
+"""Hard bounds on what a persona file may ask of us.
 
 Persona files come from strangers, so every cost a file can drive (parsing, expansion, rendering)
 is capped here, in one place the docs can quote. A file past a limit is refused with one line.
@@ -43,4 +43,3 @@ MAX_NEVER_SAY_REDRAWS = 20  # attempts to draw a reply free of never_say phrases
 MAX_TURNS = 16  # user turns in one generated conversation
 MAX_OFFTOPIC_SHARE = 0.5  # off-topic rows per conversation: the character's topics stay the core
 MAX_TURN_REDRAWS = 8  # attempts to draw a later turn that repeats no line of the conversation
-DEFAULT_TARGET = 60_000  # conversations `validate` checks a persona can fill without repeats
