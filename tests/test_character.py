@@ -67,7 +67,10 @@ def test_variation_is_deterministic_and_never_touches_a_reply():
 
 def test_normalise_undoes_every_change_but_typos():
     persona = load_persona(builtin_persona("guppy"))
-    no_typos = dataclasses.replace(persona, variation=Variation(share=1.0, typo=0.0))
+    # What normalise cannot undo: typos, other phrasings, a dropped helper verb (the split
+    # compares each message's unvaried form for those).
+    kept = Variation(share=1.0, typo=0.0, paraphrase=0.0, drop=0.0)
+    no_typos = dataclasses.replace(persona, variation=kept)
     sampler, varier = Sampler(persona, 0), Varier(no_typos, 0)
     names = (persona.name, persona.display_name)
     for i in range(500):
@@ -82,6 +85,78 @@ def test_normalise_examples():
         "do not you like worms"
     )
     assert normalise("hi!") == "hi"  # all filler: kept, not an empty key
+
+
+def test_normalise_reads_text_speak_stretched_words_and_hearts():
+    names = ("marmalade",)
+    assert normalise("whats ur name", names) == normalise("What's your name?", names)
+    assert normalise("r u ok", names) == normalise("are you okay", names)
+    assert normalise("wat u doin rn", names) == "what are you doing right now"
+    assert normalise("idk lol") == normalise("I don't know.")
+    assert normalise("heyyy marmalade, do u like tuna?? <3", names) == "do you like tuna"
+    assert normalise("do you like tuna :)") == normalise("do you like tuna <3")
+    assert normalise("sooo hungryyy") == normalise("so hungry")
+    assert normalise("thx") == normalise("thank you")
+
+
+def varied_forms(text: str, variation: Variation, persona=None, tries: int = 300) -> set[str]:
+    persona = persona or load_persona(builtin_persona("cat"))
+    varier = Varier(dataclasses.replace(persona, variation=variation), 0)
+    return {varier.text(text, Rng(0, i)) for i in range(tries)}
+
+
+def test_text_speak_dropped_words_and_runs_are_how_people_type():
+    only = dict.fromkeys(("case", "punctuation", "typo", "filler", "name", "contraction"), 0.0)
+    speak = varied_forms("are you going to eat your dinner tomorrow?",
+                         Variation(share=1.0, **only, paraphrase=0, drop=0, runs=0, textspeak=1))  # fmt: skip
+    words = {w for text in speak for w in text.replace("?", "").split()}
+    assert {"u", "r", "ur", "gonna", "tmrw"} <= words, speak
+    shop = varied_forms("i am going to the shop", Variation(share=1.0, **only, paraphrase=0,
+                        drop=0, runs=0, textspeak=1))  # fmt: skip
+    assert not any("gonna the" in text for text in shop)  # "going to" shortens before a verb only
+    dropped = varied_forms("are you ok", Variation(share=1.0, **only, paraphrase=0, textspeak=0,
+                           runs=0, drop=1))  # fmt: skip
+    assert dropped == {"you ok"}
+    runs = varied_forms("hey how are you", Variation(share=1.0, **only, paraphrase=0, textspeak=0,
+                        drop=0, runs=1))  # fmt: skip
+    assert any("heyy" in text for text in runs) and all("hey" in text for text in runs)
+
+
+def test_contractions_stay_english():
+    only = Variation(share=1.0, case=0, punctuation=0, typo=0, filler=0, name=0, contraction=1,
+                     paraphrase=0, textspeak=0, drop=0, runs=0)  # fmt: skip
+    for text, never in [
+        ("what don't you like", "do not you"),
+        ("why don't you like the teapot", "do not you"),
+        ("do you have a family", "you've"),
+        ("can you have too much water", "you've"),
+        ("i have to clean my room", "i've"),
+        ("that's what you are", "you're"),
+    ]:
+        forms = varied_forms(text, only, tries=60)
+        assert not any(never in f.lower() for f in forms), (text, forms)
+    assert "i've been here all day" in varied_forms("i have been here all day", only, tries=60)
+
+
+def test_paraphrase_puts_a_question_the_other_usual_ways_and_keeps_its_value():
+    only = Variation(share=1.0, case=0, punctuation=0, typo=0, filler=0, name=0, contraction=0,
+                     paraphrase=1, textspeak=0, drop=0, runs=0)  # fmt: skip
+    liked = varied_forms("do you like tuna?", only)
+    assert {"are you into tuna?", "thoughts on tuna?", "how do you feel about tuna?"} <= liked
+    assert all("tuna" in text for text in liked)  # the value the reply may echo is kept
+    named = varied_forms("hey, what's your name", only)
+    assert {"hey, who are you", "hey, what do i call you"} <= named
+    # A clause is no `{x}`, and a message no frame fits stays as written.
+    assert varied_forms("do you like to swim", only) == {"do you like to swim"}
+    assert varied_forms("the heater broke", only) == {"the heater broke"}
+
+
+def test_variation_kinds_of_1_4_need_format_1_4(write_persona_file):
+    with pytest.raises(GuppyError, match=r"variation\.textspeak` needs persona format 1.4"):
+        load_persona(small(write_persona_file, extra="variation: {textspeak: 0.5}\n"))
+    tuned = load_persona(small(write_persona_file, version="1.4",
+                               extra="variation: {textspeak: 0.5, paraphrase: 0}\n"))  # fmt: skip
+    assert tuned.variation == Variation(textspeak=0.5, paraphrase=0.0)
 
 
 def test_variation_off_and_tuned_in_the_file(write_persona_file):

@@ -9,6 +9,8 @@ dataset commands, then the group, which assembles them with cli_model's.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from guppyforge import defaults
@@ -33,7 +35,13 @@ from guppyforge.version import __version__
     show_default=True,
     help="Unique conversations the persona should be able to fill.",
 )
-def validate(files: tuple[str, ...], target: int) -> None:
+@click.option(
+    "--coverage/--no-coverage",
+    default=True,
+    show_default=True,
+    help="Also say how much of the stranger bank the persona answers (`guppyforge coverage`).",
+)
+def validate(files: tuple[str, ...], target: int, coverage: bool) -> None:
     """Check persona files and show how many distinct conversations each can make.
 
     \b
@@ -52,8 +60,15 @@ def validate(files: tuple[str, ...], target: int) -> None:
             click.echo(f"warning: {line}", err=True)
         failed = failed or bool(report.errors)
         if not report.errors:
-            click.echo(f"{file}: ok")
+            warned = f" (no errors; {len(report.warnings)} warnings above)" * bool(report.warnings)
+            click.echo(f"{file}: ok{warned}")
             click.echo(capacity_table(report.capacity, report.forecast))
+            if coverage:
+                from guppyforge.dataset.coverage import persona_coverage
+
+                found = persona_coverage(report.persona)
+                click.echo(f"  {found.summary()}: `guppyforge coverage {file}` lists the rest")
+        sys.stdout.flush()  # the next file's warnings go to stderr: never into this table
     if failed:
         raise SystemExit(1)
 
@@ -143,6 +158,24 @@ def personas() -> None:
     from guppyforge.apps.text import list_builtin
 
     click.echo(list_builtin())
+
+
+@click.command("coverage")
+@click.argument("persona")
+@click.option("--shown", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Unanswered messages shown per intent.")  # fmt: skip
+def coverage_cmd(persona: str, shown: int) -> None:
+    """How much of the stranger bank (everyday messages people send a character, written
+    without any persona in mind) PERSONA's data answers, before any training; the held-out
+    part's figure predicts the blind rate, and the intents nothing answers say where to widen.
+
+    \b
+    Example:
+      guppyforge coverage personas/cat.yaml
+    """
+    from guppyforge.dataset.coverage import coverage
+
+    click.echo(coverage(persona).report(shown))
 
 
 # --- generate (guppyforge/dataset/) ------------------------------------------------------------
@@ -339,7 +372,7 @@ def cli() -> None:
     """
 
 
-PERSONA_COMMANDS = (validate, preview, new_persona, personas, generate)
+PERSONA_COMMANDS = (validate, coverage_cmd, preview, new_persona, personas, generate)
 CARD_COMMANDS = (import_pairs_cmd, import_card_cmd, export_card_cmd)
 for command in (*PERSONA_COMMANDS, *CARD_COMMANDS, *cli_model.COMMANDS):
     cli.add_command(command)

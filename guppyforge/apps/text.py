@@ -48,10 +48,17 @@ def capacity_table(table: dict, forecast=None) -> str:
     text = text_table(rows, indent="  ")
     if forecast:
         full = "" if not forecast.capacity_spent else ", then the persona runs out"
+        made = forecast.n - forecast.examples
+        examples = f", beside its {forecast.examples:,} hand-written examples" * bool(
+            forecast.examples
+        )
         text += (
             f"\n  predicted for -n {forecast.n:,}: {forecast.unique_pct:.2f}% unique of "
-            f"{forecast.drawn:,} drawn{full}"
+            f"{forecast.drawn:,} drawn{full} (generate draws conversations until {made:,} are "
+            f"new{examples}; a repeat is drawn again)"
         )
+        if line := forecast.turn_line():
+            text += f"\n  {line}"
     return text
 
 

@@ -6,13 +6,14 @@ is capped here, in one place the docs can quote. A file past a limit is refused 
 
 from __future__ import annotations
 
-SPEC_VERSION = "1.3"  # the newest persona format this code reads
+SPEC_VERSION = "1.4"  # the newest persona format this code reads
 SPEC_VERSIONS = {
     "1": (1, 0),
     "1.0": (1, 0),
     "1.1": (1, 1),
     "1.2": (1, 2),
     "1.3": (1, 3),
+    "1.4": (1, 4),
 }  # `guppyforge:` values as written
 
 MAX_FILE_BYTES = 1 << 20  # 1 MiB: far above any hand-written persona

@@ -310,9 +310,9 @@ class Sampler:
     def conversation(self, index: int, turns: int = 1, topic: str | None = None) -> Conversation:
         """The conversation number `index`: the same arguments always give the same text.
 
-        Later turns use the topic's follow-ups in order; a turn that cannot avoid repeating a
-        line of the conversation (or a topic without follow-ups) ends it early, so `turns` is
-        a most: no user line and no reply ever repeats within one conversation.
+        Later turns use the topic's follow-ups in order, each once, so a topic with k follow-ups
+        makes at most k + 1 turns; a turn that cannot avoid repeating a line of the conversation
+        ends it early, so `turns` is a most: no user line and no reply ever repeats.
         """
         if topic is None:  # slot in the weighted schedule -> topic, and its rank in that topic
             cycle, slot = divmod(index + self._shift, len(self._slots))
@@ -337,8 +337,7 @@ class Sampler:
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
         ids = [t.name, f"ask{a}@L{first.asks[a][0].line}/say{s}@L{first.says[s][0].line}"]
         seen = {prompt, reply}
-        for k in range(1, turns if len(t.stages) > 1 else 1):
-            j = 1 + (k - 1) % (len(t.stages) - 1)
+        for j in range(1, min(turns, len(t.stages))):  # follow-up j-1 is turn j+1, once
             turn = self._later_turn(t.stages[j], bound, draw, seen)
             if turn is None:
                 break

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from guppyforge.persona.conversations import CompiledTopic, Sampler, first_pairs, tidy
 from guppyforge.persona.grammar import expand_all
@@ -213,6 +213,22 @@ class Forecast:
     rows: dict[str, int]  # topic -> rows predicted
     pairs: list[PairForecast]
     capacity_spent: bool  # the persona cannot fill -n: generation stops at its draw limit
+    examples: int = 0  # hand-written examples, kept as they are beside the drawn rows
+    turns: dict[int, float] = field(default_factory=dict)  # turns -> share of rows, as drawn
+    asked: dict[int, float] = field(default_factory=dict)  # turns -> share the mix asked for
+
+    def turn_line(self) -> str | None:
+        """How many turns the rows will have against what the mix asks, when they differ."""
+        if set(self.asked) <= {1}:
+            return None
+        made = ", ".join(f"{k}: {v:.0%}" for k, v in sorted(self.turns.items()))
+        asked = ", ".join(f"{k}: {v:.0%}" for k, v in sorted(self.asked.items()))
+        if made == asked:
+            return f"turns per row: {made}, as asked"
+        return (
+            f"turns per row: {made} (asked {asked}): a topic with k follow-ups makes at most "
+            "k + 1 turns, so add follow-ups where you want longer conversations"
+        )
 
 
 def forecast(persona: Persona, n: int, mix=None, sampler: Sampler | None = None) -> Forecast:
@@ -225,6 +241,7 @@ def forecast(persona: Persona, n: int, mix=None, sampler: Sampler | None = None)
     need = max(0, n - len(persona.examples))
     limit = max(4 * n, n + 10_000)  # the draw limit of dataset.draw._Collector
     pools = []  # (topic, pair, share of all draws, weighted texts or count, share single-turn)
+    turn_mix: dict[int, float] = {}  # turns -> share of the rows drawn (repeats ending early aside)
     pair_list: list[tuple[str, Template, Template, int, float]] = []
     for t in sampler.compiled.topics:
         first = t.stages[0]
@@ -241,8 +258,11 @@ def forecast(persona: Persona, n: int, mix=None, sampler: Sampler | None = None)
             pools.append((t.name, i, per, texts or c, single))
             for turns, w in mix:
                 if turns > 1 and later:  # follow-ups are drawn at random: birthday repeats
-                    size = c * math.prod(later[k % len(later)] for k in range(turns - 1))
+                    size = c * math.prod(later[: turns - 1])  # each follow-up once, in order
                     pools.append((t.name, i, per * w / total_w, size, None))
+        for turns, w in mix:  # a topic makes at most 1 + its follow-ups' turns
+            made = 1 + min(turns - 1, len(later))
+            turn_mix[made] = turn_mix.get(made, 0.0) + share[t.name] * w / total_w
 
     def unique(drawn: float) -> float:
         return sum(_distinct(drawn * p, texts, single) for _, _, p, texts, single in pools)
@@ -279,6 +299,9 @@ def forecast(persona: Persona, n: int, mix=None, sampler: Sampler | None = None)
         rows={k: round(v) for k, v in rows.items()},
         pairs=pairs,
         capacity_spent=spent,
+        examples=len(persona.examples),
+        turns=turn_mix,
+        asked={k: w / total_w for k, w in mix},
     )
 
 

@@ -54,6 +54,7 @@ from guppyforge.persona.yamlsafe import Doc, read_yaml
 # Templates are only stored here; `load_persona` compiles them afterwards
 # (conversations.compile_persona).
 
+NEW_IN_1_4 = {"paraphrase", "textspeak", "drop", "runs"}  # variation kinds of format 1.4
 _KEYS = {
     (): {
         "guppyforge",
@@ -85,7 +86,8 @@ _KEYS = {
     ("examples_file",): {"path", "format"},
     ("turn",): {"user", "assistant"},
     ("probe",): {"ask", "expect_any", "forbid"},
-    ("variation",): {"share", "case", "punctuation", "typo", "filler", "name", "contraction"},
+    ("variation",): {"share", "case", "punctuation", "typo", "filler", "name", "contraction",
+                     *NEW_IN_1_4},  # fmt: skip
     ("offtopic",): {"share", "say"},
 }
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -310,6 +312,14 @@ class Reader:
         if value is False or value == "off" or value is None:
             return Variation(share=0.0)
         v = self.mapping(("variation",), value, ("variation",))
+        for k in sorted(set(v) & NEW_IN_1_4):  # the kinds of change 1.4 added
+            if spec < (1, 4):
+                self.error(
+                    ("variation", k),
+                    f"`variation.{k}` needs persona format 1.4",
+                    "Write `guppyforge: 1.4` as the first line",
+                    key=True,
+                )
         return Variation(
             **{
                 k: self._share(("variation", k), x)
@@ -567,7 +577,7 @@ def validate_persona(path: str | Path, target: int = ROWS) -> Report:
                 f"-n {target:,}, but its weight asks for {round(share):,}. Fix its "
                 "dry pairs (above), or change its weight"
             )
-    return Report(errors, warnings, table, predicted)
+    return Report(errors, warnings, table, predicted, persona)
 
 
 def _load(path: str | Path) -> tuple[Persona, list[str], list[str], object]:

@@ -77,6 +77,12 @@ class Variation:
     filler: float = 0.3
     name: float = 0.15
     contraction: float = 0.4
+    # 1.4: the other usual phrasings of a question (personas/frames/), text-speak ("u", "r",
+    # "pls"), a dropped helper verb ("you ok"), a stretched word ("sooo"); rates: variation.py.
+    paraphrase: float = 0.35
+    textspeak: float = 0.3
+    drop: float = 0.15
+    runs: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -146,3 +152,4 @@ class Report:
     warnings: list[str]
     capacity: dict = field(default_factory=dict)  # topic -> capacity.TopicCapacity
     forecast: object = None  # forecast.Forecast: what generate will do with --target rows
+    persona: Persona | None = None  # the persona checked, when it loaded
