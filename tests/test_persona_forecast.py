@@ -17,12 +17,13 @@ DRY = Path(__file__).parent / "fixtures" / "personas" / "quill_dry.yaml"
 def test_dry_pairs_are_warned_at_their_lines_with_the_fix():
     report = validate_persona(DRY, 20_000)
     assert not report.errors
-    pairs = [w for w in report.warnings if "distinct conversation" in w and "draws this pair" in w]
-    # help: two fixed questions x two fixed replies, all four pairs make one conversation each.
-    help_pairs = [w for w in pairs if "topics.help.ask" in w]
-    assert len(help_pairs) == 4
-    assert help_pairs[0].startswith(f"{DRY}:77:")
-    assert "makes only 1 distinct conversation" in help_pairs[0]
+    pairs = [w for w in report.warnings if "distinct conversation" in w]
+    # help: two fixed questions x two fixed replies, all four pairs make one conversation each:
+    # one warning per reply, naming both its asks (one line of the file to fix, not four).
+    help_pairs = [w for w in pairs if "topics.help" in w]
+    assert len(help_pairs) == 2
+    assert all("with 2 asks of topics.help (ask[0], ask[1])" in w for w in help_pairs)
+    assert "as few as 1;" in help_pairs[0]
     assert "Add a symbol" in help_pairs[0] and "lower topics.help.weight" in help_pairs[0]
     # greeting's pairs are rich: none of them is warned about.
     assert not [w for w in pairs if "topics.greeting" in w]

@@ -57,7 +57,7 @@ def test_every_validate_warning_carries_file_line_col(tmp_path):
     from guppyforge.persona.starter import write_persona
 
     path = write_persona("pip", None, tmp_path)
-    report = validate_persona(path, 5_000_000)  # more than the starter can fill: capacity warns
+    report = validate_persona(path, 50_000_000)  # more than the starter can fill: capacity warns
     assert any("capacity:" in w for w in report.warnings)
     assert any("starter's placeholder" in w for w in report.warnings)
     for w in report.warnings:

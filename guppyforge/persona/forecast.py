@@ -203,6 +203,30 @@ class PairForecast:
         )
 
 
+def dry_warnings(pairs: list[PairForecast], n: int) -> list[str]:
+    """One warning per reply whose pairs run dry (each reply's asks together): a fix to a reply
+    is one line of the file, however many asks it pairs with."""
+    by_say: dict[tuple[str, int], list[PairForecast]] = {}
+    for p in pairs:
+        if p.dry:
+            by_say.setdefault((p.topic, p.say.key), []).append(p)
+    out = []
+    for group in by_say.values():
+        if len(group) == 1:
+            out.append(group[0].warning(n))
+            continue
+        say, asks = group[0].say, ", ".join(p.ask.key.rpartition(".")[2] for p in group)
+        fewest = min(group, key=lambda p: p.conversations)
+        repeats = 100 * (1 - sum(p.unique for p in group) / sum(p.draws for p in group))
+        out.append(
+            f"{say.where}: with {len(group)} asks of topics.{group[0].topic} ({asks}) makes too "
+            f"few distinct conversations for -n {n:,} (as few as {fewest.conversations:,}; "
+            f"{repeats:.0f} % repeats). Add a symbol to this reply or to the asks, or lower "
+            f"topics.{group[0].topic}.weight"
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class Forecast:
     """The prediction for one -n: draws, unique share, rows per topic, every pair's figures."""
