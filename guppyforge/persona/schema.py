@@ -86,8 +86,8 @@ _KEYS = {
     ("examples_file",): {"path", "format"},
     ("turn",): {"user", "assistant"},
     ("probe",): {"ask", "expect_any", "forbid"},
-    ("variation",): {"share", "case", "punctuation", "typo", "filler", "name", "contraction",
-                     *NEW_IN_1_4},  # fmt: skip
+    ("variation",): {"share", "case", "punctuation", "typo", "filler", "name", "contraction"}
+    | NEW_IN_1_4,
     ("offtopic",): {"share", "say"},
 }
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
