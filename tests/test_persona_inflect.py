@@ -13,7 +13,7 @@ from guppyforge.persona.templating import a_an, plural, singular, verb
     ("word", "many"),
     [("e-reader", "e-readers"), ("cup of tea", "cups of tea"), ("mouse", "mice"),
      ("knife", "knives"), ("box", "boxes"), ("fish", "fish"), ("spiders", "spiders"),
-     ("Biscuit", "Biscuits")],
+     ("Biscuit", "Biscuits"), ("politics", "politics")],
 )  # fmt: skip
 def test_plural_and_singular_of_a_phrase(word, many):
     assert plural(word) == many
@@ -32,7 +32,8 @@ def test_a_an(word, with_article):
 @pytest.mark.parametrize(
     ("subject", "form", "agreed"),
     [("spiders", "does", "do"), ("biscuits", "is", "are"), ("the sea", "is", "is"),
-     ("cup of tea", "has", "has"), ("long walks", "frightens", "frighten"), ("fish", "is", "is")],
+     ("cup of tea", "has", "has"), ("long walks", "frightens", "frighten"), ("fish", "is", "is"),
+     ("politics", "is", "is"), ("the news", "is", "is"), ("maths", "has", "has")],
 )  # fmt: skip
 def test_verb_agrees_with_its_subject(subject, form, agreed):
     assert verb(subject, form) == agreed

@@ -35,7 +35,8 @@ def test_a_reply_ignoring_what_an_open_question_names_is_warned_with_both_lines(
     warnings = validate_persona(path, 10).warnings
     ignored = [w for w in warnings if "never mentions it" in w]
     assert ignored == [
-        f"{path}:15:9: topics.opinions.say[1]: answers the question at line 11:9, which names a "
+        f"{path}:15:9: topics.opinions.say[1]: answers the open question (one a yes or no cannot "
+        "answer) at line 11:9, which names a "
         "{{ thing }}, but never mentions it, so it gives the same answer whatever thing was asked "
         "about. Echo {{ thing }} in the reply, or move the reply to a topic whose questions name "
         "nothing"

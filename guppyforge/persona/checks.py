@@ -169,8 +169,9 @@ def _ignored_values(t) -> list[str]:
             q, name = asked[0]
             more = f" (and {len(asked) - 1} more)" if len(asked) > 1 else ""
             out.append(
-                f"{reply.where}: answers the question at line {q.line}:{q.column}{more}, "
-                f"which names a {{{{ {name} }}}}, but never mentions it, so it gives the "
+                f"{reply.where}: answers the open question (one a yes or no cannot answer) at "
+                f"line {q.line}:{q.column}{more}, which names a {{{{ {name} }}}}, but never "
+                f"mentions it, so it gives the "
                 f"same answer whatever {name} was asked about. Echo {{{{ {name} }}}} in "
                 "the reply, or move the reply to a topic whose questions name nothing"
             )

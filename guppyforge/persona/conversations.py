@@ -20,7 +20,7 @@ from guppyforge.persona import bounds
 from guppyforge.persona.grammar import INF, Draw, Grammar, Rule
 from guppyforge.persona.templating import Compiled, TemplateProblem, compile_text, did_you_mean
 from guppyforge.persona.types import Persona, Template
-from guppyforge.persona.variation import Rng
+from guppyforge.persona.variation import Rng, normalise
 
 # --- Which replies answer which questions: the pairing rule of persona format 1.1.
 #
@@ -527,6 +527,21 @@ def compile_say(
     return out
 
 
+ASKED_DRAWS = 24  # conversations per topic looked at for what its opening asks
+
+
+def _asked(sampler: Sampler) -> set[str]:
+    """The persona's opening questions (and its examples' first lines), normalised."""
+    names = (sampler.persona.name, sampler.persona.display_name)
+    out = set()
+    for name in sampler.topics:
+        for i in range(ASKED_DRAWS):
+            out.add(normalise(sampler.conversation(i, topic=name).messages[0]["content"], names))
+    for c in sampler.examples():
+        out.add(normalise(c.messages[0]["content"], names))
+    return out
+
+
 class OffTopicSampler:
     """Decides which conversation indices are off-topic and makes those conversations.
 
@@ -542,7 +557,11 @@ class OffTopicSampler:
         self.sampler, self.seed = sampler, seed
         self.says = compile_say(persona, _raise)
         self.share = persona.offtopic.share if persona.offtopic and self.says else 0.0
-        self.prompts = pool("train") if self.share else ()
+        # A pool prompt the persona's own topics ask ("are you a robot" in a robot's file) is
+        # the topic's to answer: deflected as well, it would train two answers to one question.
+        asked = _asked(sampler) if self.share else set()
+        names = (persona.name, persona.display_name)
+        self.prompts = tuple(p for p in pool("train") if normalise(p, names) not in asked)
 
     def takes(self, index: int) -> bool:
         return self.share > 0 and Rng(self.seed, index, salt=2).random() < self.share

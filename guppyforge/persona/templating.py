@@ -44,11 +44,19 @@ def _inflectable(text: str) -> bool:
     return 0 < len(text) <= _MAX_INFLECT and word.isascii() and word.isalpha()
 
 
+# Nouns that end in -s and still take "is": inflect reads them as plurals ("politics are").
+_SINGULAR_IN_S = frozenset(
+    "news politics physics maths mathematics economics athletics gymnastics ethics linguistics "
+    "statistics measles mumps billiards electronics genetics robotics acoustics".split()
+)
+
+
 @lru_cache(maxsize=4096)
 def is_plural(text: str) -> bool:
-    """True when `text` reads as a plural noun phrase ("spiders", "long walks"; not "fish")."""
+    """True when `text` reads as a plural noun phrase ("spiders", "long walks"; not "fish", nor
+    "politics")."""
     text = str(text)
-    if not _inflectable(text):
+    if not _inflectable(text) or _uncountable(text):
         return False
     engine = _engine()
     single = engine.singular_noun(text)
@@ -65,9 +73,13 @@ def plural(text: str) -> str:
     """Plural of a noun phrase: e-reader -> e-readers, cup of tea -> cups of tea, mouse -> mice.
     Already plural (or not English letters): unchanged."""
     text = str(text)
-    if not _inflectable(text) or is_plural(text):
+    if not _inflectable(text) or is_plural(text) or _uncountable(text):
         return text
     return _keep_case(text, _engine().plural_noun(text.lower()))
+
+
+def _uncountable(text: str) -> bool:
+    return text.rpartition(" ")[2].lower() in _SINGULAR_IN_S
 
 
 @lru_cache(maxsize=4096)
