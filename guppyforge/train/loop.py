@@ -170,9 +170,10 @@ def train(
         precision = pick_precision(device, o.precision)
         o.precision = precision.name  # recorded resolved, so a resume computes the same numbers
         say = tqdm.write if group.main else quiet
+        picked = None  # said once the data has loaded: a bad data file's line comes alone
         if o.preset is None:  # not given (a resumed run has its checkpoint's): fit to the budget
             o.preset, why = preset_for(o.max_minutes, device.type)
-            say(f"preset: {o.preset}, {why} (--preset to choose)")
+            picked = f"preset: {o.preset}, {why} (--preset to choose)"
         cfg = get_preset(o.preset)
         torch.manual_seed(o.seed)
         random.seed(o.seed)
@@ -182,6 +183,8 @@ def train(
         tok, train_s, test_s, info, prompts = prepare_data(
             data_dir, run, cfg, bool(ckpt), persona, data_format, group
         )
+        if picked:
+            say(picked)
         if ckpt and ckpt["dataset"]["fingerprint"] != info["fingerprint"]:
             raise GuppyError(f"{data_dir}: not the dataset this run was trained on. Pass that one.")
         # Under torchrun a step is all processes' rows: the plan of one process with that many.
