@@ -42,3 +42,28 @@ def test_predicted_unique_share_matches_what_drawing_measures(n):
         drawn.unique_pct,
     )
     assert predicted.rows["help"] == 4 and predicted.rows["goodbye"] == 27
+
+
+def test_a_follow_up_reply_of_fixed_words_in_hundreds_of_rows_is_warned(write_persona_file):
+    path = write_persona_file(
+        """\
+guppyforge: 1.4
+name: t
+summary: s
+turns: {2: 1}
+grammar:
+  food: [worms, flakes, bugs, shrimp, peas, moss, crumbs, algae]
+  how: [ok, fine, good, great, tasty, yum]
+topics:
+  food:
+    ask: ["do you like {{ food }}", "is {{ food }} {{ how }}", "want some {{ food }}"]
+    say: ["{{ food }}? yes. {{ how }}.", "{{ food }}. i eat it near the rock."]
+    follow_ups:
+      - ask: ["why", "how come"]
+        say: ["because it is there.", "it tastes of {{ food }}."]
+"""
+    )
+    report = validate_persona(path, 2_000)
+    fixed = [w for w in report.warnings if "a follow-up reply with no symbol" in w]
+    assert len(fixed) == 1 and "follow_ups[0].say[0]" in fixed[0], report.warnings
+    assert "about 1,000 rows of -n 2,000 end with these same words" in fixed[0]

@@ -203,6 +203,22 @@ class PairForecast:
         )
 
 
+FIXED_FOLLOW_UP_ROWS = 250  # rows one follow-up reply of fixed words may end before it is warned
+
+
+def fixed_follow_up_warnings(forecast: Forecast) -> list[str]:
+    """A follow-up reply with no symbol that about so many rows end with: the same words, word
+    for word, hundreds of times teach the model that line by heart (a first turn's pairs are
+    checked by `dry_warnings`)."""
+    return [
+        f"{t.where}: a follow-up reply with no symbol: about {rows:,.0f} rows of -n "
+        f"{forecast.n:,} end with these same words. Add a symbol (an opener, a value), or more "
+        "replies to this follow-up"
+        for t, rows in forecast.fixed_follow_ups
+        if rows > FIXED_FOLLOW_UP_ROWS
+    ]
+
+
 def dry_warnings(pairs: list[PairForecast], n: int) -> list[str]:
     """One warning per reply whose pairs run dry (each reply's asks together): a fix to a reply
     is one line of the file, however many asks it pairs with."""
@@ -238,6 +254,7 @@ class Forecast:
     pairs: list[PairForecast]
     capacity_spent: bool  # the persona cannot fill -n: generation stops at its draw limit
     examples: int = 0  # hand-written examples, kept as they are beside the drawn rows
+    fixed_follow_ups: list = field(default_factory=list)  # (reply with no symbol, rows it ends)
     turns: dict[int, float] = field(default_factory=dict)  # turns -> share of rows, as drawn
     asked: dict[int, float] = field(default_factory=dict)  # turns -> share the mix asked for
 
@@ -266,6 +283,7 @@ def forecast(persona: Persona, n: int, mix=None, sampler: Sampler | None = None)
     limit = max(4 * n, n + 10_000)  # the draw limit of dataset.draw._Collector
     pools = []  # (topic, pair, share of all draws, weighted texts or count, share single-turn)
     turn_mix: dict[int, float] = {}  # turns -> share of the rows drawn (repeats ending early aside)
+    fixed: list[tuple[Template, float]] = []  # follow-up replies with no symbol, and their rows
     pair_list: list[tuple[str, Template, Template, int, float]] = []
     for t in sampler.compiled.topics:
         first = t.stages[0]
@@ -287,6 +305,11 @@ def forecast(persona: Persona, n: int, mix=None, sampler: Sampler | None = None)
         for turns, w in mix:  # a topic makes at most 1 + its follow-ups' turns
             made = 1 + min(turns - 1, len(later))
             turn_mix[made] = turn_mix.get(made, 0.0) + share[t.name] * w / total_w
+        for j, st in enumerate(t.stages[1:]):  # follow-up j is turn j + 2 of its rows
+            reach = sum(w for turns, w in mix if turns >= j + 2) / total_w
+            for template, c in st.says:
+                if not c.symbols and not c.picks:  # the same words in every row it ends
+                    fixed.append((template, n * share[t.name] * reach / len(st.says)))
 
     def unique(drawn: float) -> float:
         return sum(_distinct(drawn * p, texts, single) for _, _, p, texts, single in pools)
@@ -324,6 +347,7 @@ def forecast(persona: Persona, n: int, mix=None, sampler: Sampler | None = None)
         pairs=pairs,
         capacity_spent=spent,
         examples=len(persona.examples),
+        fixed_follow_ups=fixed,
         turns=turn_mix,
         asked={k: w / total_w for k, w in mix},
     )

@@ -30,7 +30,12 @@ from guppyforge.persona.conversations import (
     compile_say,
     remember_compiled,
 )
-from guppyforge.persona.forecast import capacity, dry_warnings, forecast
+from guppyforge.persona.forecast import (
+    capacity,
+    dry_warnings,
+    fixed_follow_up_warnings,
+    forecast,
+)
 from guppyforge.persona.templating import RESERVED, did_you_mean
 from guppyforge.persona.types import (
     Alternative,
@@ -564,7 +569,7 @@ def validate_persona(path: str | Path, target: int = ROWS) -> Report:
             f"than the {target:,} requested. Add alternatives or templates"
         )
     predicted = forecast(persona, target, sampler=sampler)
-    warnings += dry_warnings(predicted.pairs, target)
+    warnings += dry_warnings(predicted.pairs, target) + fixed_follow_up_warnings(predicted)
     weights = sum(t.weight for t in persona.topics.values())
     for name, t in persona.topics.items():
         share = target * t.weight / weights
