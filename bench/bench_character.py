@@ -7,6 +7,9 @@
     python bench/bench_character.py --persona guppy --minutes 2 5 10 20 --preset tiny guppy-9m
     python bench/bench_character.py --persona guppy --minutes 0.2 --preset micro --rows 2000 \
         --samples 1 --offtopic-samples 5          # a micro run: proves the bench works
+    python bench/bench_character.py --persona bench/fixtures/newcomers/vacuum.yaml \
+        --steps 2722 --preset tiny --probes bench/fixtures/newcomers/blind/vacuum.yaml
+                                                  # fixed steps: the same run on busy cores
 
 For every (persona, preset, minutes) it generates the persona's dataset with generate's defaults
 (60,000 rows, variation and off-topic rows as the persona sets them; once per persona), trains
@@ -18,6 +21,10 @@ with train's defaults for that budget at --precision fp32 (the schedule fitted t
     blind      the blind probe set (personas/blind/NAME.yaml, or --probes); - when none
     off-topic  held-out off-topic prompts (never in the data) answered in character
     eval loss  loss on the test split's replies
+    coverage   the stranger bank's held-out share the persona's data answers (`coverage`)
+
+`--steps N` trains N steps instead of a budget (what `--minutes` bought on a quiet machine): on
+shared cores a budget buys fewer steps, N steps give the same model however busy the machine.
 
 `--preset` omitted lets `train` pick its default shape. Targets (issue: the character holds): a
 5-minute guppy on 2 fp32 cores passes >= 85 % blind, >= 85 % perturbed, >= 90 % own and >= 90 %
@@ -34,12 +41,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from guppyforge.dataset.coverage import coverage
 from guppyforge.dataset.generate import generate_dataset
 from guppyforge.evaluate.score import evaluate_run
 from guppyforge.train.loop import train
 
 COLUMNS = ("persona", "preset", "min", "steps", "eval loss", "own", "perturbed", "blind",
-           "off-topic", "wall s")  # fmt: skip
+           "off-topic", "coverage", "wall s")  # fmt: skip
 
 
 def _pct(x: float | None) -> str:
@@ -79,6 +87,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--persona", nargs="+", default=["guppy"], help="built-in names or files")
     ap.add_argument("--minutes", nargs="+", type=float, default=[5.0], help="training budgets")
+    ap.add_argument("--steps", type=int, help="train this many steps instead of --minutes")
     ap.add_argument("--preset", nargs="+", default=[None], help="model shapes (default: train's)")
     ap.add_argument("--rows", type=int, default=60_000, help="conversations generated")
     ap.add_argument("--seed", type=int, default=42, help="generate's seed (train and eval: 0)")
@@ -103,6 +112,7 @@ def main() -> None:
         data = work / f"data-{Path(persona).stem}"
         gen = generate_dataset(persona, data, n=args.rows, seed=args.seed, force=True,
                                progress=False)  # fmt: skip
+        covered = coverage(persona).heldout
         if probe_file is not None:
             print(f"# {persona}: the blind column scores {probe_file}")
         print(f"# {persona}: {gen.summary()}; varied {gen.stats['varied_rows']:,}, "
@@ -112,6 +122,8 @@ def main() -> None:
                 run = work / f"run-{Path(persona).stem}-{preset or 'default'}-{minutes:g}"
                 started = time.perf_counter()
                 options = {"max_minutes": minutes, "precision": "fp32", "device": "cpu"}
+                if args.steps:
+                    options = {"max_steps": args.steps, "precision": "fp32", "device": "cpu"}
                 if preset:
                     options["preset"] = preset
                 train(data, run, force=True, progress=False, **options)
@@ -121,11 +133,11 @@ def main() -> None:
                 row = (Path(persona).stem, str(shape or "-"), f"{minutes:g}", str(_steps(run)),
                        f"{r['test_loss']:.3f}", _pct(r["probe_pass_rate"]),
                        _pct(r["perturbed_pass_rate"]), _pct(r["blind_pass_rate"]),
-                       _pct(r["offtopic_pass_rate"]),
+                       _pct(r["offtopic_pass_rate"]), _pct(covered),
                        f"{time.perf_counter() - started:.0f}")  # fmt: skip
                 print(" | ".join(row), flush=True)
                 results.append({"persona": persona, "preset": preset, "minutes": minutes,
-                                "eval": r})  # fmt: skip
+                                "steps": args.steps, "coverage": covered, "eval": r})  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.json}")
