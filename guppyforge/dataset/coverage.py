@@ -30,6 +30,7 @@ from guppyforge.files import personas_dir
 from guppyforge.persona.variation import normalise
 
 ROWS = 6_000  # rows drawn from the persona: every topic's asks, varied as generate varies them
+PER_TOPIC = 40  # more conversations of each topic: its every ask pattern, however light
 CLOSEST = 8  # candidates BM25 gives for a message, then scored by the words they share
 COVERED = 0.5  # more than this share of a message's content words must be in the closest
 SHOWN = 3  # unanswered messages printed per intent
@@ -54,8 +55,23 @@ def stem(word: str) -> str:
     return word.replace("favorite", "favourite")
 
 
+# Short forms strangers type that variation never writes (so the split never needed them):
+# read here so that "sry" meets the file's "sorry".
+READ_SPEAK = {
+    "sry": "sorry", "soz": "sorry", "srry": "sorry", "tysm": "thank you so much",
+    "thnks": "thanks", "thanx": "thanks", "ily": "i love you", "ilysm": "i love you so much",
+    "np": "no problem", "nvm": "never mind", "brb": "be right back", "gn": "good night",
+    "gm": "good morning", "hbu": "how about you", "wbu": "what about you", "ikr": "i know right",
+    "jk": "just kidding", "lmk": "let me know", "ofc": "of course", "bday": "birthday",
+    "hw": "homework", "sup": "what is up", "wassup": "what is up", "wyd": "what are you doing",
+    "hru": "how are you", "gr8": "great", "l8r": "later", "b4": "before", "2day": "today",
+}  # fmt: skip
+_SPEAK_WORD = re.compile(r"\b(" + "|".join(READ_SPEAK) + r")\b", re.I)
+
+
 def content(text: str, names: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """(all the words of a message after `normalise`, its content words as stems)."""
+    text = _SPEAK_WORD.sub(lambda m: READ_SPEAK[m[0].lower()], text)
     words = _WORD.findall(normalise(text, names))
     mine = {w for n in names for w in n.lower().split()}
     return words, [stem(w) for w in words if w not in SMALL and w not in mine]
@@ -127,14 +143,21 @@ class Coverage:
 
 def user_messages(persona, seed: int = 0, rows: int = ROWS) -> list[tuple[str, str]]:
     """(text, topic) of the user messages in `rows` of the persona's data, as generate draws
-    them (its turn mix and variation; no off-topic rows, which deflect rather than answer)."""
+    them (its turn mix and variation; no off-topic rows, which deflect rather than answer),
+    and PER_TOPIC more of each topic as written, so a light topic's asks are all looked at."""
     from guppyforge.dataset.draw import draw_range, row_makers, turn_mix
 
     sampler, seed, varier, _ = row_makers(persona, seed)
+    mix = turn_mix(None, persona)
+    longest = max(turns for turns, _ in mix)
     out = []
-    for row, _unvaried in draw_range(sampler, seed, 0, rows, turn_mix(None, persona), varier):
+    for row, _unvaried in draw_range(sampler, seed, 0, rows, mix, varier):
         messages, topic = row[0], row[1]
         out += [(text, topic) for role, text in messages if role == "user"]
+    for name in sampler.topics:
+        for i in range(PER_TOPIC):
+            c = sampler.conversation(rows + i, turns=longest, topic=name)
+            out += [(m["content"], name) for m in c.messages if m["role"] == "user"]
     for c in sampler.examples():
         out += [(m["content"], c.topic) for m in c.messages if m["role"] == "user"]
     return out
