@@ -166,8 +166,8 @@ def personas() -> None:
               help="Unanswered messages shown per intent.")  # fmt: skip
 def coverage_cmd(persona: str, shown: int) -> None:
     """How much of the stranger bank (everyday messages people send a character, written
-    without any persona in mind) PERSONA's data answers, before any training; the held-out
-    part's figure predicts the blind rate, and the intents nothing answers say where to widen.
+    without any persona in mind) PERSONA's data answers, before any training: the held-out
+    part's figure, and the intents nothing answers, with where to widen.
 
     \b
     Example:
