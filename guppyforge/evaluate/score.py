@@ -248,9 +248,10 @@ def sample_seed(seed: int, probe: int | str, sample: int) -> int:
 #   (counted on the character's replies only, as training counts them);
 # - probe pass rates, side by side (above): the persona's own probes, each asked `samples`
 #   times (a reply passes when it says an expected word, says nothing forbidden, and keeps the
-#   persona's style: case, sentence cap); the same probes perturbed (typos, casing, fillers); a
-#   blind probe set written without reading the persona; and held-out off-topic prompts, which
-#   pass when the reply stays in character;
+#   persona's style: case, sentence cap); the same probes typed the ways people type (the
+#   persona's variation: rephrased, text-speak, typos...); a blind probe set written without
+#   reading the persona; and held-out off-topic prompts, which pass when the reply stays in
+#   character;
 # - memorised rate: the share of sampled replies copied verbatim from the training replies (a
 #   model can pass probes by reciting; this says how much of that it does);
 # - distinct-2: unique word pairs over all word pairs in the sampled replies (1.0: never repeats
@@ -440,7 +441,7 @@ def _rates(result: dict) -> list[str]:
         "pass rates (own probes, then prompts the persona file never wrote):",
         f"  own probes     {result['probe_pass_rate']:7.1%}  ({count(result['probes'])} replies)",
         f"  perturbed      {result['perturbed_pass_rate']:7.1%}  ({count(perturbed)}: the same "
-        "probes with typos, casing, fillers)",
+        "probes typed the ways people type)",
     ]
     if blind:
         lines.append(
